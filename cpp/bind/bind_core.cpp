@@ -1,0 +1,148 @@
+// Arenas, threads, build information and the counter-based random fills.
+#include <Eigen/Core>
+#include <cmath>
+
+#include "common.hpp"
+#include "nerve/layer.hpp"
+#include "nerve/parallel.hpp"
+#include "nerve/rng.hpp"
+
+namespace nerve::bind {
+
+namespace {
+
+std::string simd_level() {
+#if defined(__AVX512F__)
+  return "avx512f";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "avx2+fma";
+#elif defined(__AVX__)
+  return "avx";
+#elif defined(__SSE4_2__)
+  return "sse4.2";
+#elif defined(__ARM_NEON)
+  return "neon";
+#else
+  return "generic";
+#endif
+}
+
+// A zero-copy numpy view of part of a buffer; `owner` keeps the memory alive.
+py::array view(float* data, Index offset, Index size, py::handle owner) {
+  return py::array_t<float>({static_cast<py::ssize_t>(size)}, {static_cast<py::ssize_t>(sizeof(float))},
+                            data + offset, owner);
+}
+
+void check_range(const ParamArena& a, Index offset, Index size) {
+  require(offset >= 0 && size >= 0 && offset + size <= a.size(),
+          "arena slice [" + std::to_string(offset) + ", " + std::to_string(offset + size) +
+              ") is outside an arena of " + std::to_string(a.size()) + " floats");
+}
+
+// Fills out[i] for i in [0, n) from element counters, in parallel chunks: each
+// element depends only on (seed, stream, i), so any thread count gives the
+// same array.
+template <class F>
+void fill(float* out, Index n, F&& draw) {
+  const int threads = threads_for(64.0 * n, (n + 4095) / 4096);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (Index i = 0; i < n; ++i) out[i] = draw(static_cast<std::uint64_t>(i));
+}
+
+}  // namespace
+
+void bind_core(py::module_& m) {
+  py::class_<ParamArena, std::shared_ptr<ParamArena>>(m, "Arena",
+                                                      "Parameter values and gradients, 64-byte aligned")
+      .def(py::init([](Index n) {
+             require(n >= 0, "arena size must be >= 0");
+             return std::make_shared<ParamArena>(n);
+           }),
+           py::arg("size"))
+      .def_property_readonly("size", &ParamArena::size)
+      .def(
+          "values",
+          [](py::object self, Index offset, Index size) {
+            auto& a = self.cast<ParamArena&>();
+            check_range(a, offset, size);
+            return view(a.values.data(), offset, size, self);
+          },
+          py::arg("offset"), py::arg("size"))
+      .def(
+          "grads",
+          [](py::object self, Index offset, Index size) {
+            auto& a = self.cast<ParamArena&>();
+            check_range(a, offset, size);
+            return view(a.grads.data(), offset, size, self);
+          },
+          py::arg("offset"), py::arg("size"))
+      .def_property_readonly("address", [](const ParamArena& a) {
+        return reinterpret_cast<std::uintptr_t>(a.values.data());
+      });
+
+  m.def("num_threads", &num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("alloc_count", [] { return AllocStats::allocations; },
+        "Aligned buffer allocations so far (a training step after the first must add none)");
+
+  m.def("build_info", [] {
+    py::dict d;
+#if defined(__clang__)
+    d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+    d["compiler"] = "unknown";
+#endif
+    d["simd"] = simd_level();
+    d["openmp"] = have_openmp();
+    d["eigen"] = std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) +
+                 "." + std::to_string(EIGEN_MINOR_VERSION);
+    d["eigen_simd"] = std::string(Eigen::SimdInstructionSetsInUse());
+    d["threads"] = num_threads();
+    return d;
+  });
+
+  m.def(
+      "fill_uniform",
+      [](py::array out, std::uint64_t seed, std::uint64_t stream, double low, double high) {
+        Index rows, cols;
+        matrix_shape(out, rows, cols, "out");
+        require(std::isfinite(low) && std::isfinite(high) && low <= high,
+                "uniform bounds must be finite with low <= high");
+        RandomKey key{mix_seed(seed, 1), stream};
+        const float lo = static_cast<float>(low), span = static_cast<float>(high - low);
+        float* p = fmut(out);
+        py::gil_scoped_release nogil;
+        fill(p, rows * cols, [&](std::uint64_t i) { return lo + span * key.uniform(i); });
+      },
+      py::arg("out"), py::arg("seed"), py::arg("stream"), py::arg("low"), py::arg("high"),
+      "out[i] ~ U[low, high) keyed by (seed, stream, i)");
+
+  m.def(
+      "fill_normal",
+      [](py::array out, std::uint64_t seed, std::uint64_t stream, double mean, double std,
+         double truncate) {
+        Index rows, cols;
+        matrix_shape(out, rows, cols, "out");
+        require(std::isfinite(mean) && std::isfinite(std) && std >= 0, "normal needs finite mean and std >= 0");
+        require(truncate == 0 || truncate > 0.1, "truncation must be 0 (none) or > 0.1 standard deviations");
+        float* p = fmut(out);
+        py::gil_scoped_release nogil;
+        fill(p, rows * cols, [&](std::uint64_t i) {
+          // Rejection sampling where each retry uses a fresh stream: the
+          // result for element i still depends only on (seed, stream, i).
+          for (std::uint64_t round = 0;; ++round) {
+            RandomKey key{mix_seed(seed, 2 + round), stream};
+            double z = key.normal(i);
+            if (truncate == 0 || std::fabs(z) <= truncate)
+              return static_cast<float>(mean + std * z);
+          }
+        });
+      },
+      py::arg("out"), py::arg("seed"), py::arg("stream"), py::arg("mean"), py::arg("std"),
+      py::arg("truncate") = 0.0,
+      "out[i] ~ N(mean, std^2), re-drawn beyond |z| > truncate when truncate > 0");
+}
+
+}  // namespace nerve::bind

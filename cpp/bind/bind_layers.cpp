@@ -1,0 +1,305 @@
+// Layers and the Network: the per-layer API (forward/backward on numpy
+// arrays, for users and tests) and the fused training step, one call per
+// batch or per run of batches.
+#include <algorithm>
+#include <vector>
+
+#include "common.hpp"
+#include "nerve/gemm.hpp"
+#include "nerve/network.hpp"
+
+namespace nerve::bind {
+
+Target target_from_python(const py::object& labels, const py::object& values, Index rows, Index cols);
+Optimizer& unwrap_optimizer(py::object o);
+
+namespace {
+
+FloatArray new_matrix(Index rows, Index cols) { return FloatArray(std::vector<py::ssize_t>{rows, cols}); }
+
+void bind_param(ParamRef& ref, const std::shared_ptr<ParamArena>& arena, Index offset, Index size) {
+  require(arena && offset >= 0 && offset + size <= arena->size(),
+          "parameter slice [" + std::to_string(offset) + ", " + std::to_string(offset + size) +
+              ") is outside the arena");
+  ref.arena = arena;
+  ref.offset = offset;
+  ref.size = size;
+}
+
+// The Network plus what the Python-facing calls need to keep between calls.
+struct PyNetwork {
+  Network net;
+  FloatArray last_input;        // manual forward(): kept for backward()
+  AlignedBuffer batch_x;        // gathered rows for train_batches
+  AlignedBuffer batch_values;
+  std::vector<std::int64_t> batch_labels;
+
+  PyNetwork(Index input_dim, std::vector<std::shared_ptr<Layer>> layers)
+      : net(input_dim, std::move(layers)) {}
+
+  void check_input(const py::array& x, Index& rows) const {
+    Index cols;
+    matrix_shape(x, rows, cols, "x");
+    if (x.ndim() == 1) cols = 1;
+    require(x.ndim() == 2 && cols == net.input_dim(),
+            "x: expected shape (batch, " + std::to_string(net.input_dim()) + "), got " + shape_str(x));
+    require(rows > 0, "x is empty");
+  }
+};
+
+}  // namespace
+
+void bind_layers(py::module_& m) {
+  py::class_<Layer, std::shared_ptr<Layer>>(m, "Layer")
+      .def_property_readonly("type", &Layer::type)
+      .def_readonly("in_features", &Layer::in_features)
+      .def_readonly("out_features", &Layer::out_features)
+      .def_readwrite("trainable", &Layer::trainable)
+      .def_readwrite("stream", &Layer::stream)
+      .def(
+          "forward_np",
+          [](Layer& l, py::array x, bool training, std::uint64_t seed, std::uint64_t step) {
+            Index rows, cols;
+            matrix_shape(x, rows, cols, "x");
+            require(x.ndim() == 2 && cols == l.in_features,
+                    l.type() + ": expected input of shape (batch, " + std::to_string(l.in_features) +
+                        "), got " + shape_str(x));
+            FloatArray y = new_matrix(rows, l.out_features);
+            float* out = y.mutable_data();
+            const float* in = fptr(x);
+            {
+              py::gil_scoped_release nogil;
+              l.plan(rows);
+              l.forward(in, out, rows, StepContext{training, seed, step});
+            }
+            return y;
+          },
+          py::arg("x"), py::arg("training"), py::arg("seed") = 0, py::arg("step") = 0)
+      .def(
+          "backward_np",
+          [](Layer& l, py::array x, py::array y, py::array dy, bool training, std::uint64_t seed,
+             std::uint64_t step, bool want_dx) {
+            Index rows, cols, yr, yc, dr, dc;
+            matrix_shape(x, rows, cols, "x");
+            matrix_shape(y, yr, yc, "y");
+            matrix_shape(dy, dr, dc, "dy");
+            require(dr == rows && dc == l.out_features && yr == rows && yc == l.out_features,
+                    l.type() + ": expected dy of shape (" + std::to_string(rows) + ", " +
+                        std::to_string(l.out_features) + "), got " + shape_str(dy));
+            FloatArray scratch = new_matrix(rows, l.out_features);  // dy is overwritten
+            std::copy(fptr(dy), fptr(dy) + rows * l.out_features, scratch.mutable_data());
+            py::object dx_obj = py::none();
+            float* dx = nullptr;
+            if (want_dx) {
+              FloatArray dxa = new_matrix(rows, l.in_features);
+              dx = dxa.mutable_data();
+              dx_obj = dxa;
+            }
+            const float *xp = fptr(x), *yp = fptr(y);
+            float* dyp = scratch.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              l.backward(xp, yp, dyp, dx, rows, StepContext{training, seed, step}, true);
+            }
+            return dx_obj;
+          },
+          py::arg("x"), py::arg("y"), py::arg("dy"), py::arg("training"), py::arg("seed") = 0,
+          py::arg("step") = 0, py::arg("want_dx") = true,
+          "Parameter gradients are accumulated (PyTorch semantics); returns dL/dx")
+      .def("regularize", &Layer::regularize, py::arg("add_grad"))
+      .def("apply_constraints", &Layer::apply_constraints);
+
+  py::class_<Dense, Layer, std::shared_ptr<Dense>>(m, "Dense")
+      .def(py::init<Index, Index, const Activation&, bool>(), py::arg("in_features"),
+           py::arg("units"), py::arg("activation"), py::arg("use_bias"))
+      .def(
+          "bind_params",
+          [](Dense& d, std::shared_ptr<ParamArena> arena, Index kernel_offset, Index bias_offset) {
+            bind_param(d.kernel, arena, kernel_offset, d.in_features * d.units);
+            if (d.use_bias) bind_param(d.bias, arena, bias_offset, d.units);
+          },
+          py::arg("arena"), py::arg("kernel_offset"), py::arg("bias_offset"))
+      .def_readonly("units", &Dense::units)
+      .def_readonly("use_bias", &Dense::use_bias)
+      .def(
+          "set_penalties",
+          [](Dense& d, double kl1, double kl2, double bl1, double bl2) {
+            d.kernel_penalty = {kl1, kl2};
+            d.bias_penalty = {bl1, bl2};
+          },
+          py::arg("kernel_l1"), py::arg("kernel_l2"), py::arg("bias_l1"), py::arg("bias_l2"))
+      .def(
+          "set_max_norm",
+          [](Dense& d, double max_value, int axis) {
+            require(max_value >= 0, "max_norm must be >= 0");
+            require(axis == 0 || axis == 1, "max_norm axis must be 0 or 1");
+            d.max_norm = max_value;
+            d.max_norm_axis = axis;
+          },
+          py::arg("max_value"), py::arg("axis"));
+
+  py::class_<ActivationLayer, Layer, std::shared_ptr<ActivationLayer>>(m, "ActivationLayer")
+      .def(py::init<Index, const Activation&>(), py::arg("in_features"), py::arg("activation"));
+
+  py::class_<PyNetwork>(m, "Network")
+      .def(py::init<Index, std::vector<std::shared_ptr<Layer>>>(), py::arg("input_dim"),
+           py::arg("layers"))
+      .def_property_readonly("input_dim", [](PyNetwork& n) { return n.net.input_dim(); })
+      .def_property_readonly("output_dim", [](PyNetwork& n) { return n.net.output_dim(); })
+      .def_property(
+          "seed", [](PyNetwork& n) { return n.net.seed; },
+          [](PyNetwork& n, std::uint64_t s) { n.net.seed = s; })
+      .def_property(
+          "step", [](PyNetwork& n) { return n.net.step; },
+          [](PyNetwork& n, std::uint64_t s) { n.net.step = s; })
+      .def(
+          "forward",
+          [](PyNetwork& n, py::array x, bool training) {
+            Index rows;
+            n.check_input(x, rows);
+            n.net.check_finite(fptr(x), rows, n.net.input_dim(), "x");
+            // Keep a private copy: backward() reads it after Python may have changed x.
+            n.last_input = new_matrix(rows, n.net.input_dim());
+            std::copy(fptr(x), fptr(x) + rows * n.net.input_dim(), n.last_input.mutable_data());
+            FloatArray out = new_matrix(rows, n.net.output_dim());
+            const float* in = n.last_input.data();
+            float* o = out.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              const float* y = n.net.forward(in, rows, training);
+              std::copy(y, y + rows * n.net.output_dim(), o);
+            }
+            if (training) n.net.step += 1;
+            return out;
+          },
+          py::arg("x"), py::arg("training") = false)
+      .def(
+          "backward",
+          [](PyNetwork& n, py::array dout, bool accumulate, bool want_dx) {
+            Index rows, cols;
+            matrix_shape(dout, rows, cols, "grad");
+            require(n.last_input.size() > 0, "backward: call forward first");
+            const Index batch = n.last_input.shape(0);
+            require(dout.ndim() == 2 && rows == batch && cols == n.net.output_dim(),
+                    "backward: expected a gradient of shape (" + std::to_string(batch) + ", " +
+                        std::to_string(n.net.output_dim()) + "), got " + shape_str(dout));
+            py::object dx_obj = py::none();
+            float* dx = nullptr;
+            if (want_dx) {
+              FloatArray dxa = new_matrix(batch, n.net.input_dim());
+              dx = dxa.mutable_data();
+              dx_obj = dxa;
+            }
+            const float* g = fptr(dout);
+            {
+              py::gil_scoped_release nogil;
+              // The step counter moved on after the training forward; the
+              // backward must see the same random draws (dropout, rrelu).
+              const std::uint64_t saved = n.net.step;
+              if (saved > 0) n.net.step = saved - 1;
+              n.net.backward(g, batch, accumulate, dx);
+              n.net.step = saved;
+            }
+            return dx_obj;
+          },
+          py::arg("grad"), py::arg("accumulate") = true, py::arg("want_dx") = false)
+      .def("regularize", [](PyNetwork& n, bool add_grad) { return n.net.regularize(add_grad); },
+           py::arg("add_grad"))
+      .def("apply_constraints", [](PyNetwork& n) { n.net.apply_constraints(); })
+      .def(
+          "train_step",
+          [](PyNetwork& n, py::array x, py::object labels, py::object values, const Loss& loss,
+             py::object opt, bool count) {
+            Index rows;
+            n.check_input(x, rows);
+            Target t = target_from_python(labels, values, rows, n.net.output_dim());
+            Optimizer& o = unwrap_optimizer(opt);
+            const float* xp = fptr(x);
+            StepResult r;
+            {
+              py::gil_scoped_release nogil;
+              r = n.net.train_step(xp, rows, t, loss, o, count);
+            }
+            return py::make_tuple(r.loss, r.correct);
+          },
+          py::arg("x"), py::arg("labels"), py::arg("values"), py::arg("loss"), py::arg("optimizer"),
+          py::arg("count") = false)
+      .def(
+          "train_batches",
+          [](PyNetwork& n, py::array X, py::object labels, py::object values, LabelArray order,
+             Index batch_size, const Loss& loss, py::object opt, bool count) {
+            Index rows;
+            n.check_input(X, rows);
+            require(batch_size > 0, "batch_size must be positive, got " + std::to_string(batch_size));
+            const Index in = n.net.input_dim(), out = n.net.output_dim();
+            // Whole-array checks first: nothing is trained if any batch would fail.
+            Target all = target_from_python(labels, values, rows, out);
+            n.net.check_finite(fptr(X), rows, in, "x");
+            validate_target(loss, all, rows, out);
+            require(order.ndim() == 1, "order must be 1-D");
+            const Index count_rows = order.shape(0);
+            const std::int64_t* idx = order.data();
+            for (Index i = 0; i < count_rows; ++i)
+              require(idx[i] >= 0 && idx[i] < rows, "order index out of range");
+            Optimizer& o = unwrap_optimizer(opt);
+            const Index batches = (count_rows + batch_size - 1) / batch_size;
+            const Index cap = std::min(batch_size, count_rows);
+            n.batch_x.reserve(cap * in);
+            if (all.values) n.batch_values.reserve(cap * out);
+            if (all.labels && static_cast<Index>(n.batch_labels.size()) < cap) n.batch_labels.resize(cap);
+            py::array_t<double> losses(batches);
+            py::array_t<std::int64_t> correct(batches);
+            double* lp = losses.mutable_data();
+            std::int64_t* cp = correct.mutable_data();
+            const float* xp = fptr(X);
+            {
+              py::gil_scoped_release nogil;
+              n.net.plan(cap);
+              for (Index b = 0; b < batches; ++b) {
+                const Index start = b * batch_size, m = std::min(batch_size, count_rows - start);
+                for (Index r = 0; r < m; ++r) {
+                  const Index src = idx[start + r];
+                  std::copy(xp + src * in, xp + (src + 1) * in, n.batch_x.data() + r * in);
+                  if (all.values)
+                    std::copy(all.values + src * out, all.values + (src + 1) * out,
+                              n.batch_values.data() + r * out);
+                  if (all.labels) n.batch_labels[r] = all.labels[src];
+                }
+                Target t;
+                if (all.values) t.values = n.batch_values.data();
+                if (all.labels) t.labels = n.batch_labels.data();
+                StepResult res = n.net.train_step(n.batch_x.data(), m, t, loss, o, count);
+                lp[b] = res.loss;
+                cp[b] = res.correct;
+              }
+            }
+            return py::make_tuple(losses, correct);
+          },
+          py::arg("x"), py::arg("labels"), py::arg("values"), py::arg("order"),
+          py::arg("batch_size"), py::arg("loss"), py::arg("optimizer"), py::arg("count") = false,
+          "Runs train_step over x[order] in batches; returns per-batch losses and correct counts")
+      .def(
+          "predict",
+          [](PyNetwork& n, py::array X, Index batch_size) {
+            Index rows;
+            n.check_input(X, rows);
+            require(batch_size > 0, "batch_size must be positive");
+            n.net.check_finite(fptr(X), rows, n.net.input_dim(), "x");
+            const Index in = n.net.input_dim(), out = n.net.output_dim();
+            FloatArray result = new_matrix(rows, out);
+            float* o = result.mutable_data();
+            const float* xp = fptr(X);
+            {
+              py::gil_scoped_release nogil;
+              for (Index start = 0; start < rows; start += batch_size) {
+                const Index m = std::min(batch_size, rows - start);
+                const float* y = n.net.forward(xp + start * in, m, false);
+                std::copy(y, y + m * out, o + start * out);
+              }
+            }
+            return result;
+          },
+          py::arg("x"), py::arg("batch_size") = 256);
+}
+
+}  // namespace nerve::bind

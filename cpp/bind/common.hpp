@@ -1,0 +1,50 @@
+// Helpers shared by the bind_*.cpp files: strict numpy access (the Python
+// layer converts and checks user input first; these checks guard the C++
+// boundary itself so that a wrong array can never crash the process).
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "nerve/common.hpp"
+
+namespace nerve::bind {
+namespace py = pybind11;
+
+using FloatArray = py::array_t<float, py::array::c_style>;
+using LabelArray = py::array_t<std::int64_t, py::array::c_style>;
+
+inline std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// Rows and columns of a float32 C-contiguous array viewed as a matrix (1-D is one column).
+inline void matrix_shape(const py::array& a, Index& rows, Index& cols, const char* what) {
+  if (!py::isinstance<FloatArray>(a) || !(a.flags() & py::array::c_style) ||
+      a.dtype().kind() != 'f' || a.itemsize() != 4)
+    throw ValueError(std::string(what) + " must be a C-contiguous float32 array");
+  if (a.ndim() == 2) {
+    rows = a.shape(0);
+    cols = a.shape(1);
+  } else if (a.ndim() == 1) {
+    rows = a.shape(0);
+    cols = 1;
+  } else {
+    throw ValueError(std::string(what) + " must be 1-D or 2-D, got shape " + shape_str(a));
+  }
+}
+
+inline const float* fptr(const py::array& a) { return static_cast<const float*>(a.data()); }
+inline float* fmut(py::array& a) { return static_cast<float*>(a.mutable_data()); }
+
+void bind_core(py::module_& m);
+void bind_activation(py::module_& m);
+void bind_loss(py::module_& m);
+void bind_optim(py::module_& m);
+void bind_layers(py::module_& m);
+
+}  // namespace nerve::bind

@@ -1,0 +1,11 @@
+// nerve._core: the one private extension module; each area binds itself.
+#include "common.hpp"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "nerve's C++ core (private: use the nerve package)";
+  nerve::bind::bind_core(m);
+  nerve::bind::bind_activation(m);
+  nerve::bind::bind_loss(m);
+  nerve::bind::bind_optim(m);
+  nerve::bind::bind_layers(m);
+}

@@ -1,0 +1,27 @@
+// Shared basics: index type, errors, alignment, small helpers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace nerve {
+
+using Index = std::ptrdiff_t;
+
+// Alignment of every buffer nerve allocates: one cache line, so AVX2 loads of
+// a row start never split a line and arenas never share lines between slots.
+constexpr std::size_t kAlign = 64;
+
+// std::invalid_argument becomes Python's ValueError through pybind11's
+// default translator; std::runtime_error becomes RuntimeError. Bad user
+// input throws ValueError before any state is touched.
+struct ValueError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+inline void require(bool ok, const std::string& message) {
+  if (!ok) throw ValueError(message);
+}
+
+}  // namespace nerve

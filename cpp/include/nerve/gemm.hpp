@@ -1,0 +1,28 @@
+// Matrix products for the layers, on top of Eigen's single-threaded GEMM.
+//
+// Threads split the output C into tiles whose shape depends only on (M, N, K),
+// never on the thread count; each tile is one single-threaded Eigen product.
+// Every element of C therefore sees the same sequence of floating-point
+// operations whatever the number of threads: training is bit-reproducible on
+// 1 or 2 (or 64) threads. Eigen's own threading chooses its k-blocking from the
+// thread count, which would break that, so it is compiled out
+// (EIGEN_DONT_PARALLELIZE).
+#pragma once
+#include "nerve/common.hpp"
+
+namespace nerve {
+
+// C (M x N) = op(A) * op(B), or C += op(A) * op(B) when accumulate.
+// All matrices row-major with leading dimensions lda, ldb, ldc (row strides).
+// op(A) is M x K: A is M x K (lda >= K), or K x M transposed (lda >= M).
+void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A, Index lda,
+          const float* B, Index ldb, float* C, Index ldc, bool accumulate);
+
+// out[j] (+)= sum_i X[i, j] for a rows x cols row-major X: the bias gradient.
+// Rows are summed in order, so the result does not depend on the thread count.
+void column_sums(const float* X, Index rows, Index cols, float* out, bool accumulate);
+
+// True when every value is finite; writes the first bad (row, col) otherwise.
+bool all_finite(const float* X, Index rows, Index cols, Index* bad_row, Index* bad_col);
+
+}  // namespace nerve

@@ -1,0 +1,124 @@
+// Layers: virtual dispatch per layer, templates only inside kernels.
+//
+// A layer's parameters live in a ParamArena (values + gradients, one
+// contiguous aligned block per model); the layer keeps (arena, offset, size)
+// references. Activation buffers belong to the Network, which hands each layer
+// its input x and output y; a layer only keeps what its backward needs beyond
+// those (e.g. Dense's pre-activation when the derivative needs it).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nerve/activation.hpp"
+#include "nerve/arena.hpp"
+#include "nerve/common.hpp"
+
+namespace nerve {
+
+// One model's parameters and their gradients, with the same layout.
+struct ParamArena {
+  AlignedBuffer values;
+  AlignedBuffer grads;
+  explicit ParamArena(Index n) : values(n), grads(n) {}
+  Index size() const { return values.size(); }
+};
+
+// A parameter tensor inside an arena.
+struct ParamRef {
+  std::shared_ptr<ParamArena> arena;
+  Index offset = 0;
+  Index size = 0;
+  float* value() const { return arena ? arena->values.data() + offset : nullptr; }
+  float* grad() const { return arena ? arena->grads.data() + offset : nullptr; }
+  bool bound() const { return arena != nullptr; }
+};
+
+struct StepContext {
+  bool training = false;
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;  // advances once per training step; keys dropout/rrelu draws
+};
+
+// Keras-scale weight penalty: l1 * sum|w| + l2 * sum w^2.
+struct Penalty {
+  double l1 = 0.0, l2 = 0.0;
+  bool active() const { return l1 != 0.0 || l2 != 0.0; }
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  virtual std::string type() const = 0;
+
+  Index in_features = 0;
+  Index out_features = 0;
+  bool trainable = true;
+  std::uint64_t stream = 0;  // distinguishes this layer's random draws
+
+  virtual std::vector<ParamRef*> params() { return {}; }
+  bool has_trainable_params() {
+    if (!trainable) return false;
+    for (ParamRef* p : params())
+      if (p->size > 0) return true;
+    return false;
+  }
+
+  // Reserves workspace for batches of up to `capacity` rows (no allocation
+  // afterwards for any batch <= capacity).
+  virtual void plan(Index /*capacity*/) {}
+
+  // y (batch x out_features) from x (batch x in_features).
+  virtual void forward(const float* x, float* y, Index batch, const StepContext& ctx) = 0;
+
+  // Given dy = dL/dy (may be overwritten: it is scratch after this call),
+  // writes dx = dL/dx when dx is not null, and the parameter gradients (added
+  // when accumulate, assigned otherwise) when the layer is trainable.
+  virtual void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                        const StepContext& ctx, bool accumulate) = 0;
+
+  // Weight penalties: returns their value; with add_grad, adds their gradient.
+  virtual double regularize(bool /*add_grad*/) { return 0.0; }
+  // Constraints applied after every update (max-norm).
+  virtual void apply_constraints() {}
+};
+
+// y = act(x W + b), W: (in, units) row-major, b: (units).
+class Dense : public Layer {
+ public:
+  Dense(Index in, Index units, const Activation& act, bool use_bias);
+  std::string type() const override { return "Dense"; }
+  std::vector<ParamRef*> params() override;
+  void plan(Index capacity) override;
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+  double regularize(bool add_grad) override;
+  void apply_constraints() override;
+
+  Index units;
+  Activation act;
+  bool use_bias;
+  ParamRef kernel, bias;
+  Penalty kernel_penalty, bias_penalty;
+  double max_norm = 0.0;  // > 0: every output unit's incoming weight vector is kept within it
+  int max_norm_axis = 0;
+
+ private:
+  bool keeps_z_ = false;   // the activation's derivative needs the pre-activation
+  AlignedBuffer z_;        // pre-activation, when kept
+  AlignedBuffer dz_;       // dL/dz, when the activation changes the width (crelu)
+};
+
+// An activation on its own (nv.layers.Activation).
+class ActivationLayer : public Layer {
+ public:
+  ActivationLayer(Index in, const Activation& act);
+  std::string type() const override { return "Activation"; }
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+  Activation act;
+};
+
+}  // namespace nerve

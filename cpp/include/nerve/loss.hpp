@@ -1,0 +1,78 @@
+// Losses with PyTorch's reductions ("mean"), forward and gradient in one pass,
+// and the classification metrics.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "nerve/common.hpp"
+
+namespace nerve {
+
+enum class LossKind : int {
+  MSE,
+  MAE,
+  Huber,
+  SmoothL1,
+  BinaryCrossEntropy,            // on probabilities, log clamped at -100 like PyTorch
+  BinaryCrossEntropyWithLogits,
+  CrossEntropy,                  // softmax on logits (stable log-sum-exp)
+  Focal,                         // softmax focal loss on logits
+  Distillation,                  // Hinton: alpha*T^2*KL(teacher||student at T) + (1-alpha)*CE
+};
+
+struct Loss {
+  LossKind kind = LossKind::MSE;
+  float delta = 1.0f;            // huber
+  float beta = 1.0f;             // smooth_l1
+  float label_smoothing = 0.0f;  // cross_entropy
+  float gamma = 2.0f;            // focal
+  float temperature = 1.0f;      // distillation
+  float alpha = 0.5f;            // distillation weight; focal class weight when has_alpha
+  bool has_alpha = false;        // focal: alpha given
+  std::vector<float> class_weight;  // cross_entropy weight= (empty: none)
+};
+
+struct LossInfo {
+  std::string name;
+  std::vector<std::string> aliases;
+  LossKind kind;
+  std::vector<std::pair<std::string, double>> params;  // scalar keyword params with defaults
+  bool classification;  // accepts integer labels
+};
+
+const std::vector<LossInfo>& loss_registry();
+Loss make_loss(const std::string& name, const std::map<std::string, double>& params,
+               const std::vector<float>& class_weight);
+
+// What the prediction is compared with. Exactly one of `values` / `labels`
+// is set, except distillation, which takes teacher logits in `values` and
+// labels in `labels`.
+struct Target {
+  const float* values = nullptr;        // rows x cols (regression targets, probabilities, teacher logits)
+  const std::int64_t* labels = nullptr;  // rows class indices in [0, cols)
+};
+
+// Throws ValueError (before any work) when labels are outside [0, cols), or
+// when the target kind does not fit the loss.
+void validate_target(const Loss& loss, const Target& target, Index rows, Index cols);
+
+// Mean loss over the batch with PyTorch's "mean" reduction (elementwise losses
+// average over all rows*cols elements; cross-entropy-like losses over rows, or
+// over sum of class weights when weight= is given). Computed in double.
+// When grad is not null, writes d(loss)/d(pred) (rows x cols) in the same pass.
+double loss_forward_backward(const Loss& loss, const float* pred, const Target& target, Index rows,
+                             Index cols, float* grad);
+
+// Number of rows whose arg-max of pred equals the label (or the arg-max of the
+// target row when the target holds probabilities; for one column, pred > 0.5
+// against target > 0.5).
+Index count_correct(const float* pred, const Target& target, Index rows, Index cols);
+
+// count_correct for models whose single output is a logit (e.g. trained with
+// binary_cross_entropy_with_logits): one column compares pred > 0 (not 0.5)
+// against target > 0.5; with two or more columns it is count_correct.
+Index count_correct_logit_threshold(const float* pred, const Target& target, Index rows,
+                                    Index cols);
+
+}  // namespace nerve

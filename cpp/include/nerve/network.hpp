@@ -1,0 +1,70 @@
+// A feed-forward stack of layers that runs a whole training step (forward,
+// loss, backward, penalties, optimizer update, constraints) in one call.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "nerve/layer.hpp"
+#include "nerve/loss.hpp"
+#include "nerve/optimizer.hpp"
+
+namespace nerve {
+
+struct StepResult {
+  double loss = 0.0;     // data loss + weight penalties, as reported
+  Index correct = 0;     // rows classified correctly (when counted)
+};
+
+class Network {
+ public:
+  Network(Index input_dim, std::vector<std::shared_ptr<Layer>> layers);
+
+  Index input_dim() const { return input_dim_; }
+  Index output_dim() const { return layers_.empty() ? input_dim_ : layers_.back()->out_features; }
+  const std::vector<std::shared_ptr<Layer>>& layers() const { return layers_; }
+
+  // Sizes every buffer for batches of up to `capacity` rows. Steps with
+  // batch <= capacity allocate nothing.
+  void plan(Index capacity);
+  Index capacity() const { return capacity_; }
+
+  // Runs the layers on x (batch x input_dim; must stay alive until backward).
+  // Returns the output (batch x output_dim) in an internal buffer.
+  const float* forward(const float* x, Index batch, bool training);
+
+  // Back-propagates dout = dL/d(output) through the layers of the last
+  // forward. Parameter gradients are added (accumulate) or assigned. When dx
+  // is not null it receives dL/dx; otherwise backward stops below the lowest
+  // layer that needs a gradient (frozen prefixes cost nothing).
+  void backward(const float* dout, Index batch, bool accumulate, float* dx);
+
+  // Sum of all weight penalties; with add_grad, their gradients are added.
+  double regularize(bool add_grad);
+  void apply_constraints();
+
+  // One fused step. Validates everything first: a bad batch throws
+  // ValueError and leaves parameters and optimizer state untouched.
+  StepResult train_step(const float* x, Index batch, const Target& target, const Loss& loss,
+                        Optimizer& opt, bool count);
+
+  // Throws ValueError naming the row and column of the first NaN/Inf.
+  void check_finite(const float* x, Index rows, Index cols, const char* what) const;
+
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;  // training forwards so far (keys the random draws)
+
+ private:
+  Index input_dim_;
+  std::vector<std::shared_ptr<Layer>> layers_;
+  Index capacity_ = 0;
+  std::vector<AlignedBuffer> outputs_;  // outputs_[i]: output of layer i
+  AlignedBuffer grad_a_, grad_b_;       // ping-pong buffers for dL/dy, dL/dx
+  const float* input_ = nullptr;        // x of the last forward
+  bool last_training_ = false;
+  Index last_batch_ = 0;
+
+ public:
+  float* loss_grad() { return grad_a_.data(); }
+};
+
+}  // namespace nerve

@@ -1,0 +1,31 @@
+// Thread ownership. nerve's own OpenMP loops own the threads; Eigen is built
+// single-threaded (EIGEN_DONT_PARALLELIZE), so parallel regions never nest.
+// Work is always split into pieces whose boundaries depend only on the problem
+// shape, never on the thread count, so results are bit-identical for any
+// number of threads.
+#pragma once
+#include "nerve/common.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace nerve {
+
+int num_threads();
+void set_num_threads(int n);
+bool have_openmp();
+
+// Below this many floating-point operations a loop stays on one thread: the
+// fork/join (a few µs, far more when the machine is oversubscribed) would
+// cost more than it saves.
+constexpr double kParallelFlops = 1 << 20;
+
+// Threads to use for a loop of `work` flops over `pieces` independent pieces.
+inline int threads_for(double work, Index pieces) {
+  if (work < kParallelFlops || pieces < 2) return 1;
+  int t = num_threads();
+  return static_cast<int>(t < pieces ? t : pieces);
+}
+
+}  // namespace nerve

@@ -1,0 +1,263 @@
+// Branch-free float math that GCC vectorizes inside `#pragma omp simd` loops.
+//
+// Without -ffast-math GCC never calls glibc's vector math, so a loop around
+// std::exp stays scalar. These replacements are written only with +, *, fma,
+// division, compares/selects and integer bit moves, which all map to AVX2.
+// Accuracy targets ~1-2 ulp over the whole float range (inputs are clamped
+// where the true result has already over/underflowed).
+//
+// Method: Cody-Waite range reduction x = n*ln2 + r with a two-part ln2 and
+// fused multiply-adds (so r is exact), then a Taylor polynomial in r, whose
+// truncation error for |r| <= ln2/2 is far below float rounding.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#if defined(__GNUC__)
+#define NERVE_INLINE inline __attribute__((always_inline))
+#else
+#define NERVE_INLINE inline
+#endif
+
+namespace nerve {
+namespace simd {
+
+NERVE_INLINE std::int32_t as_int(float x) {
+  std::int32_t i;
+  std::memcpy(&i, &x, sizeof i);
+  return i;
+}
+NERVE_INLINE float as_float(std::int32_t i) {
+  float x;
+  std::memcpy(&x, &i, sizeof x);
+  return x;
+}
+NERVE_INLINE float fma_(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+
+// c ? a : b as a bit blend. GCC (default -ftrapping-math) will not if-convert
+// `c ? x : alpha * x`: it sinks the product into a branch, which it may not
+// then execute speculatively, and the loop stays scalar. Here both operands
+// are computed unconditionally, so the loop vectorizes to compare + blend.
+NERVE_INLINE float sel(bool c, float a, float b) {
+  std::int32_t m = -static_cast<std::int32_t>(c);
+  return as_float((as_int(a) & m) | (as_int(b) & ~m));
+}
+NERVE_INLINE float abs_(float x) { return __builtin_fabsf(x); }
+// min/max as blends too: std::min/std::max are ternaries that GCC's jump
+// threading turns back into branches when a constant arm meets later
+// arithmetic. NaN in `a` propagates (the compare is false).
+NERVE_INLINE float min_(float a, float b) { return sel(b < a, b, a); }
+NERVE_INLINE float max_(float a, float b) { return sel(a < b, b, a); }
+
+// 1.5 * 2^23: adding it rounds a float of magnitude < 2^22 to an integer in
+// the low mantissa bits (round-to-nearest-even, like rint), without a cvt.
+constexpr float kRoundMagic = 12582912.0f;
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693145751953125f;         // few mantissa bits: n*kLn2Hi exact
+constexpr float kLn2Lo = 1.428606765330187045e-06f;  // ln2 - kLn2Hi
+
+// expm1(r) - r - r^2/2 over r in [-0.35, 0.35]: Taylor terms r^3/3! .. r^9/9!
+// (the r^10/10! remainder is < 2e-11 relative).
+NERVE_INLINE float expm1_poly(float r) {
+  float p = 1.0f / 362880.0f;
+  p = fma_(p, r, 1.0f / 40320.0f);
+  p = fma_(p, r, 1.0f / 5040.0f);
+  p = fma_(p, r, 1.0f / 720.0f);
+  p = fma_(p, r, 1.0f / 120.0f);
+  p = fma_(p, r, 1.0f / 24.0f);
+  p = fma_(p, r, 1.0f / 6.0f);
+  float r2 = r * r;
+  // r + (r^2/2 + r^3*p): the exact leading term is added last.
+  return r + fma_(r2, 0.5f, r2 * r * p);
+}
+
+// Splits an (already clamped) integer exponent n in [-252, 254] into two
+// powers of two, so 2^n * m never needs an unrepresentable 2^n and results
+// land in the subnormal range with a single rounding.
+NERVE_INLINE void pow2_split(std::int32_t n, float& s1, float& s2) {
+  std::int32_t n1 = n >> 1;
+  std::int32_t n2 = n - n1;
+  s1 = as_float((n1 + 127) << 23);
+  s2 = as_float((n2 + 127) << 23);
+}
+
+// exp(a + b) where b is a small correction (|b| < ~4) carried separately so
+// that a large `a` (e.g. -x*x/2 split into hi + lo) loses no bits.
+NERVE_INLINE float exp_sum(float a, float b) {
+  // Beyond these bounds the result is inf / 0 anyway; clamping keeps the
+  // integer exponent in range. NaN falls through both compares unchanged.
+  a = max_(min_(a, 89.0f), -104.0f);
+  float t = fma_(a + b, kLog2e, kRoundMagic);
+  float n = t - kRoundMagic;
+  std::int32_t ni = as_int(t) - as_int(kRoundMagic);
+  float r = fma_(-n, kLn2Hi, a);
+  r = r + b;
+  r = fma_(-n, kLn2Lo, r);
+  float m = 1.0f + expm1_poly(r);
+  float s1, s2;
+  pow2_split(ni, s1, s2);
+  return m * s1 * s2;
+}
+
+// exp(x), ~1 ulp; 0 below -103.97, +inf above 88.72.
+NERVE_INLINE float exp(float x) { return exp_sum(x, 0.0f); }
+
+// expm1(x) = e^x - 1 with full relative accuracy near 0:
+// e^x - 1 = 2^n * expm1(r) + (2^n - 1), the second term exact for small n.
+NERVE_INLINE float expm1(float x) {
+  x = max_(min_(x, 89.0f), -30.0f);  // expm1(-30) rounds to -1 in float
+  float t = fma_(x, kLog2e, kRoundMagic);
+  float n = t - kRoundMagic;
+  std::int32_t ni = as_int(t) - as_int(kRoundMagic);
+  float r = fma_(-n, kLn2Hi, x);
+  r = fma_(-n, kLn2Lo, r);
+  float em = expm1_poly(r);
+  float s1, s2;
+  pow2_split(ni, s1, s2);
+  float s = s1 * s2;
+  return fma_(s, em, s - 1.0f);
+}
+
+// log(x) for x > 0 (finite, normal). Reduction x = 2^k * m, m in
+// [sqrt(1/2), sqrt(2)), f = m - 1; then log(1+f) = f - h + s*(h + R) with
+// h = f^2/2, s = f/(2+f), R = 2s^2/3 + 2s^4/5 + ... (atanh series): the exact
+// f carries the bulk so the rounding of s only touches small terms.
+// `c` is a correction added to f before the log (used by log1p).
+NERVE_INLINE float log_corr(float x, float c) {
+  std::int32_t ix = as_int(x) - 0x3f3504f3;  // offset makes m start at sqrt(1/2)
+  std::int32_t k = ix >> 23;
+  float m = as_float(as_int(x) - (k << 23));
+  float f = (m - 1.0f) + c * as_float((127 - k) << 23);
+  float s = f / (2.0f + f);
+  float s2 = s * s;
+  float R = 2.0f / 13.0f;
+  R = fma_(R, s2, 2.0f / 11.0f);
+  R = fma_(R, s2, 2.0f / 9.0f);
+  R = fma_(R, s2, 2.0f / 7.0f);
+  R = fma_(R, s2, 2.0f / 5.0f);
+  R = fma_(R, s2, 2.0f / 3.0f);
+  R = R * s2;
+  float h = 0.5f * f * f;
+  float lm = f - (h - s * (h + R));
+  float kf = static_cast<float>(k);
+  return fma_(kf, kLn2Hi, fma_(kf, kLn2Lo, lm));
+}
+
+NERVE_INLINE float log(float x) { return log_corr(x, 0.0f); }
+
+// log1p(u) for u >= 0 (the only use here: log1p(exp(-|t|))). w = 1 + u is
+// rounded; the lost part c = u - (w - 1) is exact and fed back into f.
+NERVE_INLINE float log1p_pos(float u) {
+  float w = 1.0f + u;
+  float c = u - (w - 1.0f);
+  return log_corr(w, c);
+}
+
+// tanh(x) = sign(x) * em / (em + 2), em = expm1(2|x|): one formula that is
+// accurate both near 0 (expm1 keeps relative precision) and in the tails.
+// |x| is clamped at 10, where tanh already rounds to 1.
+NERVE_INLINE float tanh(float x) {
+  float ax = abs_(x);
+  ax = min_(ax, 10.0f);
+  float em = expm1(2.0f * ax);
+  float t = em / (em + 2.0f);
+  return __builtin_copysignf(t, x);
+}
+
+// Logistic sigmoid and its mirror, both to full relative accuracy:
+// with e = exp(-|x|), sigma(|x|) = 1/(1+e) and sigma(-|x|) = e/(1+e).
+// Never forms 1 - sigma, which would cancel for large x.
+NERVE_INLINE void sigmoid_pair(float x, float& s, float& s_neg) {
+  float ax = abs_(x);
+  float e = exp(-ax);
+  float inv = 1.0f / (1.0f + e);
+  float big = inv, small = e * inv;
+  // One division, then e*inv: costs ~1 extra ulp on the small side versus
+  // e/(1+e), acceptable and cheaper.
+  s = sel(x >= 0.0f, big, small);
+  s_neg = sel(x >= 0.0f, small, big);
+}
+
+// Rounds a double to hi + lo floats (hi + lo == d to ~2^-48 relative): lets
+// an argument computed in double reach exp without a float rounding, which
+// matters in tails where exp's relative error grows with |argument|.
+NERVE_INLINE void split(double d, float& hi, float& lo) {
+  hi = static_cast<float>(d);
+  lo = static_cast<float>(d - static_cast<double>(hi));
+}
+
+// sigmoid_pair for the argument hi + lo.
+NERVE_INLINE void sigmoid_pair2(float hi, float lo, float& s, float& s_neg) {
+  float ahi = abs_(hi);
+  float alo = sel(hi < 0.0f, -lo, lo);
+  float e = exp_sum(-ahi, -alo);
+  float inv = 1.0f / (1.0f + e);
+  float big = inv, small = e * inv;
+  s = sel(hi >= 0.0f, big, small);
+  s_neg = sel(hi >= 0.0f, small, big);
+}
+
+// sigmoid(hi + lo).
+NERVE_INLINE float sigmoid2(float hi, float lo) {
+  float ahi = abs_(hi);
+  float alo = sel(hi < 0.0f, -lo, lo);
+  float e = exp_sum(-ahi, -alo);
+  float num = sel(hi >= 0.0f, 1.0f, e);
+  return num / (1.0f + e);
+}
+
+NERVE_INLINE float sigmoid(float x) {
+  float ax = abs_(x);
+  float e = exp(-ax);
+  float num = sel(x >= 0.0f, 1.0f, e);
+  return num / (1.0f + e);
+}
+
+// Phi(-|x|), the lower tail of the standard normal CDF, to full relative
+// precision: Phi(-|x|) = erfc(z)/2 with z = |x|/sqrt(2), written as
+//   erfc(z) = t * Q(t) * exp(-z^2),  t = 1/(1 + z/2) in (0, 1],
+// where Q(t) = erfcx(z)/t is smooth on [0, 1] (Q(0) = 1/(2 sqrt(pi)), Q(1) = 1).
+// Q is a degree-14 polynomial fitted for nerve (weighted least squares on
+// Chebyshev nodes, relative error 1.3e-10). t and Q are evaluated in double
+// (4-wide, still vectorized) so neither the rounding of t nor the Horner
+// rounding reaches the float result; z^2 = x^2/2 is split hi + lo exactly so
+// the exp argument loses nothing in the far tail.
+NERVE_INLINE float normal_tail(float x) {
+  float ax = abs_(x);
+  // t = 1/den in double: a float reciprocal refined by one Newton step
+  // (relative error ~1e-14) is much cheaper than a 4-wide double division.
+  double den = 1.0 + 0.35355339059327376 * static_cast<double>(ax);
+  double t0 = static_cast<double>(1.0f / static_cast<float>(den));
+  double t = t0 * (2.0 - den * t0);
+  double q = 0.024570381898957532;
+  q = q * t - 0.15022442123745372;
+  q = q * t + 0.36115572388834377;
+  q = q * t - 0.37591516787058232;
+  q = q * t + 0.018486686654449355;
+  q = q * t + 0.30924255326009492;
+  q = q * t - 0.21586968416661401;
+  q = q * t + 0.040570168374865379;
+  q = q * t - 0.082850247173508043;
+  q = q * t + 0.00024081726234828627;
+  q = q * t + 0.083228750336653529;
+  q = q * t + 0.17634302633897486;
+  q = q * t + 0.24683181441749985;
+  q = q * t + 0.28209480638688417;
+  q = q * t + 0.28209479174296287;
+  float tq = static_cast<float>(0.5 * t * q);
+  float hx = 0.5f * ax;
+  float hi = hx * ax;
+  float lo = fma_(hx, ax, -hi);
+  return tq * exp_sum(-hi, -lo);
+}
+
+// Standard normal density phi(x) = exp(-x^2/2)/sqrt(2 pi), x^2/2 split exactly.
+NERVE_INLINE float normal_pdf(float x) {
+  float hx = 0.5f * x;
+  float hi = hx * x;
+  float lo = fma_(hx, x, -hi);
+  return 0.39894228040143268f * exp_sum(-hi, -lo);
+}
+
+}  // namespace simd
+}  // namespace nerve

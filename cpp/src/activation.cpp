@@ -1,0 +1,783 @@
+// Activation registry and kernels.
+//
+// Every elementwise activation is a small functor (forward: x -> y; backward:
+// (y or z, dy) -> dz) applied by a few generic loops. The loops are
+// `#pragma omp simd` over contiguous spans and the functors use only the
+// branch-free helpers of simd_math.hpp, so GCC emits AVX2 code for all of
+// them. Threads split rows (or fixed-size chunks of the flattened matrix);
+// the split never changes any result because every element is computed
+// independently (and softmax rows are reduced by one thread each).
+//
+// Derivative conventions at kinks follow PyTorch autograd:
+//   relu'(0) = 0;  leaky_relu'(0) = alpha;  elu'(0) = alpha;  selu'(0) = scale*alpha;
+//   relu6'(0) = relu6'(6) = 0;  hard_sigmoid'(+-3) = 0;
+//   hard_swish'(-3) = -1/2, hard_swish'(3) = 3/2;  rrelu'(0) = slope;
+//   crelu: both halves use relu'(0) = 0;  binary_step(0) = 1 (Heaviside with H(0) = 1).
+#include "nerve/activation.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include "nerve/parallel.hpp"
+#include "nerve/rng.hpp"
+#include "nerve/simd_math.hpp"
+
+namespace nerve {
+
+namespace {
+
+constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
+constexpr double kSeluScale = 1.0507009873554804934193349852946;
+constexpr float kSeluScaleF = static_cast<float>(kSeluScale);
+// Product taken in double, rounded once, as the coefficient of expm1.
+constexpr float kSeluScaleAlphaF = static_cast<float>(kSeluScale * kSeluAlpha);
+constexpr float kSqrt2OverPi = 0.79788456080286536f;
+constexpr float kGeluKappa = 0.044715f;
+constexpr double kSqrt2OverPiD = 0.79788456080286535588;
+constexpr double kGeluKappaD = 0.044715;
+
+std::vector<ActInfo> build_registry() {
+  using G = GradFrom;
+  std::vector<ActInfo> r;
+  auto add = [&](std::string name, std::vector<std::string> aliases, Act kind,
+                 std::vector<ActParamInfo> params, bool rowwise, int wf, G g, std::string formula) {
+    r.push_back(ActInfo{std::move(name), std::move(aliases), kind, std::move(params), rowwise, wf,
+                        g, std::move(formula)});
+  };
+  add("identity", {"linear"}, Act::Identity, {}, false, 1, G::Output, "y = x");
+  add("sigmoid", {"logistic"}, Act::Sigmoid, {}, false, 1, G::Output, "y = 1 / (1 + exp(-x))");
+  add("tanh", {}, Act::Tanh, {}, false, 1, G::Output, "y = tanh(x)");
+  add("relu", {}, Act::Relu, {}, false, 1, G::Output, "y = max(x, 0)");
+  add("leaky_relu", {}, Act::LeakyRelu, {{"alpha", 0.01}}, false, 1, G::Output,
+      "y = x if x > 0 else alpha * x   (alpha >= 0)");
+  add("elu", {}, Act::Elu, {{"alpha", 1.0}}, false, 1, G::Output,
+      "y = x if x > 0 else alpha * (exp(x) - 1)   (alpha >= 0)");
+  add("selu", {}, Act::Selu, {}, false, 1, G::Output,
+      "y = scale * (x if x > 0 else alpha * (exp(x) - 1)), alpha = 1.6732632, scale = 1.0507010");
+  add("crelu", {}, Act::Crelu, {}, false, 2, G::Output,
+      "y = [max(x, 0), max(-x, 0)] concatenated along columns (output width 2 * input width)");
+  add("swish", {"silu"}, Act::Swish, {{"beta", 1.0}}, false, 1, G::Input,
+      "y = x * sigmoid(beta * x)");
+  add("binary_step", {}, Act::BinaryStep, {{"straight_through", 0.0}}, false, 1, G::Output,
+      "y = 1 if x >= 0 else 0; gradient 0, or dy passed through if straight_through = 1");
+  add("softmax", {}, Act::Softmax, {}, true, 1, G::Output,
+      "y_i = exp(x_i - max(x)) / sum_j exp(x_j - max(x))   (per row)");
+  add("log_softmax", {}, Act::LogSoftmax, {}, true, 1, G::Output,
+      "y_i = x_i - max(x) - log(sum_j exp(x_j - max(x)))   (per row)");
+  add("gelu", {}, Act::Gelu, {{"approximate", 0.0}}, false, 1, G::Input,
+      "y = x * Phi(x); approximate = 1: y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))");
+  add("softplus", {}, Act::Softplus, {{"beta", 1.0}, {"threshold", 20.0}}, false, 1, G::Input,
+      "y = log(1 + exp(beta * x)) / beta, or x where beta * x > threshold");
+  add("mish", {}, Act::Mish, {}, false, 1, G::Input, "y = x * tanh(softplus(x))");
+  add("hard_sigmoid", {}, Act::HardSigmoid, {}, false, 1, G::Input,
+      "y = min(max(x + 3, 0), 6) / 6");
+  add("hard_swish", {}, Act::HardSwish, {}, false, 1, G::Input,
+      "y = x * min(max(x + 3, 0), 6) / 6");
+  add("relu6", {}, Act::Relu6, {}, false, 1, G::Output, "y = min(max(x, 0), 6)");
+  add("rrelu", {}, Act::Rrelu, {{"lower", 1.0 / 8.0}, {"upper", 1.0 / 3.0}}, false, 1, G::Input,
+      "y = x if x > 0 else a * x; a ~ U(lower, upper) per element in training, "
+      "(lower + upper) / 2 in evaluation");
+  return r;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// Elementwise forward functors: operator()(x) -> y.
+
+struct FIdentity {
+  NERVE_INLINE float operator()(float x) const { return x; }
+};
+struct FSigmoid {
+  NERVE_INLINE float operator()(float x) const { return simd::sigmoid(x); }
+};
+struct FTanh {
+  NERVE_INLINE float operator()(float x) const { return simd::tanh(x); }
+};
+// relu: max(x, 0). NaN propagates (as PyTorch's clamp_min), so a diverging
+// network shows NaN rather than silently zeroing it.
+struct FRelu {
+  NERVE_INLINE float operator()(float x) const { return simd::max_(x, 0.0f); }
+};
+// leaky_relu: x > 0 ? x : alpha*x.
+struct FLeaky {
+  float alpha;
+  NERVE_INLINE float operator()(float x) const { return simd::sel(x > 0.0f, x, alpha * x); }
+};
+// elu: x > 0 ? x : alpha*expm1(x)  (expm1 keeps precision for small |x|).
+struct FElu {
+  float alpha;
+  NERVE_INLINE float operator()(float x) const {
+    float n = alpha * simd::expm1(x);
+    return simd::sel(x > 0.0f, x, n);
+  }
+};
+// selu: x > 0 ? scale*x : scale*alpha*expm1(x).
+struct FSelu {
+  NERVE_INLINE float operator()(float x) const {
+    float n = kSeluScaleAlphaF * simd::expm1(x);
+    return simd::sel(x > 0.0f, kSeluScaleF * x, n);
+  }
+};
+// swish: x * sigmoid(beta*x). beta*x is kept as hi + lo (exact by fma), so
+// the tail exp(beta*x) is not spoilt by rounding the product (beta != 1).
+struct FSwish {
+  float beta;
+  NERVE_INLINE float operator()(float x) const {
+    float hi = beta * x;
+    return x * simd::sigmoid2(hi, simd::fma_(beta, x, -hi));
+  }
+};
+// binary_step: Heaviside with H(0) = 1 (x >= 0 fires, so the step is
+// right-continuous; torch.heaviside(x, 1) makes the same choice). -0 counts as
+// 0 and gives 1; NaN propagates.
+struct FStep {
+  NERVE_INLINE float operator()(float x) const {
+    return simd::sel(x < 0.0f, 0.0f, simd::sel(x >= 0.0f, 1.0f, x));
+  }
+};
+// gelu (exact): x * Phi(x); the negative side uses the erfc tail directly so
+// gelu(-5) keeps full relative precision instead of 1 - (1 - tiny).
+struct FGeluErf {
+  NERVE_INLINE float operator()(float x) const {
+    float tail = simd::normal_tail(x);
+    float phi = simd::sel(x >= 0.0f, 1.0f - tail, tail);
+    return x * phi;
+  }
+};
+// gelu (tanh form): 0.5 x (1 + tanh(u)) = x * sigmoid(2u),
+// u = sqrt(2/pi) (x + 0.044715 x^3). The sigmoid form avoids 1 + tanh
+// cancelling for negative x. x is clamped inside u only (the sigmoid has
+// saturated long before) so x^3 cannot overflow.
+// 2u is formed in double and split: for x << 0 the result is exp(2u)-sized
+// and a float 2u would cost ~|2u| ulp.
+NERVE_INLINE void gelu_tanh_arg(float xc, float& hi, float& lo) {
+  const double xd = xc;
+  simd::split(2.0 * kSqrt2OverPiD * (xd + kGeluKappaD * xd * xd * xd), hi, lo);
+}
+struct FGeluTanh {
+  NERVE_INLINE float operator()(float x) const {
+    float xc = simd::max_(simd::min_(x, 50.0f), -50.0f);
+    float hi, lo;
+    gelu_tanh_arg(xc, hi, lo);
+    return x * simd::sigmoid2(hi, lo);
+  }
+};
+// softplus: t = beta*x; t > threshold ? x : (max(t,0) + log1p(exp(-|t|))) / beta.
+// t is rounded as PyTorch rounds it for the threshold test; its rounding
+// error tl (exact by fma) is carried into exp and the linear part.
+struct FSoftplus {
+  float beta, threshold;
+  NERVE_INLINE float operator()(float x) const {
+    float t = beta * x;
+    float tl = simd::fma_(beta, x, -t);
+    float at = simd::abs_(t);
+    float atl = simd::sel(t < 0.0f, -tl, tl);
+    float lin = simd::sel(t > 0.0f, t + tl, 0.0f);
+    float sp = lin + simd::log1p_pos(simd::exp_sum(-at, -atl));
+    return simd::sel(t > threshold, x, sp / beta);
+  }
+};
+// mish: x * tanh(log(1 + e^x)). With e = e^x, tanh(log(1+e)) = n / (n + 2),
+// n = e (e + 2): no log, no tanh, and exact relative precision for x << 0.
+// Beyond x = 20 the ratio is 1 in float, so clamping x there avoids overflow.
+struct FMish {
+  NERVE_INLINE float operator()(float x) const {
+    float e = simd::exp(simd::min_(x, 20.0f));
+    float n = e * (e + 2.0f);
+    return x * (n / (n + 2.0f));
+  }
+};
+// hard_sigmoid: min(max(x + 3, 0), 6) / 6  (PyTorch's hardsigmoid).
+struct FHardSigmoid {
+  NERVE_INLINE float operator()(float x) const {
+    return simd::min_(simd::max_(x + 3.0f, 0.0f), 6.0f) / 6.0f;
+  }
+};
+// hard_swish: x * min(max(x + 3, 0), 6) / 6.
+struct FHardSwish {
+  NERVE_INLINE float operator()(float x) const {
+    return x * simd::min_(simd::max_(x + 3.0f, 0.0f), 6.0f) / 6.0f;
+  }
+};
+// relu6: min(max(x, 0), 6).
+struct FRelu6 {
+  NERVE_INLINE float operator()(float x) const {
+    return simd::min_(simd::max_(x, 0.0f), 6.0f);
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Backward functors. Output-based ones read y, input-based ones read z.
+
+struct BIdentity {
+  NERVE_INLINE float operator()(float, float dy) const { return dy; }
+};
+// sigmoid' = y (1 - y).
+struct BSigmoid {
+  NERVE_INLINE float operator()(float y, float dy) const { return dy * (y * (1.0f - y)); }
+};
+// tanh' = 1 - y^2 (fma: the square is not rounded before the subtraction).
+struct BTanh {
+  NERVE_INLINE float operator()(float y, float dy) const { return dy * simd::fma_(-y, y, 1.0f); }
+};
+// relu' = [y > 0]: y > 0 exactly when x > 0, so relu'(0) = 0 as in PyTorch.
+struct BRelu {
+  NERVE_INLINE float operator()(float y, float dy) const { return y > 0.0f ? dy : 0.0f; }
+};
+// leaky_relu' = y > 0 ? 1 : alpha. For alpha >= 0 (enforced), y > 0 iff x > 0,
+// and x == 0 takes alpha, PyTorch's (x > 0 ? 1 : negval).
+struct BLeaky {
+  float alpha;
+  NERVE_INLINE float operator()(float y, float dy) const { return simd::sel(y > 0.0f, dy, dy * alpha); }
+};
+// elu' = y > 0 ? 1 : y + alpha  (alpha e^x = alpha (e^x - 1) + alpha). elu'(0) = alpha.
+struct BElu {
+  float alpha;
+  NERVE_INLINE float operator()(float y, float dy) const {
+    return simd::sel(y > 0.0f, dy, dy * (y + alpha));
+  }
+};
+// selu' = y > 0 ? scale : y + scale*alpha.
+struct BSelu {
+  NERVE_INLINE float operator()(float y, float dy) const {
+    return simd::sel(y > 0.0f, dy * kSeluScaleF, dy * (y + kSeluScaleAlphaF));
+  }
+};
+// relu6' = 0 < y < 6 (PyTorch's hardtanh_backward zeroes both boundaries).
+struct BRelu6 {
+  NERVE_INLINE float operator()(float y, float dy) const {
+    return simd::sel((y > 0.0f) & (y < 6.0f), dy, 0.0f);
+  }
+};
+struct BZero {
+  NERVE_INLINE float operator()(float, float) const { return 0.0f; }
+};
+// swish' = s + beta x s (1 - s), s = sigmoid(beta x), with 1 - s taken as
+// sigmoid(-beta x) to avoid cancellation: = s (1 + beta x s(-beta x)).
+struct BSwish {
+  float beta;
+  NERVE_INLINE float operator()(float x, float dy) const {
+    float s, sn;
+    float hi = beta * x;
+    simd::sigmoid_pair2(hi, simd::fma_(beta, x, -hi), s, sn);
+    return dy * (s * simd::fma_(hi, sn, 1.0f));
+  }
+};
+// gelu' (exact) = Phi(x) + x phi(x).
+struct BGeluErf {
+  NERVE_INLINE float operator()(float x, float dy) const {
+    float tail = simd::normal_tail(x);
+    float phi = simd::sel(x >= 0.0f, 1.0f - tail, tail);
+    return dy * simd::fma_(x, simd::normal_pdf(x), phi);
+  }
+};
+// gelu' (tanh form) = s + 2 x s s' u'(x), s = sigmoid(2u), s' = sigmoid(-2u),
+// u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)  (since 1 - tanh(u)^2 = 4 s s').
+struct BGeluTanh {
+  NERVE_INLINE float operator()(float x, float dy) const {
+    float xc = simd::max_(simd::min_(x, 50.0f), -50.0f);
+    float x2 = xc * xc;
+    float du = kSqrt2OverPi * simd::fma_(3.0f * kGeluKappa, x2, 1.0f);
+    float s, sn, hi, lo;
+    gelu_tanh_arg(xc, hi, lo);
+    simd::sigmoid_pair2(hi, lo, s, sn);
+    return dy * simd::fma_(2.0f * x * s, sn * du, s);
+  }
+};
+// softplus' = beta x > threshold ? 1 : sigmoid(beta x).
+struct BSoftplus {
+  float beta, threshold;
+  NERVE_INLINE float operator()(float x, float dy) const {
+    float t = beta * x;
+    float s = simd::sigmoid2(t, simd::fma_(beta, x, -t));
+    return simd::sel(t > threshold, dy, dy * s);
+  }
+};
+// mish' = t + x (1 - t^2) sigmoid(x), t = n/(n+2), 1 - t = 2/(n+2) exactly
+// in form, so the small factor 1 - t^2 = (1 - t)(1 + t) does not cancel.
+struct BMish {
+  NERVE_INLINE float operator()(float x, float dy) const {
+    float e = simd::exp(simd::min_(x, 20.0f));
+    float n = e * (e + 2.0f);
+    float inv = 1.0f / (n + 2.0f);
+    float t = n * inv;
+    float one_minus_t2 = (2.0f * inv) * (1.0f + t);
+    float sig = e / (1.0f + e);
+    return dy * simd::fma_(x * one_minus_t2, sig, t);
+  }
+};
+// hard_sigmoid' = 1/6 on the open interval (-3, 3), 0 elsewhere (boundaries too).
+struct BHardSigmoid {
+  NERVE_INLINE float operator()(float x, float dy) const {
+    return simd::sel((x > -3.0f) & (x < 3.0f), dy * (1.0f / 6.0f), 0.0f);
+  }
+};
+// hard_swish' = 0 for x < -3; x/3 + 1/2 for -3 <= x <= 3; 1 for x > 3
+// (PyTorch's convention: -1/2 at -3, 3/2 at 3).
+struct BHardSwish {
+  NERVE_INLINE float operator()(float x, float dy) const {
+    // (2x + 3)/6 == x/3 + 1/2 with one rounding less (2x + 3 is exact near the root).
+    float mid = dy * ((2.0f * x + 3.0f) / 6.0f);
+    float r = simd::sel(x <= 3.0f, mid, dy);
+    return simd::sel(x < -3.0f, 0.0f, r);
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Generic loops.
+
+// Elements per parallel piece when the matrix is treated as one flat array:
+// large enough to amortise scheduling, fixed so results never depend on threads.
+constexpr Index kChunk = 1 << 14;
+
+// y = f(z + bias) over the matrix; `store_z` writes z + bias back into z.
+template <class F>
+void forward_map(const F& f, float* z, const float* bias, float* y, Index rows, Index cols,
+                 bool store_z, double flops_per_elem) {
+  const double work = flops_per_elem * static_cast<double>(rows) * static_cast<double>(cols);
+  if (!bias) {
+    // No per-column state: split the flat array so tall-skinny and one-row
+    // matrices still use every thread.
+    const Index n = rows * cols;
+    const Index pieces = (n + kChunk - 1) / kChunk;
+    const int t = threads_for(work, pieces);
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+    for (Index p = 0; p < pieces; ++p) {
+      const Index b = p * kChunk, e = std::min(n, b + kChunk);
+      const float* zp = z + b;
+      float* yp = y + b;
+#pragma omp simd
+      for (Index i = 0; i < e - b; ++i) yp[i] = f(zp[i]);
+    }
+    return;
+  }
+  const int t = threads_for(work, rows);
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+  for (Index r = 0; r < rows; ++r) {
+    float* zr = z + r * cols;
+    float* yr = y + r * cols;
+    if (store_z) {
+#pragma omp simd
+      for (Index c = 0; c < cols; ++c) {
+        const float x = zr[c] + bias[c];
+        zr[c] = x;
+        yr[c] = f(x);
+      }
+    } else {
+#pragma omp simd
+      for (Index c = 0; c < cols; ++c) yr[c] = f(zr[c] + bias[c]);
+    }
+  }
+}
+
+// dz = g(src, dy) elementwise, src = y or z.
+template <class G>
+void backward_map(const G& g, const float* src, const float* dy, float* dz, Index n,
+                  double flops_per_elem) {
+  const Index pieces = (n + kChunk - 1) / kChunk;
+  const int t = threads_for(flops_per_elem * static_cast<double>(n), pieces);
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+  for (Index p = 0; p < pieces; ++p) {
+    const Index b = p * kChunk, e = std::min(n, b + kChunk);
+    const float* sp = src + b;
+    const float* dyp = dy + b;
+    float* dzp = dz + b;
+#pragma omp simd
+    for (Index i = 0; i < e - b; ++i) dzp[i] = g(sp[i], dyp[i]);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// rrelu. Slope for element i: lower + (upper - lower) * U_i in training, the
+// mean slope in evaluation. Only elements with x <= 0 use it (PyTorch draws
+// for `input <= 0`), so x == 0 has derivative = slope, as in leaky_relu.
+
+struct RreluSlopes {
+  RandomKey key;
+  float lower, width;
+  NERVE_INLINE float operator()(std::uint64_t i) const {
+    std::uint32_t w[4];
+    key.block(i, w);
+    return simd::fma_(width, RandomKey::to_unit_float(w[0]), lower);
+  }
+};
+
+RreluSlopes rrelu_slopes(const Activation& a, const ActContext& ctx) {
+  return RreluSlopes{RandomKey{mix_seed(ctx.seed, ctx.stream), ctx.step}, a.lower,
+                     a.upper - a.lower};
+}
+
+void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, Index rows,
+                   Index cols, const ActContext& ctx) {
+  if (!ctx.training) {
+    const float slope = 0.5f * (a.lower + a.upper);
+    forward_map(FLeaky{slope}, z, bias, y, rows, cols, bias != nullptr, 1.0);
+    return;
+  }
+  const RreluSlopes sl = rrelu_slopes(a, ctx);
+  const int t = threads_for(60.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+  for (Index r = 0; r < rows; ++r) {
+    float* zr = z + r * cols;
+    float* yr = y + r * cols;
+    const std::uint64_t base = static_cast<std::uint64_t>(r) * static_cast<std::uint64_t>(cols);
+    for (Index c = 0; c < cols; ++c) {
+      float x = zr[c];
+      if (bias) {
+        x += bias[c];
+        zr[c] = x;
+      }
+      // Only non-positive elements pay for a Philox block.
+      yr[c] = x > 0.0f ? x : x * sl(base + static_cast<std::uint64_t>(c));
+    }
+  }
+}
+
+void rrelu_backward(const Activation& a, const float* z, const float* dy, float* dz, Index rows,
+                    Index cols, const ActContext& ctx) {
+  if (!ctx.training) {
+    const float slope = 0.5f * (a.lower + a.upper);
+    backward_map([slope](float x, float g) { return simd::sel(x > 0.0f, g, g * slope); }, z, dy, dz,
+                 rows * cols, 1.0);
+    return;
+  }
+  const RreluSlopes sl = rrelu_slopes(a, ctx);
+  const Index n = rows * cols;
+  const Index pieces = (n + kChunk - 1) / kChunk;
+  const int t = threads_for(60.0 * static_cast<double>(n), pieces);
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+  for (Index p = 0; p < pieces; ++p) {
+    const Index e = std::min(n, (p + 1) * kChunk);
+    for (Index i = p * kChunk; i < e; ++i)
+      dz[i] = z[i] > 0.0f ? dy[i] : dy[i] * sl(static_cast<std::uint64_t>(i));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// crelu: row r of y is [relu(x_r), relu(-x_r)]. Backward from y: the first
+// half is positive exactly where x > 0, the second exactly where x < 0, so
+// dz = dy1 [y1 > 0] - dy2 [y2 > 0]; x == 0 gets 0 from both halves.
+
+void crelu_forward(float* z, const float* bias, float* y, Index rows, Index cols) {
+  const int t = threads_for(2.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+  for (Index r = 0; r < rows; ++r) {
+    const float* zr = z + r * cols;
+    float* yp = y + r * 2 * cols;
+    float* yn = yp + cols;
+    if (bias) {
+#pragma omp simd
+      for (Index c = 0; c < cols; ++c) {
+        const float x = zr[c] + bias[c];
+        yp[c] = simd::max_(x, 0.0f);
+        yn[c] = simd::max_(-x, 0.0f);
+      }
+    } else {
+#pragma omp simd
+      for (Index c = 0; c < cols; ++c) {
+        const float x = zr[c];
+        yp[c] = simd::max_(x, 0.0f);
+        yn[c] = simd::max_(-x, 0.0f);
+      }
+    }
+  }
+}
+
+void crelu_backward(const float* y, const float* dy, float* dz, Index rows, Index cols) {
+  const int t = threads_for(3.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+  for (Index r = 0; r < rows; ++r) {
+    const float* yp = y + r * 2 * cols;
+    const float* yn = yp + cols;
+    const float* gp = dy + r * 2 * cols;
+    const float* gn = gp + cols;
+    float* d = dz + r * cols;
+#pragma omp simd
+    for (Index c = 0; c < cols; ++c)
+      d[c] = simd::sel(yp[c] > 0.0f, gp[c], 0.0f) - simd::sel(yn[c] > 0.0f, gn[c], 0.0f);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Row-wise softmax / log_softmax, in place per row (y may be z): pass 1 adds
+// the bias and finds the max, pass 2 exponentiates and sums (in double, so
+// the normaliser is correctly rounded for any width), pass 3 normalises.
+
+// exp(x - m) with x - m carried as hi + lo (Knuth's two-sum, exact), so the
+// rounding of the difference never reaches exp (it would cost up to |x - m| ulp).
+NERVE_INLINE float exp_shifted(float x, float m) {
+  const float hi = x - m;
+  const float bv = hi - x;
+  const float lo = (x - (hi - bv)) + (-m - bv);
+  return simd::exp_sum(hi, lo);
+}
+
+template <bool kLog>
+void softmax_forward(float* z, const float* bias, float* y, Index rows, Index cols) {
+  const int t = threads_for(25.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+  for (Index r = 0; r < rows; ++r) {
+    const float* zr = z + r * cols;
+    float* yr = y + r * cols;
+    float m = -std::numeric_limits<float>::infinity();
+    if (bias) {
+#pragma omp simd reduction(max : m)
+      for (Index c = 0; c < cols; ++c) {
+        const float x = zr[c] + bias[c];
+        yr[c] = x;
+        m = std::max(m, x);
+      }
+    } else {
+#pragma omp simd reduction(max : m)
+      for (Index c = 0; c < cols; ++c) m = std::max(m, zr[c]);
+    }
+    const float* xr = bias ? yr : zr;
+    // A row of all -inf (or +inf) has no meaningful max shift; using 0 then
+    // yields the IEEE result (NaN) rather than hiding it.
+    if (!std::isfinite(m)) m = 0.0f;
+    double sum = 0.0;
+    if (kLog) {
+#pragma omp simd reduction(+ : sum)
+      for (Index c = 0; c < cols; ++c) sum += static_cast<double>(exp_shifted(xr[c], m));
+      // x - m is exact in double, so y is rounded once.
+      const double shift = static_cast<double>(m) + std::log(sum);
+#pragma omp simd
+      for (Index c = 0; c < cols; ++c)
+        yr[c] = static_cast<float>(static_cast<double>(xr[c]) - shift);
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (Index c = 0; c < cols; ++c) {
+        const float e = exp_shifted(xr[c], m);
+        yr[c] = e;
+        sum += static_cast<double>(e);
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+#pragma omp simd
+      for (Index c = 0; c < cols; ++c) yr[c] *= inv;
+    }
+  }
+}
+
+// softmax:     dz = y * (dy - sum(dy * y))
+// log_softmax: dz = dy - exp(y) * sum(dy)
+template <bool kLog>
+void softmax_backward(const float* y, const float* dy, float* dz, Index rows, Index cols) {
+  const int t = threads_for(25.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+  for (Index r = 0; r < rows; ++r) {
+    const float* yr = y + r * cols;
+    const float* gr = dy + r * cols;
+    float* dr = dz + r * cols;
+    double s = 0.0;
+    if (kLog) {
+#pragma omp simd reduction(+ : s)
+      for (Index c = 0; c < cols; ++c) s += static_cast<double>(gr[c]);
+      const float sf = static_cast<float>(s);
+#pragma omp simd
+      for (Index c = 0; c < cols; ++c) dr[c] = simd::fma_(-simd::exp(yr[c]), sf, gr[c]);
+    } else {
+#pragma omp simd reduction(+ : s)
+      for (Index c = 0; c < cols; ++c) s += static_cast<double>(gr[c]) * yr[c];
+      const float sf = static_cast<float>(s);
+#pragma omp simd
+      for (Index c = 0; c < cols; ++c) dr[c] = yr[c] * (gr[c] - sf);
+    }
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+const std::vector<ActInfo>& activation_registry() {
+  static const std::vector<ActInfo> registry = build_registry();
+  return registry;
+}
+
+const ActInfo& activation_info(Act kind) {
+  for (const ActInfo& info : activation_registry())
+    if (info.kind == kind) return info;
+  throw ValueError("activation_info: unknown activation kind " +
+                   std::to_string(static_cast<int>(kind)));
+}
+
+Activation make_activation(const std::string& name, const std::map<std::string, double>& params) {
+  const ActInfo* info = nullptr;
+  for (const ActInfo& i : activation_registry()) {
+    if (i.name == name || std::find(i.aliases.begin(), i.aliases.end(), name) != i.aliases.end()) {
+      info = &i;
+      break;
+    }
+  }
+  if (!info) {
+    std::vector<std::string> names;
+    for (const ActInfo& i : activation_registry()) {
+      names.push_back(i.name);
+      for (const std::string& al : i.aliases) names.push_back(al);
+    }
+    throw ValueError("unknown activation '" + name + "'; valid names: " + join(names));
+  }
+
+  std::map<std::string, double> v;
+  std::vector<std::string> valid;
+  for (const ActParamInfo& p : info->params) {
+    v[p.name] = p.default_value;
+    valid.push_back(p.name);
+  }
+  for (const auto& kv : params) {
+    if (!v.count(kv.first)) {
+      throw ValueError("activation '" + info->name + "' has no parameter '" + kv.first + "'; " +
+                       (valid.empty() ? std::string("it takes no parameters")
+                                      : "valid parameters: " + join(valid)));
+    }
+    if (!std::isfinite(kv.second)) {
+      std::ostringstream os;
+      os << "activation '" << info->name << "': parameter '" << kv.first
+         << "' must be finite, got " << kv.second;
+      throw ValueError(os.str());
+    }
+    v[kv.first] = kv.second;
+  }
+  auto fail = [&](const std::string& what) {
+    throw ValueError("activation '" + info->name + "': " + what);
+  };
+  auto as_bool = [&](const char* key) {
+    const double x = v[key];
+    if (x != 0.0 && x != 1.0) {
+      std::ostringstream os;
+      os << "parameter '" << key << "' must be 0 or 1 (false/true), got " << x;
+      fail(os.str());
+    }
+    return x == 1.0;
+  };
+  auto num = [&](const char* key) { return v[key]; };
+  auto str = [](double x) {
+    std::ostringstream os;
+    os << x;
+    return os.str();
+  };
+
+  Activation a;
+  a.kind = info->kind;
+  switch (info->kind) {
+    case Act::LeakyRelu:
+    case Act::Elu:
+      // The derivative is taken from y, which needs sign(y) == sign(x).
+      if (num("alpha") < 0.0) fail("alpha must be >= 0, got " + str(num("alpha")));
+      a.alpha = static_cast<float>(num("alpha"));
+      break;
+    case Act::Swish:
+      a.beta = static_cast<float>(num("beta"));
+      break;
+    case Act::BinaryStep:
+      a.straight_through = as_bool("straight_through");
+      break;
+    case Act::Gelu: {
+      const double ap = num("approximate");
+      if (ap != 0.0 && ap != 1.0)
+        fail("parameter 'approximate' must be 0 (exact erf form) or 1 (tanh form), got " +
+             str(ap));
+      a.approximate_tanh = ap == 1.0;
+      break;
+    }
+    case Act::Softplus:
+      if (!(num("beta") > 0.0)) fail("beta must be > 0, got " + str(num("beta")));
+      a.beta = static_cast<float>(num("beta"));
+      a.threshold = static_cast<float>(num("threshold"));
+      break;
+    case Act::Rrelu:
+      if (!(num("lower") >= 0.0 && num("lower") <= num("upper")))
+        fail("need 0 <= lower <= upper, got lower=" + str(num("lower")) +
+             ", upper=" + str(num("upper")));
+      a.lower = static_cast<float>(num("lower"));
+      a.upper = static_cast<float>(num("upper"));
+      break;
+    default:
+      break;
+  }
+  return a;
+}
+
+void activation_forward(const Activation& a, float* z, const float* bias, float* y, Index rows,
+                        Index cols, const ActContext& ctx) {
+  if (rows <= 0 || cols <= 0) return;
+  const bool keep = bias != nullptr && activation_info(a.kind).grad_from == GradFrom::Input;
+  if (a.kind == Act::Identity && !bias && y == z) return;
+  switch (a.kind) {
+    case Act::Identity: forward_map(FIdentity{}, z, bias, y, rows, cols, keep, 1); break;
+    case Act::Sigmoid: forward_map(FSigmoid{}, z, bias, y, rows, cols, keep, 20); break;
+    case Act::Tanh: forward_map(FTanh{}, z, bias, y, rows, cols, keep, 25); break;
+    case Act::Relu: forward_map(FRelu{}, z, bias, y, rows, cols, keep, 1); break;
+    case Act::LeakyRelu: forward_map(FLeaky{a.alpha}, z, bias, y, rows, cols, keep, 1); break;
+    case Act::Elu: forward_map(FElu{a.alpha}, z, bias, y, rows, cols, keep, 20); break;
+    case Act::Selu: forward_map(FSelu{}, z, bias, y, rows, cols, keep, 20); break;
+    case Act::Crelu: crelu_forward(z, bias, y, rows, cols); break;
+    case Act::Swish: forward_map(FSwish{a.beta}, z, bias, y, rows, cols, keep, 20); break;
+    case Act::BinaryStep: forward_map(FStep{}, z, bias, y, rows, cols, keep, 1); break;
+    case Act::Softmax: softmax_forward<false>(z, bias, y, rows, cols); break;
+    case Act::LogSoftmax: softmax_forward<true>(z, bias, y, rows, cols); break;
+    case Act::Gelu:
+      if (a.approximate_tanh)
+        forward_map(FGeluTanh{}, z, bias, y, rows, cols, keep, 25);
+      else
+        forward_map(FGeluErf{}, z, bias, y, rows, cols, keep, 35);
+      break;
+    case Act::Softplus:
+      forward_map(FSoftplus{a.beta, a.threshold}, z, bias, y, rows, cols, keep, 40);
+      break;
+    case Act::Mish: forward_map(FMish{}, z, bias, y, rows, cols, keep, 25); break;
+    case Act::HardSigmoid: forward_map(FHardSigmoid{}, z, bias, y, rows, cols, keep, 4); break;
+    case Act::HardSwish: forward_map(FHardSwish{}, z, bias, y, rows, cols, keep, 5); break;
+    case Act::Relu6: forward_map(FRelu6{}, z, bias, y, rows, cols, keep, 2); break;
+    case Act::Rrelu: rrelu_forward(a, z, bias, y, rows, cols, ctx); break;
+  }
+}
+
+void activation_backward(const Activation& a, const float* z, const float* y, const float* dy,
+                         float* dz, Index rows, Index cols, const ActContext& ctx) {
+  if (rows <= 0 || cols <= 0) return;
+  const Index n = rows * cols;
+  switch (a.kind) {
+    case Act::Identity:
+      if (dz != dy) backward_map(BIdentity{}, dy, dy, dz, n, 1);
+      break;
+    case Act::Sigmoid: backward_map(BSigmoid{}, y, dy, dz, n, 3); break;
+    case Act::Tanh: backward_map(BTanh{}, y, dy, dz, n, 3); break;
+    case Act::Relu: backward_map(BRelu{}, y, dy, dz, n, 1); break;
+    case Act::LeakyRelu: backward_map(BLeaky{a.alpha}, y, dy, dz, n, 2); break;
+    case Act::Elu: backward_map(BElu{a.alpha}, y, dy, dz, n, 3); break;
+    case Act::Selu: backward_map(BSelu{}, y, dy, dz, n, 3); break;
+    case Act::Crelu: crelu_backward(y, dy, dz, rows, cols); break;
+    case Act::Swish: backward_map(BSwish{a.beta}, z, dy, dz, n, 25); break;
+    case Act::BinaryStep:
+      if (a.straight_through) {
+        if (dz != dy) backward_map(BIdentity{}, dy, dy, dz, n, 1);
+      } else {
+        backward_map(BZero{}, dy, dy, dz, n, 1);
+      }
+      break;
+    case Act::Softmax: softmax_backward<false>(y, dy, dz, rows, cols); break;
+    case Act::LogSoftmax: softmax_backward<true>(y, dy, dz, rows, cols); break;
+    case Act::Gelu:
+      if (a.approximate_tanh)
+        backward_map(BGeluTanh{}, z, dy, dz, n, 30);
+      else
+        backward_map(BGeluErf{}, z, dy, dz, n, 50);
+      break;
+    case Act::Softplus: backward_map(BSoftplus{a.beta, a.threshold}, z, dy, dz, n, 20); break;
+    case Act::Mish: backward_map(BMish{}, z, dy, dz, n, 30); break;
+    case Act::HardSigmoid: backward_map(BHardSigmoid{}, z, dy, dz, n, 3); break;
+    case Act::HardSwish: backward_map(BHardSwish{}, z, dy, dz, n, 4); break;
+    case Act::Relu6: backward_map(BRelu6{}, y, dy, dz, n, 2); break;
+    case Act::Rrelu: rrelu_backward(a, z, dy, dz, rows, cols, ctx); break;
+  }
+}
+
+}  // namespace nerve

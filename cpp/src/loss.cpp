@@ -1,0 +1,846 @@
+// Losses with PyTorch's "mean" reduction: value in double, gradient written in
+// the same pass, deterministic for any thread count.
+//
+// Determinism: the batch is cut into chunks whose size depends only on the
+// problem size (never on the thread count); each chunk's partial sum (double)
+// lands in a fixed slot of a stack array and the slots are added in order.
+// Threads only decide who computes which slot, so the result is bit-identical
+// for 1 or N threads.
+#include "nerve/loss.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include "nerve/parallel.hpp"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace nerve {
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Chunked, order-fixed reduction.
+
+// Cap on stack partial sums. Beyond kMaxChunks * base items the chunks grow
+// instead of multiplying, so the array never spills to the heap.
+constexpr Index kMaxChunks = 128;
+
+struct Chunking {
+  Index size;
+  Index count;
+};
+
+inline Chunking chunking(Index n, Index base) {
+  Index size = base;
+  if (n > base * kMaxChunks) {
+    size = (n + kMaxChunks - 1) / kMaxChunks;
+    size = (size + 7) / 8 * 8;  // keep AVX lanes aligned to the chunk start
+  }
+  Index count = n <= 0 ? 0 : (n + size - 1) / size;
+  return {size, count};
+}
+
+// Sums f(begin, end) over fixed chunks of [0, n). f must not throw.
+template <class F>
+double chunked_sum(Index n, Index base, double flops_per_item, const F& f) {
+  const Chunking ch = chunking(n, base);
+  if (ch.count == 1) return f(Index(0), n);
+  double partial[kMaxChunks];
+  const int t = threads_for(flops_per_item * static_cast<double>(n), ch.count);
+  if (t <= 1) {
+    for (Index k = 0; k < ch.count; ++k)
+      partial[k] = f(k * ch.size, std::min(n, (k + 1) * ch.size));
+  } else {
+#pragma omp parallel for num_threads(t) schedule(static)
+    for (Index k = 0; k < ch.count; ++k)
+      partial[k] = f(k * ch.size, std::min(n, (k + 1) * ch.size));
+  }
+  double s = 0.0;
+  for (Index k = 0; k < ch.count; ++k) s += partial[k];
+  return s;
+}
+
+constexpr Index kElemChunk = 4096;  // elementwise losses: elements per chunk
+constexpr Index kRowChunk = 256;    // row-wise losses: rows per chunk
+
+#if defined(__AVX2__) && defined(__FMA__)
+// exp of 4 doubles for arguments <= 0 (all softmax needs: x - max <= 0).
+// Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then Taylor to r^13 (next
+// term < 5e-18): about 1 ulp, while std::exp one lane at a time is what made
+// the softmax rows slow. Below -708 the result is flushed to 0 (std::exp
+// would give a subnormal < 1e-307, invisible next to the max's exp(0) = 1).
+// NaN propagates.
+inline __m256d exp_nonpos(__m256d x) {
+  const __m256d lo = _mm256_set1_pd(-708.0);
+  const __m256d xc = _mm256_max_pd(lo, x);  // NaN in x stays NaN (second operand)
+  const __m256d n = _mm256_round_pd(_mm256_mul_pd(xc, _mm256_set1_pd(1.4426950408889634)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), xc);
+  r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
+  static constexpr double c[14] = {1.0,
+                                   1.0,
+                                   1.0 / 2,
+                                   1.0 / 6,
+                                   1.0 / 24,
+                                   1.0 / 120,
+                                   1.0 / 720,
+                                   1.0 / 5040,
+                                   1.0 / 40320,
+                                   1.0 / 362880,
+                                   1.0 / 3628800,
+                                   1.0 / 39916800,
+                                   1.0 / 479001600,
+                                   1.0 / 6227020800.0};
+  __m256d p = _mm256_set1_pd(c[13]);
+  for (int k = 12; k >= 0; --k) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(c[k]));
+  // 2^n for n in [-1022, 0]: build the exponent field directly.
+  __m256i ni = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n));
+  __m256i bits = _mm256_slli_epi64(_mm256_add_epi64(ni, _mm256_set1_epi64x(1023)), 52);
+  __m256d e = _mm256_mul_pd(p, _mm256_castsi256_pd(bits));
+  return _mm256_andnot_pd(_mm256_cmp_pd(x, lo, _CMP_LT_OQ), e);  // x < -708 (or -inf): 0
+}
+
+inline __m256d load4_pd(const float* x, Index k) {  // k in 1..4 lanes, the rest -inf
+  if (k == 4) return _mm256_cvtps_pd(_mm_loadu_ps(x));
+  alignas(16) float tmp[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  for (Index j = 0; j < k; ++j) tmp[j] = x[j];
+  return _mm256_cvtps_pd(_mm_load_ps(tmp));
+}
+
+// log1p(a) for a in [0, 1] (the softplus term of BCE with logits), 4 lanes:
+// log1p(a) = 2 atanh(s) with s = a / (2 + a), or for a > sqrt(2) - 1,
+// ln 2 + 2 atanh(s) with s = (a - 1) / (a + 3); either way |s| <= 0.172 and s
+// comes straight from a (no 1 + a rounding), so 12 odd terms give ~1 ulp.
+inline __m256d log1p_unit(__m256d a) {
+  const __m256d one = _mm256_set1_pd(1.0);
+  const __m256d big = _mm256_cmp_pd(a, _mm256_set1_pd(0.41421356237309503), _CMP_GT_OQ);
+  const __m256d num = _mm256_blendv_pd(a, _mm256_sub_pd(a, one), big);
+  const __m256d den = _mm256_add_pd(a, _mm256_blendv_pd(_mm256_set1_pd(2.0), _mm256_set1_pd(3.0), big));
+  const __m256d s = _mm256_div_pd(num, den);
+  const __m256d s2 = _mm256_mul_pd(s, s);
+  // 2 atanh(s) = 2 s sum_k s^(2k) / (2k + 1)
+  __m256d q = _mm256_set1_pd(2.0 / 25);
+  for (int k = 11; k >= 0; --k) q = _mm256_fmadd_pd(q, s2, _mm256_set1_pd(2.0 / (2 * k + 1)));
+  const __m256d r = _mm256_mul_pd(q, s);
+  return _mm256_add_pd(r, _mm256_and_pd(big, _mm256_set1_pd(0.69314718055994531)));
+}
+#endif
+
+// ---------------------------------------------------------------------------
+// Elementwise losses on d = pred - target (MSE, MAE, Huber, SmoothL1).
+// Each op gives the per-element loss and d(loss)/d(pred) before the 1/n of
+// the mean, in scalar double and (with AVX2) as 4 doubles at a time.
+
+#if defined(__AVX2__)
+inline __m256d vabs(__m256d d) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), d); }
+#endif
+
+// MSE (torch.nn.MSELoss): l = d^2, dl/dd = 2d.
+struct MseOp {
+  double loss(double d) const { return d * d; }
+  double grad(double d) const { return 2.0 * d; }
+#if defined(__AVX2__)
+  __m256d loss(__m256d d) const { return _mm256_mul_pd(d, d); }
+  __m256d grad(__m256d d) const { return _mm256_add_pd(d, d); }
+#endif
+};
+
+// MAE / L1 (torch.nn.L1Loss): l = |d|, dl/dd = sign(d) with sign(0) = 0 (what
+// autograd of abs gives).
+struct MaeOp {
+  double loss(double d) const { return std::fabs(d); }
+  double grad(double d) const { return d > 0.0 ? 1.0 : (d < 0.0 ? -1.0 : 0.0); }
+#if defined(__AVX2__)
+  __m256d loss(__m256d d) const { return vabs(d); }
+  __m256d grad(__m256d d) const {
+    const __m256d one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd();
+    __m256d pos = _mm256_and_pd(_mm256_cmp_pd(d, zero, _CMP_GT_OQ), one);
+    __m256d neg = _mm256_and_pd(_mm256_cmp_pd(d, zero, _CMP_LT_OQ), one);
+    return _mm256_sub_pd(pos, neg);
+  }
+#endif
+};
+
+// Huber (torch.nn.HuberLoss): l = 0.5 d^2 if |d| < delta else
+// delta (|d| - 0.5 delta); dl/dd = clamp(d, -delta, delta).
+struct HuberOp {
+  double delta;
+  double loss(double d) const {
+    double z = std::fabs(d);
+    return z < delta ? 0.5 * d * d : delta * (z - 0.5 * delta);
+  }
+  double grad(double d) const { return d < -delta ? -delta : (d > delta ? delta : d); }
+#if defined(__AVX2__)
+  __m256d loss(__m256d d) const {
+    const __m256d dl = _mm256_set1_pd(delta), half = _mm256_set1_pd(0.5);
+    __m256d z = vabs(d);
+    __m256d quad = _mm256_mul_pd(half, _mm256_mul_pd(d, d));
+    __m256d lin = _mm256_mul_pd(dl, _mm256_sub_pd(z, _mm256_mul_pd(half, dl)));
+    return _mm256_blendv_pd(lin, quad, _mm256_cmp_pd(z, dl, _CMP_LT_OQ));
+  }
+  __m256d grad(__m256d d) const {
+    const __m256d dl = _mm256_set1_pd(delta);
+    return _mm256_min_pd(_mm256_max_pd(d, _mm256_sub_pd(_mm256_setzero_pd(), dl)), dl);
+  }
+#endif
+};
+
+// SmoothL1 (torch.nn.SmoothL1Loss), beta > 0: l = 0.5 d^2 / beta if
+// |d| < beta else |d| - 0.5 beta; dl/dd = clamp(d / beta, -1, 1).
+// beta == 0 is routed to MaeOp, as torch.nn.functional.smooth_l1_loss does.
+struct SmoothL1Op {
+  double beta;
+  double loss(double d) const {
+    double z = std::fabs(d);
+    return z < beta ? 0.5 * d * d / beta : z - 0.5 * beta;
+  }
+  double grad(double d) const { return d <= -beta ? -1.0 : (d >= beta ? 1.0 : d / beta); }
+#if defined(__AVX2__)
+  __m256d loss(__m256d d) const {
+    const __m256d b = _mm256_set1_pd(beta), half = _mm256_set1_pd(0.5);
+    __m256d z = vabs(d);
+    __m256d quad = _mm256_div_pd(_mm256_mul_pd(half, _mm256_mul_pd(d, d)), b);
+    __m256d lin = _mm256_sub_pd(z, _mm256_mul_pd(half, b));
+    return _mm256_blendv_pd(lin, quad, _mm256_cmp_pd(z, b, _CMP_LT_OQ));
+  }
+  __m256d grad(__m256d d) const {
+    const __m256d one = _mm256_set1_pd(1.0);
+    __m256d g = _mm256_div_pd(d, _mm256_set1_pd(beta));
+    return _mm256_min_pd(_mm256_max_pd(g, _mm256_sub_pd(_mm256_setzero_pd(), one)), one);
+  }
+#endif
+};
+
+// Sum of op.loss over [b, e); grad (if any) gets scale * op.grad. Lanes are
+// counted from b, so the summation order is a function of the chunk alone.
+template <class Op>
+double diff_chunk(const Op& op, const float* p, const float* t, float* g, double scale, Index b,
+                  Index e) {
+  Index i = b;
+  double s = 0.0;
+#if defined(__AVX2__)
+  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+  const __m256d sc = _mm256_set1_pd(scale);
+  for (; i + 8 <= e; i += 8) {
+    __m256 pv = _mm256_loadu_ps(p + i), tv = _mm256_loadu_ps(t + i);
+    __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(pv)),
+                               _mm256_cvtps_pd(_mm256_castps256_ps128(tv)));
+    __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(pv, 1)),
+                               _mm256_cvtps_pd(_mm256_extractf128_ps(tv, 1)));
+    acc0 = _mm256_add_pd(acc0, op.loss(d0));
+    acc1 = _mm256_add_pd(acc1, op.loss(d1));
+    if (g) {
+      __m128 g0 = _mm256_cvtpd_ps(_mm256_mul_pd(op.grad(d0), sc));
+      __m128 g1 = _mm256_cvtpd_ps(_mm256_mul_pd(op.grad(d1), sc));
+      _mm256_storeu_ps(g + i, _mm256_set_m128(g1, g0));
+    }
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(acc0, acc1));
+  s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+#endif
+  for (; i < e; ++i) {
+    double d = static_cast<double>(p[i]) - static_cast<double>(t[i]);
+    s += op.loss(d);
+    if (g) g[i] = static_cast<float>(op.grad(d) * scale);
+  }
+  return s;
+}
+
+template <class Op>
+double diff_loss(const Op& op, const float* p, const float* t, Index n, float* g) {
+  const double scale = 1.0 / static_cast<double>(n);
+  double s = chunked_sum(n, kElemChunk, 8.0,
+                         [&](Index b, Index e) { return diff_chunk(op, p, t, g, scale, b, e); });
+  return s * scale;
+}
+
+// Binary cross-entropy on probabilities (torch.nn.BCELoss):
+// l = -(y max(log x, -100) + (1 - y) max(log(1 - x), -100)).
+// Gradient as PyTorch's backward: (x - y) / max(x (1 - x), 1e-12), which
+// stays finite at x = 0 or 1 where the clamped log is flat.
+double bce_loss(const float* p, const float* t, Index n, float* g) {
+  const double scale = 1.0 / static_cast<double>(n);
+  auto chunk = [&](Index b, Index e) {
+    double s = 0.0;
+    for (Index i = b; i < e; ++i) {
+      double x = p[i], y = t[i];
+      double lx = std::max(std::log(x), -100.0);
+      double l1x = std::max(std::log1p(-x), -100.0);
+      s -= y * lx + (1.0 - y) * l1x;
+      if (g) g[i] = static_cast<float>((x - y) / std::max(x * (1.0 - x), 1e-12) * scale);
+    }
+    return s;
+  };
+  return chunked_sum(n, kElemChunk, 40.0, chunk) * scale;
+}
+
+// BCE with logits (torch.nn.BCEWithLogitsLoss, no pos_weight):
+// l = max(x, 0) - x y + log1p(exp(-|x|)) never overflows; dl/dx = sigmoid(x) - y.
+double bce_logits_loss(const float* p, const float* t, Index n, float* g) {
+  const double scale = 1.0 / static_cast<double>(n);
+  auto chunk = [&](Index b, Index e) {
+    Index i = b;
+    double s = 0.0;
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), sc = _mm256_set1_pd(scale);
+    __m256d acc = zero;
+    for (; i + 4 <= e; i += 4) {
+      const __m256d x = _mm256_cvtps_pd(_mm_loadu_ps(p + i));
+      const __m256d y = _mm256_cvtps_pd(_mm_loadu_ps(t + i));
+      const __m256d a = exp_nonpos(_mm256_sub_pd(zero, vabs(x)));
+      const __m256d l = _mm256_add_pd(_mm256_fnmadd_pd(x, y, _mm256_max_pd(x, zero)), log1p_unit(a));
+      acc = _mm256_add_pd(acc, l);
+      if (g) {
+        const __m256d pos = _mm256_cmp_pd(x, zero, _CMP_GE_OQ);
+        const __m256d sig = _mm256_div_pd(_mm256_blendv_pd(a, one, pos), _mm256_add_pd(one, a));
+        _mm_storeu_ps(g + i, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_sub_pd(sig, y), sc)));
+      }
+    }
+    alignas(32) double lanes[4];
+    _mm256_store_pd(lanes, acc);
+    s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+#endif
+    for (; i < e; ++i) {
+      double x = p[i], y = t[i];
+      double a = std::exp(-std::fabs(x));
+      s += std::max(x, 0.0) - x * y + std::log1p(a);
+      if (g) {
+        double sig = x >= 0.0 ? 1.0 / (1.0 + a) : a / (1.0 + a);
+        g[i] = static_cast<float>((sig - y) * scale);
+      }
+    }
+    return s;
+  };
+  return chunked_sum(n, kElemChunk, 40.0, chunk) * scale;
+}
+
+// ---------------------------------------------------------------------------
+// Row-wise losses on logits. Every row: one pass for the max, one for the
+// exp-sum (exp(x - max) parked in the grad row as float when a grad is wanted),
+// one to turn those into the gradient. No heap, no scratch.
+
+
+// z = sum_j exp(x_j - m) in double; with g, g_j = exp(x_j - m) as float.
+inline double row_exp_sum(const float* x, Index c, double m, float* g) {
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256d mv = _mm256_set1_pd(m);
+  __m256d acc = _mm256_setzero_pd();
+  for (Index j = 0; j < c; j += 4) {
+    const Index k = c - j < 4 ? c - j : 4;
+    __m256d e = exp_nonpos(_mm256_sub_pd(load4_pd(x + j, k), mv));
+    acc = _mm256_add_pd(acc, e);
+    if (g) {
+      __m128 ef = _mm256_cvtpd_ps(e);
+      if (k == 4) {
+        _mm_storeu_ps(g + j, ef);
+      } else {
+        alignas(16) float tmp[4];
+        _mm_store_ps(tmp, ef);
+        for (Index q = 0; q < k; ++q) g[j + q] = tmp[q];
+      }
+    }
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, acc);
+  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+#else
+  double z = 0.0;
+  for (Index j = 0; j < c; ++j) {
+    const double ex = std::exp(static_cast<double>(x[j]) - m);
+    if (g) g[j] = static_cast<float>(ex);
+    z += ex;
+  }
+  return z;
+#endif
+}
+
+inline float row_max(const float* x, Index c) {
+  float m = x[0];
+  for (Index j = 1; j < c; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+// Cross-entropy (torch.nn.CrossEntropyLoss), logits x, log p = log_softmax(x).
+// Every variant is l_i = sum_c q_ic (-log p_ic) with gradient
+// (S_i p_ic - q_ic) / D, S_i = sum_c q_ic, and D the mean's denominator:
+//  * labels y, smoothing e, weights w (PyTorch's label-smoothing path):
+//      q_ic = (1-e) w_{y_i} [c = y_i] + (e/C) w_c,  D = sum_i w_{y_i}
+//    (w = 1 without weights, so D = rows). PyTorch normalises the smoothing
+//    term by the same sum of target weights as the NLL term.
+//  * probability targets t (PyTorch's soft-target path):
+//      q_ic = w_c ((1-e) t_ic + e/C),  D = rows  (even with weights)
+// With labels and weights where every sampled weight is 0, D = 0 and the
+// result is NaN, as in PyTorch.
+struct CrossEntropyArgs {
+  const float* x;
+  const Target* target;
+  Index cols;
+  float* grad;
+  double eps;            // label smoothing
+  const float* weight;   // nullptr: none
+  double wsum;           // sum_c w_c (cols when unweighted)
+  double inv_denom;      // 1 / D
+};
+
+double ce_rows(const CrossEntropyArgs& a, Index b, Index e) {
+  const Index C = a.cols;
+  const double eps = a.eps, eC = eps / static_cast<double>(C);
+  double total = 0.0;
+  for (Index i = b; i < e; ++i) {
+    const float* x = a.x + i * C;
+    float* g = a.grad ? a.grad + i * C : nullptr;
+    const double m = row_max(x, C);
+    const double z = row_exp_sum(x, C, m, g);
+    const double logz = std::log(z);
+    // -log p_c = logz - (x_c - m): centred so logits of +-1000 lose nothing.
+    double l, S;
+    if (a.target->labels) {
+      const Index y = static_cast<Index>(a.target->labels[i]);
+      const double wy = a.weight ? a.weight[y] : 1.0;
+      const double nll = logz - (static_cast<double>(x[y]) - m);
+      l = (1.0 - eps) * wy * nll;
+      S = (1.0 - eps) * wy;
+      if (eps != 0.0) {
+        double sm = 0.0;
+        if (a.weight) {
+          for (Index j = 0; j < C; ++j) sm += a.weight[j] * (logz - (static_cast<double>(x[j]) - m));
+        } else {
+          for (Index j = 0; j < C; ++j) sm += logz - (static_cast<double>(x[j]) - m);
+        }
+        l += eC * sm;
+        S += eC * a.wsum;
+      }
+      if (g) {
+        const double pz = S * a.inv_denom / z;
+        if (eps == 0.0) {
+          for (Index j = 0; j < C; ++j) g[j] = static_cast<float>(g[j] * pz);
+        } else if (a.weight) {
+          for (Index j = 0; j < C; ++j)
+            g[j] = static_cast<float>(g[j] * pz - eC * a.weight[j] * a.inv_denom);
+        } else {
+          const double off = eC * a.inv_denom;
+          for (Index j = 0; j < C; ++j) g[j] = static_cast<float>(g[j] * pz - off);
+        }
+        g[y] = static_cast<float>(static_cast<double>(g[y]) - (1.0 - eps) * wy * a.inv_denom);
+      }
+    } else {
+      const float* t = a.target->values + i * C;
+      l = 0.0;
+      S = 0.0;
+      for (Index j = 0; j < C; ++j) {
+        double q = (1.0 - eps) * t[j] + eC;
+        if (a.weight) q *= a.weight[j];
+        S += q;
+        l += q * (logz - (static_cast<double>(x[j]) - m));
+      }
+      if (g) {
+        const double pz = S * a.inv_denom / z;
+        for (Index j = 0; j < C; ++j) {
+          double q = (1.0 - eps) * t[j] + eC;
+          if (a.weight) q *= a.weight[j];
+          g[j] = static_cast<float>(g[j] * pz - q * a.inv_denom);
+        }
+      }
+    }
+    total += l;
+  }
+  return total;
+}
+
+double cross_entropy_loss(const Loss& loss, const float* x, const Target& target, Index rows,
+                          Index cols, float* grad) {
+  CrossEntropyArgs a{x, &target, cols, grad, loss.label_smoothing, nullptr,
+                     static_cast<double>(cols), 0.0};
+  double denom = static_cast<double>(rows);
+  if (!loss.class_weight.empty()) {
+    a.weight = loss.class_weight.data();
+    a.wsum = 0.0;
+    for (Index j = 0; j < cols; ++j) a.wsum += a.weight[j];
+    if (target.labels) {
+      denom = 0.0;
+      for (Index i = 0; i < rows; ++i) denom += a.weight[target.labels[i]];
+    }
+  }
+  a.inv_denom = 1.0 / denom;
+  double s = chunked_sum(rows, kRowChunk, 25.0 * static_cast<double>(cols),
+                         [&](Index b, Index e) { return ce_rows(a, b, e); });
+  return s / denom;
+}
+
+// Focal loss (Lin et al. 2017, softmax form), integer labels:
+// l_i = -a (1 - p_y)^gamma log p_y, mean over rows; a = alpha when given,
+// else 1 (a single scalar scaling every row, not per-class alpha).
+// gamma = 0 is cross-entropy. With u = 1 - p_y,
+// dl/dx_j = a [gamma u^(gamma-1) p_y log p_y - u^gamma] ([j = y] - p_j).
+// u is computed as -expm1(log p_y) so it keeps its digits when p_y -> 1.
+double focal_loss(const Loss& loss, const float* x, const std::int64_t* labels, Index rows,
+                  Index cols, float* grad) {
+  const double gamma = loss.gamma;
+  const double alpha = loss.has_alpha ? loss.alpha : 1.0;
+  const double inv_n = 1.0 / static_cast<double>(rows);
+  auto chunk = [&](Index b, Index e) {
+    double total = 0.0;
+    for (Index i = b; i < e; ++i) {
+      const float* xi = x + i * cols;
+      float* g = grad ? grad + i * cols : nullptr;
+      const double m = row_max(xi, cols);
+      const double z = row_exp_sum(xi, cols, m, g);
+      const Index y = static_cast<Index>(labels[i]);
+      const double logp = (static_cast<double>(xi[y]) - m) - std::log(z);
+      const double p = std::exp(logp);
+      const double u = -std::expm1(logp);
+      const double ug = gamma == 0.0 ? 1.0 : std::pow(u, gamma);
+      total += -alpha * ug * logp;
+      if (g) {
+        // The gamma term's limit is 0 at u = 0 for every gamma > 0.
+        double dg = (gamma == 0.0 || u == 0.0) ? 0.0 : gamma * std::pow(u, gamma - 1.0) * p * logp;
+        const double f = alpha * (dg - ug) * inv_n;  // times ([j = y] - p_j)
+        const double pz = -f / z;
+        for (Index j = 0; j < cols; ++j) g[j] = static_cast<float>(g[j] * pz);
+        g[y] = static_cast<float>(static_cast<double>(g[y]) + f);
+      }
+    }
+    return total;
+  };
+  return chunked_sum(rows, kRowChunk, 30.0 * static_cast<double>(cols), chunk) * inv_n;
+}
+
+// Knowledge distillation (Hinton et al. 2015), student logits x, teacher
+// logits t, labels y, temperature T:
+// l_i = alpha T^2 KL(q_i || p_i) + (1 - alpha) CE(x_i, y_i),
+// q = softmax(t / T), p = softmax(x / T), KL summed over classes and averaged
+// over rows (PyTorch kl_div reduction="batchmean"; 0 log 0 = 0), CE at T = 1.
+// dl_i/dx_j = alpha T (p_j - q_j) + (1 - alpha) (softmax(x)_j - [j = y]).
+// Exponentials are recomputed rather than stored: no scratch for any width.
+double distillation_loss(const Loss& loss, const float* x, const Target& target, Index rows,
+                         Index cols, float* grad) {
+  const double T = loss.temperature, invT = 1.0 / T;
+  const double alpha = loss.alpha;
+  const double inv_n = 1.0 / static_cast<double>(rows);
+  auto chunk = [&](Index b, Index e) {
+    double total = 0.0;
+    for (Index i = b; i < e; ++i) {
+      const float* xi = x + i * cols;
+      const float* ti = target.values + i * cols;
+      const double ms = row_max(xi, cols), mt = row_max(ti, cols);
+      double z1 = 0.0, zs = 0.0, zt = 0.0;
+      for (Index j = 0; j < cols; ++j) {
+        const double ds = static_cast<double>(xi[j]) - ms;
+        z1 += std::exp(ds);
+        zs += std::exp(ds * invT);
+        zt += std::exp((static_cast<double>(ti[j]) - mt) * invT);
+      }
+      const double lz1 = std::log(z1), lzs = std::log(zs), lzt = std::log(zt);
+      double kl = 0.0;
+      for (Index j = 0; j < cols; ++j) {
+        const double logq = (static_cast<double>(ti[j]) - mt) * invT - lzt;
+        const double logp = (static_cast<double>(xi[j]) - ms) * invT - lzs;
+        const double q = std::exp(logq);
+        kl += q * (logq - logp);  // q == 0 gives 0: logq is finite
+        if (grad) {
+          const double p = std::exp(logp);
+          const double p1 = std::exp((static_cast<double>(xi[j]) - ms) - lz1);
+          grad[i * cols + j] =
+              static_cast<float>((alpha * T * (p - q) + (1.0 - alpha) * p1) * inv_n);
+        }
+      }
+      const Index y = static_cast<Index>(target.labels[i]);
+      const double ce = lz1 - (static_cast<double>(xi[y]) - ms);
+      total += alpha * T * T * kl + (1.0 - alpha) * ce;
+      if (grad) {
+        float& gy = grad[i * cols + y];
+        gy = static_cast<float>(static_cast<double>(gy) - (1.0 - alpha) * inv_n);
+      }
+    }
+    return total;
+  };
+  return chunked_sum(rows, kRowChunk, 80.0 * static_cast<double>(cols), chunk) * inv_n;
+}
+
+// ---------------------------------------------------------------------------
+// Registry and construction.
+
+constexpr double kNoValue = std::numeric_limits<double>::quiet_NaN();
+
+std::string format_double(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+const char* loss_name(LossKind kind) {
+  for (const auto& info : loss_registry())
+    if (info.kind == kind) return info.name.c_str();
+  return "?";
+}
+
+}  // namespace
+
+// Focal's alpha has no default value: its registry default is NaN, meaning
+// "not given" (make_loss treats alpha = NaN the same as no alpha).
+const std::vector<LossInfo>& loss_registry() {
+  static const std::vector<LossInfo> registry = {
+      {"mse", {}, LossKind::MSE, {}, false},
+      {"mae", {"l1"}, LossKind::MAE, {}, false},
+      {"huber", {}, LossKind::Huber, {{"delta", 1.0}}, false},
+      {"smooth_l1", {}, LossKind::SmoothL1, {{"beta", 1.0}}, false},
+      {"binary_cross_entropy", {}, LossKind::BinaryCrossEntropy, {}, false},
+      {"binary_cross_entropy_with_logits", {}, LossKind::BinaryCrossEntropyWithLogits, {}, false},
+      {"cross_entropy", {}, LossKind::CrossEntropy, {{"label_smoothing", 0.0}}, true},
+      {"focal", {}, LossKind::Focal, {{"gamma", 2.0}, {"alpha", kNoValue}}, true},
+      {"distillation",
+       {},
+       LossKind::Distillation,
+       {{"temperature", 1.0}, {"alpha", 0.5}},
+       true},
+  };
+  return registry;
+}
+
+Loss make_loss(const std::string& name, const std::map<std::string, double>& params,
+               const std::vector<float>& class_weight) {
+  const LossInfo* found = nullptr;
+  for (const auto& info : loss_registry()) {
+    if (info.name == name) found = &info;
+    for (const auto& a : info.aliases)
+      if (a == name) found = &info;
+    if (found) break;
+  }
+  if (!found) {
+    std::string valid;
+    for (const auto& info : loss_registry()) {
+      if (!valid.empty()) valid += ", ";
+      valid += info.name;
+      for (const auto& a : info.aliases) valid += " (alias " + a + ")";
+    }
+    throw ValueError("unknown loss '" + name + "'; valid losses: " + valid);
+  }
+  for (const auto& kv : params) {
+    bool known = false;
+    for (const auto& p : found->params) known = known || p.first == kv.first;
+    if (!known) {
+      std::string valid;
+      for (const auto& p : found->params) valid += (valid.empty() ? "" : ", ") + p.first;
+      throw ValueError("unknown parameter '" + kv.first + "' for loss '" + found->name +
+                       "'; valid parameters: " + (valid.empty() ? "(none)" : valid));
+    }
+  }
+  auto get = [&](const char* key) {
+    auto it = params.find(key);
+    if (it != params.end()) return it->second;
+    for (const auto& p : found->params)
+      if (p.first == key) return p.second;
+    return kNoValue;
+  };
+  auto bad = [&](const char* key, double v, const char* rule) {
+    throw ValueError("loss '" + found->name + "': " + key + " must be " + rule + ", got " +
+                     format_double(v));
+  };
+
+  Loss loss;
+  loss.kind = found->kind;
+  switch (loss.kind) {
+    case LossKind::Huber: {
+      double d = get("delta");
+      if (!(d > 0.0) || !std::isfinite(d)) bad("delta", d, "> 0 and finite");
+      loss.delta = static_cast<float>(d);
+      break;
+    }
+    case LossKind::SmoothL1: {
+      double b = get("beta");
+      if (!(b >= 0.0) || !std::isfinite(b)) bad("beta", b, ">= 0 and finite");
+      loss.beta = static_cast<float>(b);
+      break;
+    }
+    case LossKind::CrossEntropy: {
+      double e = get("label_smoothing");
+      if (!(e >= 0.0 && e <= 1.0)) bad("label_smoothing", e, "in [0, 1]");
+      loss.label_smoothing = static_cast<float>(e);
+      break;
+    }
+    case LossKind::Focal: {
+      double g = get("gamma");
+      if (!(g >= 0.0) || !std::isfinite(g)) bad("gamma", g, ">= 0 and finite");
+      loss.gamma = static_cast<float>(g);
+      double a = get("alpha");
+      if (!std::isnan(a)) {
+        if (!(a >= 0.0 && a <= 1.0)) bad("alpha", a, "in [0, 1]");
+        loss.alpha = static_cast<float>(a);
+        loss.has_alpha = true;
+      }
+      break;
+    }
+    case LossKind::Distillation: {
+      double t = get("temperature");
+      if (!(t > 0.0) || !std::isfinite(t)) bad("temperature", t, "> 0 and finite");
+      double a = get("alpha");
+      if (!(a >= 0.0 && a <= 1.0)) bad("alpha", a, "in [0, 1]");
+      loss.temperature = static_cast<float>(t);
+      loss.alpha = static_cast<float>(a);
+      break;
+    }
+    default:
+      break;
+  }
+
+  if (!class_weight.empty()) {
+    if (loss.kind != LossKind::CrossEntropy)
+      throw ValueError("class weights are only supported by cross_entropy, not '" + found->name +
+                       "'");
+    bool any = false;
+    for (std::size_t j = 0; j < class_weight.size(); ++j) {
+      float w = class_weight[j];
+      if (!std::isfinite(w) || w < 0.0f)
+        throw ValueError("class weight " + std::to_string(j) + " must be finite and >= 0, got " +
+                         format_double(w));
+      any = any || w > 0.0f;
+    }
+    if (!any) throw ValueError("class weights must not all be zero");
+    loss.class_weight = class_weight;
+  }
+  return loss;
+}
+
+void validate_target(const Loss& loss, const Target& target, Index rows, Index cols) {
+  const std::string name = loss_name(loss.kind);
+  require(rows >= 1, "loss '" + name + "': batch must have at least one row, got " +
+                         std::to_string(rows));
+  require(cols >= 1, "loss '" + name + "': predictions must have at least one column, got " +
+                         std::to_string(cols));
+  const bool has_values = target.values != nullptr, has_labels = target.labels != nullptr;
+  switch (loss.kind) {
+    case LossKind::CrossEntropy:
+      require(has_values != has_labels,
+              "loss 'cross_entropy' takes either integer class labels or probability targets "
+              "(rows x cols), not both");
+      break;
+    case LossKind::Focal:
+      require(has_labels && !has_values,
+              "loss 'focal' needs integer class labels (one per row)");
+      break;
+    case LossKind::Distillation:
+      require(has_values && has_labels,
+              "loss 'distillation' needs teacher logits (rows x cols) and integer class labels");
+      break;
+    default:
+      require(has_values && !has_labels,
+              "loss '" + name + "' needs float targets of the prediction's shape (rows x " +
+                  std::to_string(cols) + "), not integer labels");
+      break;
+  }
+  if (has_labels) {
+    for (Index i = 0; i < rows; ++i) {
+      const std::int64_t y = target.labels[i];
+      if (y < 0 || y >= cols)
+        throw ValueError("loss '" + name + "': label " + std::to_string(y) + " at row " +
+                         std::to_string(i) + " is out of range; labels must be in [0, " +
+                         std::to_string(cols) + ")");
+    }
+  }
+  if (loss.kind == LossKind::BinaryCrossEntropy) {
+    const Index n = rows * cols;
+    for (Index k = 0; k < n; ++k) {
+      const float v = target.values[k];
+      if (!(v >= 0.0f && v <= 1.0f))
+        throw ValueError("loss 'binary_cross_entropy': targets must be in [0, 1]; got " +
+                         format_double(v) + " at row " + std::to_string(k / cols) + ", column " +
+                         std::to_string(k % cols));
+    }
+  }
+  if (!loss.class_weight.empty())
+    require(static_cast<Index>(loss.class_weight.size()) == cols,
+            "loss '" + name + "': class weight has " + std::to_string(loss.class_weight.size()) +
+                " entries but predictions have " + std::to_string(cols) + " columns");
+}
+
+// The hot path trusts validate_target (called once per batch by the caller):
+// labels are used as indices unchecked here.
+double loss_forward_backward(const Loss& loss, const float* pred, const Target& target, Index rows,
+                             Index cols, float* grad) {
+  if (rows <= 0 || cols <= 0) return std::numeric_limits<double>::quiet_NaN();  // empty mean
+  const Index n = rows * cols;
+  switch (loss.kind) {
+    case LossKind::MSE:
+      return diff_loss(MseOp{}, pred, target.values, n, grad);
+    case LossKind::MAE:
+      return diff_loss(MaeOp{}, pred, target.values, n, grad);
+    case LossKind::Huber:
+      return diff_loss(HuberOp{loss.delta}, pred, target.values, n, grad);
+    case LossKind::SmoothL1:
+      if (loss.beta == 0.0f) return diff_loss(MaeOp{}, pred, target.values, n, grad);
+      return diff_loss(SmoothL1Op{loss.beta}, pred, target.values, n, grad);
+    case LossKind::BinaryCrossEntropy:
+      // PyTorch rejects probabilities outside [0, 1]; check before writing anything.
+      for (Index k = 0; k < n; ++k)
+        require(pred[k] >= 0.0f && pred[k] <= 1.0f,
+                "loss 'binary_cross_entropy': predictions must be probabilities in [0, 1]; got " +
+                    format_double(pred[k]) + " at row " + std::to_string(k / cols) +
+                    " (use binary_cross_entropy_with_logits on raw scores)");
+      return bce_loss(pred, target.values, n, grad);
+    case LossKind::BinaryCrossEntropyWithLogits:
+      return bce_logits_loss(pred, target.values, n, grad);
+    case LossKind::CrossEntropy:
+      return cross_entropy_loss(loss, pred, target, rows, cols, grad);
+    case LossKind::Focal:
+      return focal_loss(loss, pred, target.labels, rows, cols, grad);
+    case LossKind::Distillation:
+      return distillation_loss(loss, pred, target, rows, cols, grad);
+  }
+  throw ValueError("unknown loss kind");
+}
+
+namespace {
+
+// First maximum, like torch.argmax (a NaN never wins a comparison, so it is
+// skipped unless it sits in column 0).
+inline Index argmax_row(const float* x, Index c) {
+  Index best = 0;
+  float m = x[0];
+  for (Index j = 1; j < c; ++j)
+    if (x[j] > m) {
+      m = x[j];
+      best = j;
+    }
+  return best;
+}
+
+// One column is a binary score: pred > threshold is the predicted class, the
+// truth is target > 0.5 (probabilities) or label > 0 (labels).
+Index count_correct_threshold(const float* pred, const Target& target, Index rows, Index cols,
+                              float threshold) {
+  Index correct = 0;
+  if (cols == 1) {
+    for (Index i = 0; i < rows; ++i) {
+      const bool p = pred[i] > threshold;
+      const bool t = target.values ? target.values[i] > 0.5f : target.labels[i] > 0;
+      correct += p == t;
+    }
+    return correct;
+  }
+  for (Index i = 0; i < rows; ++i) {
+    const Index p = argmax_row(pred + i * cols, cols);
+    const Index t = target.labels ? static_cast<Index>(target.labels[i])
+                                  : argmax_row(target.values + i * cols, cols);
+    correct += p == t;
+  }
+  return correct;
+}
+
+}  // namespace
+
+Index count_correct(const float* pred, const Target& target, Index rows, Index cols) {
+  return count_correct_threshold(pred, target, rows, cols, 0.5f);
+}
+
+Index count_correct_logit_threshold(const float* pred, const Target& target, Index rows,
+                                    Index cols) {
+  return count_correct_threshold(pred, target, rows, cols, 0.0f);
+}
+
+}  // namespace nerve

@@ -1,0 +1,104 @@
+"""Activation functions (C++ kernels), resolved once by name.
+
+``nv.activations.get(name, **params)`` returns an :class:`ActivationFunction`
+with ``forward(x)`` and ``backward(x, dy)`` on numpy arrays; the same names
+are accepted by ``Dense(activation=...)`` and ``nv.layers.Activation``, where
+the kernel is fused into the layer's tail. Semantics follow PyTorch's
+functions of the same names. ``names()`` lists them with their parameters.
+"""
+import numpy as np
+
+from . import _core
+from ._names import check_params, resolve
+
+_ROWS = _core.activation_registry()
+_BY_NAME = {}
+for _row in _ROWS:
+    _BY_NAME[_row["name"]] = _row
+    for _alias in _row["aliases"]:
+        _BY_NAME[_alias] = _row
+
+# Parameters given as strings or booleans in Python, numbers in the registry.
+_CHOICES = {"approximate": {"none": 0.0, "tanh": 1.0}}
+
+
+def names():
+    """Canonical activation names with their aliases, parameters and formula."""
+    return [dict(r) for r in _ROWS]
+
+
+def _as_float32_2d(x, what="x"):
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return arr
+
+
+class ActivationFunction:
+    """A resolved activation: ``forward(x)``, ``backward(x, dy)`` and ``__call__``."""
+
+    def __init__(self, name, **params):
+        key = resolve("activation", name, _BY_NAME)
+        row = _BY_NAME[key]
+        check_params("activation", row["name"], params, list(row["params"]))
+        numeric = {}
+        for k, v in params.items():
+            if k in _CHOICES:
+                if v not in _CHOICES[k]:
+                    raise ValueError(f"{row['name']}: {k} must be one of {list(_CHOICES[k])}, got {v!r}")
+                numeric[k] = _CHOICES[k][v]
+            elif isinstance(v, (bool, np.bool_)):
+                numeric[k] = float(v)
+            elif isinstance(v, (int, float, np.integer, np.floating)):
+                numeric[k] = float(v)
+            else:
+                raise ValueError(f"{row['name']}: parameter {k} must be a number, got {v!r}")
+        self.name = row["name"]
+        self.params = dict(params)
+        self.width_factor = row["width_factor"]
+        self._spec = _core.make_activation(self.name, numeric)
+
+    def forward(self, x, training=False, seed=0, step=0):
+        """y = f(x); rows are samples (1-D input is one row)."""
+        arr = _as_float32_2d(x)
+        flat = arr.ndim == 1
+        if arr.ndim not in (1, 2):
+            raise ValueError(f"x must be 1-D or 2-D, got shape {arr.shape}")
+        y = _core.activation_forward(self._spec, arr.reshape(1, -1) if flat else arr, training, seed, 0, step)
+        return y.reshape(-1) if flat else y
+
+    def backward(self, x, dy, training=False, seed=0, step=0):
+        """dL/dx given x and dL/dy."""
+        arr = _as_float32_2d(x)
+        flat = arr.ndim == 1
+        x2 = arr.reshape(1, -1) if flat else arr
+        y = _core.activation_forward(self._spec, x2, training, seed, 0, step)
+        dy2 = _as_float32_2d(dy, "dy").reshape(y.shape) if np.size(dy) == y.size else None
+        if dy2 is None:
+            raise ValueError(f"dy must have {y.size} elements (shape {y.shape}), got shape {np.shape(dy)}")
+        dx = _core.activation_backward(self._spec, x2, y, dy2, training, seed, 0, step)
+        return dx.reshape(-1) if flat else dx
+
+    __call__ = forward
+
+    def get_config(self):
+        return {"name": self.name, **self.params}
+
+    def __repr__(self):
+        args = "".join(f", {k}={v!r}" for k, v in self.params.items())
+        return f"activation({self.name!r}{args})"
+
+
+def get(name="identity", **params):
+    """An activation by name (aliases accepted); None means identity."""
+    if isinstance(name, ActivationFunction):
+        if params:
+            raise ValueError("parameters cannot be given with an ActivationFunction instance")
+        return name
+    if name is None:
+        name = "identity"
+    if isinstance(name, dict):
+        cfg = dict(name)
+        return ActivationFunction(cfg.pop("name"), **cfg)
+    return ActivationFunction(name, **params)

@@ -1,0 +1,221 @@
+"""Layers. Each wraps a C++ layer; its parameters live in the model's arena
+(or, for a layer used on its own, in an arena of its own).
+
+Every layer has ``trainable`` (``False`` freezes it: no gradient, no update,
+no optimizer state), ``forward(x, training=False)``, ``backward(dy) -> dx``
+(parameter gradients accumulate, as in PyTorch) and ``parameters()``.
+"""
+import numpy as np
+
+from . import _core, _random, activations, constraints, initializers, regularizers
+from .parameter import Parameter
+
+
+class Layer:
+    """Base class. Subclasses implement ``_make_core(input_dim)`` and
+    ``_param_specs()``; the base class handles parameters, freezing and the
+    per-layer forward/backward."""
+
+    def __init__(self, trainable=True, name=None):
+        self._trainable = bool(trainable)
+        self.name = name
+        self._core = None
+        self._params = []
+        self.input_dim = None
+        self.output_dim = None
+        self._cache = None
+        self._seed = 0
+        self._step = 0
+
+    # -- building -----------------------------------------------------------
+    @property
+    def built(self):
+        return self._core is not None
+
+    def _make_core(self, input_dim):
+        raise NotImplementedError
+
+    def _param_specs(self):
+        """[(attribute name, shape, kind, initializer)] in arena order."""
+        return []
+
+    def build(self, input_dim):
+        """Creates the C++ layer for `input_dim` input features (parameters unbound)."""
+        if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim <= 0:
+            raise ValueError(f"{type(self).__name__}: input_dim must be a positive int, got {input_dim!r}")
+        if self.built:
+            if self.input_dim != input_dim:
+                raise ValueError(f"{self.describe()} was built for {self.input_dim} input features, "
+                                 f"not {input_dim}")
+            return self.output_dim
+        self._core = self._make_core(int(input_dim))
+        self._core.trainable = self._trainable
+        self.input_dim = int(input_dim)
+        self.output_dim = int(self._core.out_features)
+        return self.output_dim
+
+    def param_size(self):
+        return sum(int(np.prod(shape)) for _, shape, _, _ in self._param_specs())
+
+    def _bind(self, arena, offset, init=True):
+        """Places this layer's parameters in `arena` from `offset`; returns the next offset."""
+        self._params = []
+        offsets = {}
+        for attr, shape, kind, init_fn in self._param_specs():
+            p = Parameter(_arena=arena, _offset=offset, _shape=shape, name=f"{attr}", kind=kind)
+            p.trainable = self._trainable
+            if init:
+                init_fn.fill(p.value)
+            offsets[attr] = offset
+            setattr(self, attr, p)
+            self._params.append(p)
+            offset += p.size
+        self._bind_core(arena, offsets)
+        return offset
+
+    def _bind_core(self, arena, offsets):
+        pass
+
+    def _ensure_standalone(self, input_dim):
+        if not self.built:
+            self.build(input_dim)
+        if self.param_size() and not self._params:
+            self._bind(_core.Arena(self.param_size()), 0)
+
+    # -- the public per-layer interface ------------------------------------
+    @property
+    def trainable(self):
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        self._trainable = bool(value)
+        if self._core is not None:
+            self._core.trainable = self._trainable
+        for p in self._params:
+            p.trainable = self._trainable
+
+    def parameters(self):
+        return list(self._params)
+
+    def forward(self, x, training=False):
+        """y = layer(x) for a (batch, features) float32 array."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"{self.describe()}: expected a 2-D (batch, features) input, got shape {x.shape}")
+        self._ensure_standalone(x.shape[1])
+        if training:
+            self._step += 1
+        y = self._core.forward_np(x, bool(training), self._seed, self._step)
+        self._cache = (x, y, bool(training))
+        return y
+
+    __call__ = forward
+
+    def backward(self, dy):
+        """dL/dx for the last forward; parameter gradients are added to .grad."""
+        if self._cache is None:
+            raise RuntimeError(f"{self.describe()}: call forward before backward")
+        x, y, training = self._cache
+        dy = np.ascontiguousarray(dy, dtype=np.float32)
+        if dy.shape != y.shape:
+            raise ValueError(f"{self.describe()}: dy must have shape {y.shape}, got {dy.shape}")
+        return self._core.backward_np(x, y, dy, training, self._seed, self._step, True)
+
+    # -- description and serialization -------------------------------------
+    def describe(self):
+        return self.name or type(self).__name__
+
+    def get_config(self):
+        cfg = {"trainable": self._trainable}
+        if self.name:
+            cfg["name"] = self.name
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.get_config()})"
+
+
+class Dense(Layer):
+    """Fully connected: y = act(x W + b), W of shape (in_features, units).
+
+    The bias and activation are one fused pass over the GEMM output.
+    Defaults as Keras: glorot_uniform kernel, zero bias.
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 kernel_constraint=None, trainable=True, name=None):
+        super().__init__(trainable=trainable, name=name)
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units <= 0:
+            raise ValueError(f"Dense: units must be a positive int, got {units!r}")
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.kernel = None
+        self.bias = None
+
+    def _make_core(self, input_dim):
+        core = _core.Dense(input_dim, self.units, self.activation._spec, self.use_bias)
+        kr, br = self.kernel_regularizer, self.bias_regularizer
+        core.set_penalties(kr.l1 if kr else 0.0, kr.l2 if kr else 0.0, br.l1 if br else 0.0, br.l2 if br else 0.0)
+        if self.kernel_constraint is not None:
+            core.set_max_norm(self.kernel_constraint.max_value, self.kernel_constraint.axis)
+        return core
+
+    def _param_specs(self):
+        specs = [("kernel", (self.input_dim, self.units), "kernel", self.kernel_initializer)]
+        if self.use_bias:
+            specs.append(("bias", (self.units,), "bias", self.bias_initializer))
+        return specs
+
+    def _bind_core(self, arena, offsets):
+        self._core.bind_params(arena, offsets["kernel"], offsets.get("bias", 0))
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(units=self.units, activation=self.activation.get_config(), use_bias=self.use_bias,
+                   kernel_initializer=self.kernel_initializer.get_config(),
+                   bias_initializer=self.bias_initializer.get_config())
+        if self.kernel_regularizer:
+            cfg["kernel_regularizer"] = self.kernel_regularizer.get_config()
+        if self.bias_regularizer:
+            cfg["bias_regularizer"] = self.bias_regularizer.get_config()
+        if self.kernel_constraint:
+            cfg["kernel_constraint"] = self.kernel_constraint.get_config()
+        return cfg
+
+
+class Activation(Layer):
+    """An activation as its own layer: ``Activation("leaky_relu", alpha=0.1)``."""
+
+    def __init__(self, activation="identity", trainable=True, name=None, **params):
+        super().__init__(trainable=trainable, name=name)
+        self.activation = activations.get(activation, **params)
+
+    def _make_core(self, input_dim):
+        return _core.ActivationLayer(input_dim, self.activation._spec)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["activation"] = self.activation.get_config()
+        return cfg
+
+
+# Classes a model file may name: loading instantiates nothing else.
+LAYER_CLASSES = {cls.__name__: cls for cls in (Dense, Activation)}
+
+
+def register(cls):
+    """Makes a Layer subclass loadable from model files (by class name)."""
+    LAYER_CLASSES[cls.__name__] = cls
+    return cls

@@ -1,0 +1,181 @@
+"""Losses (C++ kernels; value and gradient in one pass) and metrics.
+
+``nv.losses.get(name, **params)`` returns an object with ``forward(pred,
+target)`` (the mean loss over the batch, PyTorch's "mean" reduction) and
+``backward(pred, target)`` (d loss / d pred, shaped like pred). Targets:
+integer class labels of shape (batch,) or float arrays shaped like pred;
+distillation takes ``(teacher_logits, labels)``. ``accuracy`` and
+``zero_one`` are metrics (forward only).
+"""
+import numpy as np
+
+from . import _core
+from ._names import check_params, resolve
+
+_ROWS = _core.loss_registry()
+_BY_NAME = {}
+for _row in _ROWS:
+    _BY_NAME[_row["name"]] = _row
+    for _alias in _row["aliases"]:
+        _BY_NAME[_alias] = _row
+
+_LABEL_LOSSES = {"cross_entropy", "focal", "distillation"}
+_METRICS = {"accuracy": False, "acc": False, "zero_one": True}
+
+
+def names():
+    """Canonical loss names with aliases and parameters."""
+    return [dict(r) for r in _ROWS] + [{"name": "accuracy", "metric": True}, {"name": "zero_one", "metric": True}]
+
+
+def _pred_2d(pred):
+    arr = np.asarray(pred)
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"pred must be numeric, got dtype {arr.dtype}")
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"pred must be 1-D or 2-D (batch x outputs), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError("pred is empty")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return arr.reshape(-1, 1) if arr.ndim == 1 else arr
+
+
+def _labels(t, rows, classes):
+    if t.ndim != 1 or t.shape[0] != rows:
+        raise ValueError(f"labels: expected shape ({rows},), got {t.shape}")
+    if t.dtype.kind not in "iu":
+        if t.dtype.kind == "f" and np.all(np.isfinite(t)) and np.all(t == np.round(t)):
+            raise ValueError(f"labels must be an integer array (got {t.dtype}); use y.astype(np.int64)")
+        raise ValueError(f"labels must be integers, got dtype {t.dtype}")
+    lab = np.ascontiguousarray(t, dtype=np.int64)
+    if lab.size and (lab.min() < 0 or lab.max() >= classes):
+        bad = int(np.flatnonzero((lab < 0) | (lab >= classes))[0])
+        raise ValueError(f"label {int(lab[bad])} at row {bad} is outside [0, {classes})")
+    return lab
+
+
+def split_target(name, shape, target):
+    """(labels or None, values or None) as the C++ kernels take them, for
+    predictions of `shape` = (rows, cols)."""
+    rows, cols = shape
+    if name == "distillation":
+        if not (isinstance(target, (tuple, list)) and len(target) == 2):
+            raise ValueError("distillation target must be (teacher_logits, labels)")
+        teacher = np.ascontiguousarray(target[0], dtype=np.float32)
+        if teacher.shape != (rows, cols):
+            raise ValueError(f"teacher logits: expected shape {(rows, cols)}, got {teacher.shape}")
+        return _labels(np.asarray(target[1]), rows, cols), teacher
+    t = np.asarray(target)
+    if t.dtype.kind not in "fiub":
+        raise ValueError(f"target must be numeric, got dtype {t.dtype}")
+    if name in _LABEL_LOSSES and t.ndim == 1 and cols > 1:
+        return _labels(t, rows, cols), None
+    values = np.ascontiguousarray(t, dtype=np.float32)
+    if values.shape != (rows, cols):
+        if values.ndim == 1 and values.size == rows and cols == 1:
+            values = values.reshape(rows, 1)
+        else:
+            raise ValueError(f"target: expected shape {(rows, cols)} (like pred), got {t.shape}")
+    return None, values
+
+
+class LossFunction:
+    """A resolved loss with its parameters."""
+
+    def __init__(self, name, weight=None, **params):
+        key = resolve("loss", name, {**_BY_NAME, **_METRICS})
+        if key in _METRICS:
+            raise ValueError(f"{key!r} is a metric, not a differentiable loss")
+        row = _BY_NAME[key]
+        check_params("loss", row["name"], params, list(row["params"]) + ["alpha"] * (row["name"] == "focal"))
+        numeric = {}
+        for k, v in params.items():
+            if v is None:
+                continue
+            if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
+                raise ValueError(f"{row['name']}: parameter {k} must be a number, got {v!r}")
+            numeric[k] = float(v)
+        cw = []
+        if weight is not None:
+            if row["name"] != "cross_entropy":
+                raise ValueError("weight= is a parameter of cross_entropy only")
+            cw = [float(w) for w in np.asarray(weight, dtype=np.float64).reshape(-1)]
+        self.name = row["name"]
+        self.params = dict(params)
+        self.weight = None if weight is None else list(cw)
+        self._spec = _core.make_loss(self.name, numeric, cw)
+
+    def _run(self, pred, target, want_grad):
+        pred2 = _pred_2d(pred)
+        labels, values = split_target(self.name, pred2.shape, target)
+        value, grad = _core.loss_forward_backward(self._spec, pred2, labels, values, want_grad)
+        return value, grad, np.shape(pred)
+
+    def forward(self, pred, target):
+        """Mean loss over the batch (float)."""
+        return float(self._run(pred, target, False)[0])
+
+    def backward(self, pred, target):
+        """d forward(pred, target) / d pred, shaped like pred."""
+        _, grad, shape = self._run(pred, target, True)
+        return grad.reshape(shape)
+
+    def forward_backward(self, pred, target):
+        value, grad, shape = self._run(pred, target, True)
+        return float(value), grad.reshape(shape)
+
+    __call__ = forward
+
+    def get_config(self):
+        cfg = {"name": self.name, **self.params}
+        if self.weight is not None:
+            cfg["weight"] = self.weight
+        return cfg
+
+    def __repr__(self):
+        return f"loss({self.name!r}{''.join(f', {k}={v!r}' for k, v in self.params.items())})"
+
+
+class Metric:
+    """accuracy: fraction of rows whose arg-max matches the label (or the
+    target's arg-max; one column: pred > 0.5 against target > 0.5).
+    zero_one: 1 - accuracy."""
+
+    def __init__(self, name):
+        key = resolve("metric", name, _METRICS)
+        self.name = "zero_one" if _METRICS[key] else "accuracy"
+
+    def correct(self, pred2, target):
+        t = np.asarray(target)
+        if t.ndim == 1 and t.dtype.kind in "iu":
+            return _core.count_correct(pred2, _labels(t, pred2.shape[0], max(pred2.shape[1], 2)), None)
+        _, values = split_target("mse", pred2.shape, target)
+        return _core.count_correct(pred2, None, values)
+
+    def forward(self, pred, target):
+        pred2 = _pred_2d(pred)
+        acc = self.correct(pred2, target) / pred2.shape[0]
+        return 1.0 - acc if self.name == "zero_one" else acc
+
+    __call__ = forward
+
+    def backward(self, pred, target):
+        raise ValueError(f"{self.name} is a metric: it has no gradient")
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+def get(name, **params):
+    """A loss (or metric) by name; aliases accepted."""
+    if isinstance(name, (LossFunction, Metric)):
+        return name
+    if isinstance(name, dict):
+        cfg = dict(name)
+        return get(cfg.pop("name"), **cfg)
+    key = resolve("loss", name, {**_BY_NAME, **_METRICS})
+    if key in _METRICS:
+        if params:
+            raise ValueError(f"metric {key!r} takes no parameters")
+        return Metric(key)
+    return LossFunction(key, **params)

@@ -1,0 +1,471 @@
+"""Sequential models: building into one parameter arena, the fused training
+step, fit/evaluate/predict, and code-free model files."""
+import io as _io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import _core, _random, callbacks as _callbacks, layers as _layers, losses as _losses
+from . import optimizers as _optimizers
+from ._progress import Progress
+from ._version import __version__
+
+
+class History(_callbacks.Callback):
+    """Per-epoch logs of ``fit``: ``history.history["loss"]``, ``["val_loss"]``, ..."""
+
+    def __init__(self):
+        super().__init__()
+        self.history = {}
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(v)
+
+
+def _as_x(x, input_dim=None, what="x"):
+    """float32 C-contiguous (batch, features); float64 and ints are converted (documented)."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (batch, features), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{what} is empty")
+    if input_dim is not None and arr.shape[1] != input_dim:
+        raise ValueError(f"{what}: the model expects {input_dim} features per row, got {arr.shape[1]} "
+                         f"(shape {arr.shape})")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+class Sequential:
+    """A stack of layers trained by one C++ call per step.
+
+    ``Sequential(layers, input_dim=784)`` builds at once; without input_dim the
+    model builds on the first data it sees. All parameters live in one 64-byte
+    aligned arena; ``parameters()`` are zero-copy views of it.
+    """
+
+    def __init__(self, layers=None, input_dim=None, name=None):
+        self.layers = []
+        self.name = name
+        self.input_dim = None
+        self._net = None
+        self._arena = None
+        self.optimizer = None
+        self.loss = None
+        self.metrics = []
+        self._opt_signature = None
+        self.stop_training = False
+        for layer in layers or []:
+            self.add(layer)
+        if input_dim is not None:
+            self.build(input_dim)
+
+    # -- structure ------------------------------------------------------------
+    def add(self, layer):
+        if not isinstance(layer, _layers.Layer):
+            raise ValueError(f"Sequential takes nv.layers objects, got {type(layer).__name__}")
+        if self._net is not None:
+            raise ValueError("the model is already built: add layers before building (or before input_dim)")
+        self.layers.append(layer)
+
+    @property
+    def built(self):
+        return self._net is not None
+
+    def build(self, input_dim):
+        """Builds every layer, places all new parameters in one arena, initializes them."""
+        if self._net is not None:
+            if input_dim != self.input_dim:
+                raise ValueError(f"the model was built for {self.input_dim} input features, got {input_dim}")
+            return
+        if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim <= 0:
+            raise ValueError(f"input_dim must be a positive int, got {input_dim!r}")
+        if not self.layers:
+            raise ValueError("the model has no layers")
+        width = int(input_dim)
+        for i, layer in enumerate(self.layers):
+            try:
+                width = layer.build(width)
+            except ValueError as e:
+                raise ValueError(f"layer {i} ({layer.describe()}): {e}") from None
+        # Layers already holding parameters (shared with another model) keep them.
+        fresh = [l for l in self.layers if l.param_size() and not l._params]
+        self._arena = _core.Arena(sum(l.param_size() for l in fresh))
+        offset = 0
+        for layer in fresh:
+            offset = layer._bind(self._arena, offset)
+        seed, stream = _random.next_key()
+        for i, layer in enumerate(self.layers):
+            layer._core.stream = (stream << 16) + i
+            layer._seed = seed
+        self._net = _core.Network(int(input_dim), [l._core for l in self.layers])
+        self._net.seed = seed
+        self.input_dim = int(input_dim)
+        if self.optimizer is not None:
+            self._bind_optimizer()
+
+    @property
+    def output_dim(self):
+        return self.layers[-1].output_dim if self.built else None
+
+    def parameters(self):
+        """Every parameter, in layer order (nv.Parameter objects)."""
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def trainable_parameters(self):
+        return [p for layer in self.layers if layer.trainable for p in layer.parameters()]
+
+    def count_params(self):
+        return sum(p.size for p in self.parameters())
+
+    # -- compile ----------------------------------------------------------------
+    def compile(self, optimizer="adam", loss="cross_entropy", metrics=None):
+        """Sets the optimizer (an instance, or a name with default settings), the
+        loss (name or nv.losses object) and metrics (e.g. ["accuracy"])."""
+        opt = _optimizers.get(optimizer)
+        loss_fn = _losses.get(loss)
+        if not isinstance(loss_fn, _losses.LossFunction):
+            raise ValueError(f"{loss_fn.name!r} is a metric; compile needs a differentiable loss")
+        mets = [_losses.Metric(m) if isinstance(m, str) else m for m in (metrics or [])]
+        for m in mets:
+            if not isinstance(m, _losses.Metric):
+                raise ValueError(f"unknown metric {m!r}")
+        self.optimizer, self.loss, self.metrics = opt, loss_fn, mets
+        self._opt_signature = None
+        if self.built:
+            self._bind_optimizer()
+        return self
+
+    def _bind_optimizer(self):
+        # Freezing or unfreezing a layer changes which tensors the optimizer
+        # updates; state exists only for trainable ones.
+        params = self.trainable_parameters()
+        signature = tuple(id(p) for p in params)
+        if signature != self._opt_signature:
+            self.optimizer._attach(params)
+            self._opt_signature = signature
+
+    def _ready(self, x):
+        if self.optimizer is None or self.loss is None:
+            raise RuntimeError("call model.compile(optimizer=..., loss=...) before training")
+        if not self.built:
+            self.build(x.shape[1])
+        self._bind_optimizer()
+
+    def _split_y(self, y, rows):
+        return _losses.split_target(self.loss.name, (rows, self.output_dim), y)
+
+    # -- training ----------------------------------------------------------------
+    def train_step(self, x, y):
+        """One fused C++ step on a batch: forward, loss, backward, penalties,
+        update, constraints. Returns the loss (with weight penalties). A bad
+        batch raises ValueError and changes nothing."""
+        x = _as_x(x, self.input_dim)
+        self._ready(x)
+        labels, values = self._split_y(y, x.shape[0])
+        self.optimizer._before_step()
+        loss, _ = self._net.train_step(x, labels, values, self.loss._spec, self.optimizer._core, False)
+        return float(loss)
+
+    def forward(self, x, training=False):
+        """The model's output for x; with training=True, keeps what backward needs."""
+        x = _as_x(x, self.input_dim)
+        if not self.built:
+            self.build(x.shape[1])
+        return self._net.forward(x, bool(training))
+
+    __call__ = forward
+
+    def backward(self, grad, return_input_grad=False):
+        """Back-propagates d loss / d output of the last forward; parameter
+        gradients accumulate into .grad (as PyTorch). Returns d loss / d x when asked."""
+        if not self.built:
+            raise RuntimeError("call forward before backward")
+        g = np.ascontiguousarray(grad, dtype=np.float32)
+        if g.ndim == 1 and self.output_dim == 1:
+            g = g.reshape(-1, 1)
+        return self._net.backward(g, True, bool(return_input_grad))
+
+    def predict(self, x, batch_size=256):
+        """Outputs for x (evaluation mode), computed in batches."""
+        x = _as_x(x, self.input_dim)
+        if not self.built:
+            self.build(x.shape[1])
+        return self._net.predict(x, int(batch_size))
+
+    def evaluate(self, x, y, batch_size=256, verbose=0):
+        """{"loss": ..., metric: ...} on (x, y); the loss includes weight penalties, as in fit."""
+        if self.loss is None:
+            raise RuntimeError("call model.compile(...) before evaluate")
+        x = _as_x(x, self.input_dim)
+        pred = self.predict(x, batch_size)
+        logs = {"loss": self.loss.forward(pred, y) + self._net.regularize(False)}
+        for m in self.metrics:
+            logs[m.name] = m.forward(pred, y)
+        if verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        return logs
+
+    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
+            shuffle=True, callbacks=None, verbose=1, seed=None):
+        """Trains for `epochs` passes over (x, y) in shuffled mini-batches.
+
+        float64 (or integer) inputs are converted to float32. Every input is
+        checked before the first step (shapes, NaN/Inf, label range): bad data
+        raises ValueError and trains nothing. Returns a History.
+        """
+        for name, v, lo in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        x = _as_x(x, self.input_dim)
+        self._ready(x)
+        n = x.shape[0]
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+        if validation_data is None and validation_split > 0:
+            n_val = int(round(n * validation_split))
+            if n_val == 0 or n_val == n:
+                raise ValueError(f"validation_split={validation_split} leaves no training or validation rows")
+            y_arr = y if isinstance(y, tuple) else np.asarray(y)
+            split = (lambda a: (a[: n - n_val], a[n - n_val:]))
+            if isinstance(y_arr, tuple):
+                parts = [split(np.asarray(a)) for a in y_arr]
+                y, y_val = tuple(p[0] for p in parts), tuple(p[1] for p in parts)
+            else:
+                y, y_val = split(y_arr)
+            x, x_val = x[: n - n_val], x[n - n_val:]
+            validation_data = (x_val, y_val)
+            n = x.shape[0]
+        labels, values = self._split_y(y, n)
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data must be (x_val, y_val)")
+            x_val = _as_x(validation_data[0], self.input_dim, "validation x")
+            if not np.all(np.isfinite(x_val)):
+                raise ValueError("validation x contains NaN or Inf")
+            self._split_y(validation_data[1], x_val.shape[0])  # checks shapes and labels now
+            validation_data = (x_val, validation_data[1])
+
+        history = History()
+        cbs = list(callbacks or []) + [history]
+        for cb in cbs:
+            if not isinstance(cb, _callbacks.Callback):
+                raise ValueError(f"callbacks must be nv.callbacks.Callback objects, got {type(cb).__name__}")
+            cb.set_model(self)
+        per_batch = any(cb.wants_batches() for cb in cbs) or self.optimizer.schedule is not None
+        count = any(m.name in ("accuracy", "zero_one") for m in self.metrics)
+        steps = -(-n // batch_size)
+        # Shuffling draws from Philox too, keyed by the global seed unless `seed` is given.
+        key = _random.next_key() if seed is None else (int(seed), 0)
+        rng = np.random.Generator(np.random.Philox(key=np.array(key, dtype=np.uint64)))
+        progress = Progress(epochs, steps, verbose)
+        # On a terminal, about 20 progress updates per epoch; otherwise the whole epoch in one call.
+        chunk = 1 if per_batch else (max(1, steps // 20) if progress.live else steps)
+        self.stop_training = False
+        for cb in cbs:
+            cb.on_train_begin()
+        for epoch in range(epochs):
+            for cb in cbs:
+                cb.on_epoch_begin(epoch)
+            progress.start_epoch(epoch)
+            order = rng.permutation(n).astype(np.int64) if shuffle else np.arange(n, dtype=np.int64)
+            loss_sum, correct, seen = 0.0, 0, 0
+            for first in range(0, steps, chunk):
+                rows = order[first * batch_size: min(n, (first + chunk) * batch_size)]
+                if per_batch:
+                    for cb in cbs:
+                        cb.on_batch_begin(first)
+                    self.optimizer._before_step()
+                batch_losses, batch_correct = self._net.train_batches(
+                    x, labels, values, rows, batch_size, self.loss._spec, self.optimizer._core, count)
+                sizes = np.full(len(batch_losses), batch_size, dtype=np.float64)
+                sizes[-1] = len(rows) - batch_size * (len(batch_losses) - 1)
+                loss_sum += float(np.dot(batch_losses, sizes))
+                correct += int(batch_correct.sum())
+                seen += len(rows)
+                logs = self._train_logs(loss_sum, correct, seen, count)
+                if per_batch:
+                    for cb in cbs:
+                        cb.on_batch_end(first, {**logs, "loss": float(batch_losses[-1])})
+                progress.update(first + len(batch_losses), seen, logs)
+                if self.stop_training:
+                    break
+            logs = self._train_logs(loss_sum, correct, seen, count)
+            if validation_data is not None:
+                val = self.evaluate(validation_data[0], validation_data[1], batch_size=max(256, batch_size))
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            progress.end_epoch(seen, logs)
+            for cb in cbs:
+                cb.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        for cb in cbs:
+            cb.on_train_end()
+        return history
+
+    def _train_logs(self, loss_sum, correct, seen, count):
+        logs = {"loss": loss_sum / max(seen, 1)}
+        for m in self.metrics:
+            acc = correct / max(seen, 1)
+            logs[m.name] = 1.0 - acc if m.name == "zero_one" else acc
+        return logs
+
+    # -- description --------------------------------------------------------------
+    def summary(self, print_fn=print):
+        """Prints each layer's output width, parameters and whether it is frozen."""
+        lines = [f'Model: "{self.name or "sequential"}"',
+                 f"{'layer':<28}{'output':>10}{'params':>12}  {'trainable':<9}", "-" * 61]
+        total = trainable = 0
+        for i, layer in enumerate(self.layers):
+            count = sum(p.size for p in layer.parameters())
+            total += count
+            trainable += count if layer.trainable else 0
+            desc = layer.describe()
+            act = getattr(layer, "activation", None)
+            if act is not None and hasattr(act, "name"):
+                desc += f"({act.name})"
+            lines.append(f"{desc:<28}{str(layer.output_dim):>10}{count:>12,}  "
+                         f"{'yes' if layer.trainable else 'frozen':<9}")
+        lines += ["-" * 61, f"total params: {total:,}  trainable: {trainable:,}  frozen: {total - trainable:,}"]
+        text = "\n".join(lines)
+        if print_fn:
+            print_fn(text)
+        return text
+
+    # -- files ------------------------------------------------------------------------
+    def get_config(self):
+        return {"input_dim": self.input_dim, "name": self.name,
+                "layers": [{"class": type(l).__name__, "config": l.get_config()} for l in self.layers]}
+
+    def save(self, path):
+        """Writes architecture, weights and optimizer state to `path` (a zip of
+        .npy arrays and JSON: no pickle, so loading never runs code). The file
+        is written to a temporary name and renamed, so an interrupted save
+        leaves any previous file intact."""
+        if not self.built:
+            raise RuntimeError("build or train the model before saving it")
+        config = {"format": "nerve-model", "format_version": 1, "nerve_version": __version__,
+                  "model": self.get_config(), "net": {"seed": int(self._net.seed), "step": int(self._net.step)}}
+        arrays = {"params": np.concatenate([p.value.reshape(-1) for p in self.parameters()]
+                                           or [np.zeros(0, np.float32)])}
+        if self.optimizer is not None:
+            state = self.optimizer.state_dict()
+            config["compile"] = {
+                "optimizer": {"class": state["class"], "config": state["config"]},
+                "optimizer_state": {"iterations": state["iterations"], "lr": state["lr"],
+                                    "nadam_mu_product": state["nadam_mu_product"],
+                                    "slots": list(state["slots"])},
+                "loss": self.loss.get_config(),
+                "metrics": [m.name for m in self.metrics],
+            }
+            for name, arr in state["slots"].items():
+                arrays[f"slot_{name}"] = arr
+        arrays["config"] = np.frombuffer(json.dumps(config).encode("utf-8"), dtype=np.uint8)
+        _atomic_savez(os.fspath(path), arrays)
+
+
+def _atomic_savez(path, arrays):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".nerve-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+_MAX_CONFIG_BYTES = 16 << 20
+
+
+def _read_array(archive, name, max_values):
+    info = archive.zip.getinfo(f"{name}.npy")
+    if info.file_size > max_values * 4 + 4096:
+        raise ValueError(f"array {name!r} is larger than the model needs")
+    arr = archive[name]
+    if arr.dtype != np.float32 or arr.ndim != 1 or arr.size != max_values:
+        raise ValueError(f"array {name!r} has dtype {arr.dtype} and shape {arr.shape}, "
+                         f"expected float32 ({max_values},)")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"array {name!r} contains NaN or Inf")
+    return arr
+
+
+def load_model(path, compile=True):
+    """Loads a model written by ``model.save``. The file is data only (JSON +
+    .npy, read with allow_pickle=False; layer classes come from a fixed
+    registry), so a hostile file can fail to load but never runs code."""
+    path = os.fspath(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{path}: not a nerve model file ({e})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not a nerve model file (expected a zip archive)")
+    with archive:
+        try:
+            return _load(archive, compile)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError,
+                zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: corrupt or incompatible nerve model file: {e}") from None
+
+
+def _load(archive, compile):
+    if "config" not in archive.files:
+        raise ValueError("no config record")
+    if archive.zip.getinfo("config.npy").file_size > _MAX_CONFIG_BYTES:
+        raise ValueError("config record too large")
+    raw = archive["config"]
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ValueError("config record is not bytes")
+    config = json.loads(raw.tobytes().decode("utf-8"))
+    if not isinstance(config, dict) or config.get("format") != "nerve-model":
+        raise ValueError("not a nerve model (format tag missing)")
+    if config.get("format_version") != 1:
+        raise ValueError(f"unsupported format_version {config.get('format_version')!r}")
+    mcfg = config["model"]
+    layers = []
+    for entry in mcfg["layers"]:
+        cls = _layers.LAYER_CLASSES.get(entry["class"])
+        if cls is None:
+            raise ValueError(f"unknown layer class {entry['class']!r}")
+        if not isinstance(entry["config"], dict):
+            raise ValueError("layer config must be a mapping")
+        layers.append(cls.from_config(dict(entry["config"])))
+    model = Sequential(layers, input_dim=int(mcfg["input_dim"]), name=mcfg.get("name"))
+    params = model.parameters()
+    total = sum(p.size for p in params)
+    flat = _read_array(archive, "params", total)
+    offset = 0
+    for p in params:
+        p.value = flat[offset: offset + p.size].reshape(p.shape)
+        offset += p.size
+    net = config.get("net", {})
+    model._net.seed = int(net.get("seed", 0))
+    model._net.step = int(net.get("step", 0))
+    if compile and config.get("compile"):
+        ccfg = config["compile"]
+        opt_cls = _optimizers.by_class_name(ccfg["optimizer"]["class"])
+        opt_config = dict(ccfg["optimizer"]["config"])
+        if "betas" in opt_config:
+            opt_config["betas"] = tuple(opt_config["betas"])
+        optimizer = opt_cls(**opt_config)
+        model.compile(optimizer=optimizer, loss=_losses.get(ccfg["loss"]), metrics=list(ccfg.get("metrics", [])))
+        st = ccfg["optimizer_state"]
+        slots = {name: _read_array(archive, f"slot_{name}", optimizer._core.total_size) for name in st["slots"]}
+        optimizer.load_state_dict({"class": opt_cls.__name__, "lr": st["lr"], "iterations": st["iterations"],
+                                   "nadam_mu_product": st.get("nadam_mu_product", 1.0), "slots": slots})
+    return model
