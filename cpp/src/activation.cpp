@@ -11,7 +11,8 @@
 // Derivative conventions at kinks follow PyTorch autograd:
 //   relu'(0) = 0;  leaky_relu'(0) = alpha;  elu'(0) = alpha;  selu'(0) = scale*alpha;
 //   relu6'(0) = relu6'(6) = 0;  hard_sigmoid'(+-3) = 0;
-//   hard_swish'(-3) = -1/2, hard_swish'(3) = 3/2;  rrelu'(0) = slope;
+//   hard_swish'(-3) = 0, hard_swish'(3) = 1 (current PyTorch; releases before
+//   2024 used -1/2 and 3/2);  rrelu'(0) = slope;
 //   crelu: both halves use relu'(0) = 0;  binary_step(0) = 1 (Heaviside with H(0) = 1).
 #include "nerve/activation.hpp"
 
@@ -319,14 +320,15 @@ struct BHardSigmoid {
     return simd::sel((x > -3.0f) & (x < 3.0f), dy * (1.0f / 6.0f), 0.0f);
   }
 };
-// hard_swish' = 0 for x < -3; x/3 + 1/2 for -3 <= x <= 3; 1 for x > 3
-// (PyTorch's convention: -1/2 at -3, 3/2 at 3).
+// hard_swish' = 0 for x <= -3; x/3 + 1/2 for -3 < x < 3; 1 for x >= 3
+// (current PyTorch: the boundaries belong to the flat pieces, as for
+// hard_sigmoid).
 struct BHardSwish {
   NERVE_INLINE float operator()(float x, float dy) const {
     // (2x + 3)/6 == x/3 + 1/2 with one rounding less (2x + 3 is exact near the root).
     float mid = dy * ((2.0f * x + 3.0f) / 6.0f);
-    float r = simd::sel(x <= 3.0f, mid, dy);
-    return simd::sel(x < -3.0f, 0.0f, r);
+    float r = simd::sel(x < 3.0f, mid, dy);
+    return simd::sel(x <= -3.0f, 0.0f, r);
   }
 };
 

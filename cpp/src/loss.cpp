@@ -325,7 +325,6 @@ double bce_logits_loss(const float* p, const float* t, Index n, float* g) {
 // exp-sum (exp(x - max) parked in the grad row as float when a grad is wanted),
 // one to turn those into the gradient. No heap, no scratch.
 
-
 // z = sum_j exp(x_j - m) in double; with g, g_j = exp(x_j - m) as float.
 inline double row_exp_sum(const float* x, Index c, double m, float* g) {
 #if defined(__AVX2__) && defined(__FMA__)

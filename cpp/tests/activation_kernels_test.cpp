@@ -143,7 +143,7 @@ static std::vector<Ref> make_refs() {
                [](double x) { return (x > -3 && x < 3) ? 1.0 / 6 : 0.0; }, {-3, 3}});
   r.push_back({"hard_swish", {},
                [](double x) { return x * std::min(std::max(x + 3, 0.0), 6.0) / 6; },
-               [](double x) { return x < -3 ? 0.0 : (x <= 3 ? x / 3 + 0.5 : 1.0); }, {-3, 3}});
+               [](double x) { return x <= -3 ? 0.0 : (x < 3 ? x / 3 + 0.5 : 1.0); }, {-3, 3}});
   r.push_back({"relu6", {}, [](double x) { return std::min(std::max(x, 0.0), 6.0); },
                [](double x) { return (x > 0 && x < 6) ? 1.0 : 0.0; }, {0, 6}});
   {
@@ -195,7 +195,8 @@ static std::vector<float> input_grid() {
 
 struct Stats {
   double fwd_ulp = 0, bwd_ulp = 0, fd_rel = 0;
-  double bwd_small_abs = 0;  // |error| / |dy| where the derivative is near 0 (cancellation)
+  double bwd_small_abs = 0;
+  double bwd_ulp_big = 0;    // ulp where |derivative| >= 0.1 |dy| (no cancellation band)  // |error| / |dy| where the derivative is near 0 (cancellation)
 };
 
 // Elementwise activation test over the grid laid out as rows x cols.
@@ -259,6 +260,7 @@ static Stats test_elementwise(const Ref& ref) {
         // 1 - y style factors lose relative precision in the tails).
         double d_y = df_from_y(ref.name, a, y[i]) * dy[i];
         double e = ulp_err(dz[i], d_y);
+        if (std::fabs(d_y) >= 0.1 * std::fabs(dy[i])) st.bwd_ulp_big = std::max(st.bwd_ulp_big, e);
         if (std::fabs(d_y) >= 1e-3 * std::fabs(dy[i]))
           st.bwd_ulp = std::max(st.bwd_ulp, e);
         else
@@ -271,6 +273,8 @@ static Stats test_elementwise(const Ref& ref) {
               d_true);
       } else {
         double e = ulp_err(dz[i], d_true);
+        if (std::fabs(d_true) >= 0.1 * std::fabs(dy[i]))
+          st.bwd_ulp_big = std::max(st.bwd_ulp_big, e);
         if (std::fabs(d_true) >= 1e-3 * std::fabs(dy[i]))
           st.bwd_ulp = std::max(st.bwd_ulp, e);
         else
@@ -541,6 +545,31 @@ static void test_nan() {
   }
 }
 
+// Masked logits (-inf) get probability 0, and infinities saturate cleanly.
+static void test_infinities() {
+  for (const char* name : {"softmax", "log_softmax"}) {
+    Activation a = make_activation(name, {});
+    std::vector<float> z = {1.0f, -INFINITY, 2.0f, -INFINITY, 0.5f}, y(5);
+    activation_forward(a, z.data(), nullptr, y.data(), 1, 5, {});
+    bool lg = std::string(name) == "log_softmax";
+    CHECK(lg ? (y[1] == -INFINITY && y[3] == -INFINITY) : (y[1] == 0.0f && y[3] == 0.0f),
+          "%s: masked entries wrong (%g, %g)", name, y[1], y[3]);
+    CHECK(std::isfinite(y[0]) && std::isfinite(y[2]) && std::isfinite(y[4]),
+          "%s: unmasked entries not finite", name);
+  }
+  struct Case { const char* name; float x, y; };
+  for (Case c : {Case{"sigmoid", INFINITY, 1.0f}, Case{"sigmoid", -INFINITY, 0.0f},
+                 Case{"tanh", INFINITY, 1.0f}, Case{"tanh", -INFINITY, -1.0f},
+                 Case{"swish", INFINITY, INFINITY}, Case{"softplus", INFINITY, INFINITY},
+                 Case{"softplus", -INFINITY, 0.0f}, Case{"elu", -INFINITY, -1.0f},
+                 Case{"mish", INFINITY, INFINITY}, Case{"gelu", INFINITY, INFINITY}}) {
+    Activation a = make_activation(c.name, {});
+    float z = c.x, y = 0;
+    activation_forward(a, &z, nullptr, &y, 1, 1, {});
+    CHECK(y == c.y, "%s(%g) = %g, expected %g", c.name, c.x, y, c.y);
+  }
+}
+
 // Larger matrices: results must not depend on the thread count.
 static void test_threads() {
   const Index rows = 301, cols = 1003, n = rows * cols;
@@ -553,6 +582,7 @@ static void test_threads() {
   ActContext ctx;
   ctx.training = true;
   ctx.seed = 9;
+  const int saved_threads = num_threads();
   for (const ActInfo& info : activation_registry()) {
     Activation a = make_activation(info.name, {});
     const Index wn = n * info.width_factor;
@@ -576,7 +606,7 @@ static void test_threads() {
       }
     }
   }
-  set_num_threads(num_threads());
+  set_num_threads(saved_threads);
 }
 
 static double seconds_of(const std::function<void()>& fn, int reps) {
@@ -609,25 +639,27 @@ static void bench() {
 }
 
 int main(int argc, char** argv) {
-  std::printf("%-36s %8s %8s %12s %12s\n", "activation", "fwd ulp", "bwd ulp", "bwd abs(~0)",
-              "FD rel(ref)");
+  std::printf("%-36s %8s %9s %9s %12s %12s\n", "activation", "fwd ulp", "bwd ulp", "bwd ulp",
+              "bwd abs/|dy|", "FD rel(ref)");
+  std::printf("%-36s %8s %9s %9s %12s %12s\n", "", "", "|d|>=.1", "|d|>=1e-3", "|d|<1e-3", "");
   for (const Ref& r : make_refs()) {
     Stats s = test_elementwise(r);
     std::string label = r.name;
     for (auto& kv : r.params) label += " " + kv.first + "=" + std::to_string(kv.second).substr(0, 5);
-    std::printf("%-36s %8.3f %8.3f %12.3g %12.3g\n", label.c_str(), s.fwd_ulp, s.bwd_ulp,
-                s.bwd_small_abs, s.fd_rel);
+    std::printf("%-36s %8.3f %9.3f %9.3f %12.3g %12.3g\n", label.c_str(), s.fwd_ulp,
+                s.bwd_ulp_big, s.bwd_ulp, s.bwd_small_abs, s.fd_rel);
   }
   for (bool lg : {false, true}) {
     Stats s = test_softmax(lg);
-    std::printf("%-36s %8.3f %8.3f %12s %12s\n", lg ? "log_softmax" : "softmax", s.fwd_ulp,
-                s.bwd_ulp, "-", "-");
+    std::printf("%-36s %8.3f %9s %9.3f %12s %12s\n", lg ? "log_softmax" : "softmax", s.fwd_ulp,
+                "-", s.bwd_ulp, "-", "-");
   }
   test_rrelu();
   test_crelu();
   test_registry();
   test_threads();
   test_nan();
+  test_infinities();
   if (argc > 1 && std::string(argv[1]) == "--bench") bench();
   if (g_failures) {
     std::printf("%d FAILURES\n", g_failures);

@@ -87,7 +87,7 @@ class LossFunction:
         if key in _METRICS:
             raise ValueError(f"{key!r} is a metric, not a differentiable loss")
         row = _BY_NAME[key]
-        check_params("loss", row["name"], params, list(row["params"]) + ["alpha"] * (row["name"] == "focal"))
+        check_params("loss", row["name"], params, list(row["params"]))
         numeric = {}
         for k, v in params.items():
             if v is None:

@@ -86,6 +86,9 @@ NERVE_INLINE void pow2_split(std::int32_t n, float& s1, float& s2) {
 NERVE_INLINE float exp_sum(float a, float b) {
   // Beyond these bounds the result is inf / 0 anyway; clamping keeps the
   // integer exponent in range. NaN falls through both compares unchanged.
+  // An infinite `a` makes the two-sum/two-product that produced `b` NaN
+  // (inf - inf); exp(+-inf) must still be inf / 0.
+  b = sel(abs_(a) < __builtin_inff(), b, 0.0f);
   a = max_(min_(a, 89.0f), -104.0f);
   float t = fma_(a + b, kLog2e, kRoundMagic);
   float n = t - kRoundMagic;
@@ -164,20 +167,6 @@ NERVE_INLINE float tanh(float x) {
   return __builtin_copysignf(t, x);
 }
 
-// Logistic sigmoid and its mirror, both to full relative accuracy:
-// with e = exp(-|x|), sigma(|x|) = 1/(1+e) and sigma(-|x|) = e/(1+e).
-// Never forms 1 - sigma, which would cancel for large x.
-NERVE_INLINE void sigmoid_pair(float x, float& s, float& s_neg) {
-  float ax = abs_(x);
-  float e = exp(-ax);
-  float inv = 1.0f / (1.0f + e);
-  float big = inv, small = e * inv;
-  // One division, then e*inv: costs ~1 extra ulp on the small side versus
-  // e/(1+e), acceptable and cheaper.
-  s = sel(x >= 0.0f, big, small);
-  s_neg = sel(x >= 0.0f, small, big);
-}
-
 // Rounds a double to hi + lo floats (hi + lo == d to ~2^-48 relative): lets
 // an argument computed in double reach exp without a float rounding, which
 // matters in tails where exp's relative error grows with |argument|.
@@ -186,7 +175,10 @@ NERVE_INLINE void split(double d, float& hi, float& lo) {
   lo = static_cast<float>(d - static_cast<double>(hi));
 }
 
-// sigmoid_pair for the argument hi + lo.
+// sigmoid(v) and sigmoid(-v) for v = hi + lo, both to full relative accuracy:
+// with e = exp(-|v|), sigma(|v|) = 1/(1+e) and sigma(-|v|) = e/(1+e), so
+// 1 - sigma (which cancels for large v) is never formed. One division and
+// e * (1/(1+e)) costs ~1 ulp more than e/(1+e) on the small side.
 NERVE_INLINE void sigmoid_pair2(float hi, float lo, float& s, float& s_neg) {
   float ahi = abs_(hi);
   float alo = sel(hi < 0.0f, -lo, lo);
@@ -226,7 +218,8 @@ NERVE_INLINE float normal_tail(float x) {
   float ax = abs_(x);
   // t = 1/den in double: a float reciprocal refined by one Newton step
   // (relative error ~1e-14) is much cheaper than a 4-wide double division.
-  double den = 1.0 + 0.35355339059327376 * static_cast<double>(ax);
+  // (ax is capped where the tail is long since 0, keeping t finite for x = inf.)
+  double den = 1.0 + 0.35355339059327376 * static_cast<double>(min_(ax, 1.0e4f));
   double t0 = static_cast<double>(1.0f / static_cast<float>(den));
   double t = t0 * (2.0 - den * t0);
   double q = 0.024570381898957532;

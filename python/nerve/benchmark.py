@@ -1,0 +1,197 @@
+"""End-to-end training benchmark: nerve against PyTorch eager, interleaved in one run.
+
+Trains the same MLP (same initial weights, Adam, softmax cross-entropy) in
+both frameworks on the same random batches, one optimizer step per call, and
+reports samples/s per batch size and thread count as medians over rounds that
+alternate between the two, with the nerve/PyTorch ratio measured in the same
+run. Also reports the achieved GFLOP/s of the step (6·params-ish FLOPs per
+sample: forward 2, backward 4 per weight) so large batches can be compared
+with the machine's sgemm rate (bench/machine_limits.py).
+
+Run: python bench/train_mlp.py [--against torch] [--threads 1,2] [--model ref]
+or:  nerve bench --against torch
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+MODELS = {
+    "ref": [784, 512, 256, 10],
+    "wide": [784, 2048, 2048, 10],
+    "deep": [784] + [128] * 20 + [10],
+}
+
+
+def flops_per_sample(sizes):
+    """Forward 2·in·out per layer, backward 4·in·out (dX and dW); the first
+    layer needs no dX, as neither framework computes it."""
+    total = 0
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        total += (6 if i > 0 else 4) * a * b
+    return total
+
+
+def _nerve_model(sizes, weights, lr):
+    import nerve as nv
+
+    layers = [nv.layers.Dense(b, activation="relu" if i < len(sizes) - 2 else None)
+              for i, b in enumerate(sizes[1:])]
+    model = nv.Sequential(layers, input_dim=sizes[0])
+    for p, w in zip(model.parameters(), weights):
+        p.value = w
+    model.compile(optimizer=nv.optimizers.Adam(lr=lr), loss="cross_entropy")
+    return model
+
+
+def _torch_model(sizes, weights, lr, fused):
+    import torch
+
+    mods = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        lin = torch.nn.Linear(a, b)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(weights[2 * i].T.copy()))
+            lin.bias.copy_(torch.from_numpy(weights[2 * i + 1]))
+        mods.append(lin)
+        if i < len(sizes) - 2:
+            mods.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*mods)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True if fused else None)
+    return model, opt
+
+
+def _init_weights(sizes, seed=0):
+    r = np.random.default_rng(seed)
+    out = []
+    for a, b in zip(sizes, sizes[1:]):
+        bound = 1.0 / np.sqrt(a)
+        out.append(r.uniform(-bound, bound, (a, b)).astype(np.float32))
+        out.append(r.uniform(-bound, bound, b).astype(np.float32))
+    return out
+
+
+def run(sizes, batches, threads, rounds, against, seconds, fused, log=print):
+    import nerve as nv
+
+    torch = None
+    if against == "torch":
+        import torch
+    results = []
+    weights = _init_weights(sizes)
+    fps = flops_per_sample(sizes)
+    for t in threads:
+        nv.set_num_threads(t)
+        if torch is not None:
+            torch.set_num_threads(t)
+        for batch in batches:
+            r = np.random.default_rng(batch)
+            pool = max(4, min(64, (1 << 22) // (batch * sizes[0]) + 1))
+            xs = [r.standard_normal((batch, sizes[0])).astype(np.float32) for _ in range(pool)]
+            ys = [r.integers(0, sizes[-1], batch).astype(np.int64) for _ in range(pool)]
+            nmodel = _nerve_model(sizes, weights, 1e-4)
+
+            def nerve_steps(k):
+                t0 = time.perf_counter()
+                for i in range(k):
+                    nmodel.train_step(xs[i % pool], ys[i % pool])
+                return time.perf_counter() - t0
+
+            runners = {"nerve": nerve_steps}
+            if torch is not None:
+                tmodel, topt = _torch_model(sizes, weights, 1e-4, fused)
+                txs = [torch.from_numpy(x) for x in xs]
+                tys = [torch.from_numpy(y) for y in ys]
+                loss_fn = torch.nn.functional.cross_entropy
+
+                def torch_steps(k):
+                    t0 = time.perf_counter()
+                    for i in range(k):
+                        topt.zero_grad(set_to_none=True)
+                        loss = loss_fn(tmodel(txs[i % pool]), tys[i % pool])
+                        loss.backward()
+                        topt.step()
+                    return time.perf_counter() - t0
+
+                runners["torch"] = torch_steps
+            # Warm up and size each measurement to ~`seconds`.
+            steps = {}
+            for name, fn in runners.items():
+                fn(2)
+                per = fn(3) / 3
+                steps[name] = max(3, int(seconds / max(per, 1e-7)))
+            rates = {name: [] for name in runners}
+            for rnd in range(rounds):
+                order = list(runners) if rnd % 2 == 0 else list(reversed(list(runners)))
+                for name in order:
+                    k = steps[name]
+                    rates[name].append(k * batch / runners[name](k))
+            row = {"threads": t, "batch": batch}
+            for name, vals in rates.items():
+                row[f"{name}_samples_per_s"] = statistics.median(vals)
+                row[f"{name}_gflops"] = statistics.median(vals) * fps / 1e9
+            if torch is not None:
+                ratios = [a / b for a, b in zip(rates["nerve"], rates["torch"])]
+                row["ratio"] = statistics.median(ratios)
+            results.append(row)
+            msg = f"threads={t} batch={batch}: nerve {row['nerve_samples_per_s']:,.0f}/s"
+            if torch is not None:
+                msg += f", torch {row['torch_samples_per_s']:,.0f}/s, ratio {row['ratio']:.2f}x"
+            log(msg)
+    return results
+
+
+def table(results, against):
+    head = "| threads | batch | nerve samples/s | nerve GFLOP/s |"
+    sep = "|---|---|---|---|"
+    if against:
+        head += " PyTorch samples/s | PyTorch GFLOP/s | nerve / PyTorch |"
+        sep += "---|---|---|"
+    lines = [head, sep]
+    for r in results:
+        line = f"| {r['threads']} | {r['batch']} | {r['nerve_samples_per_s']:,.0f} | {r['nerve_gflops']:.1f} |"
+        if against:
+            line += f" {r['torch_samples_per_s']:,.0f} | {r['torch_gflops']:.1f} | **{r['ratio']:.2f}×** |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--against", choices=["torch"], default=None)
+    p.add_argument("--model", choices=sorted(MODELS), default="ref")
+    p.add_argument("--batches", default="1,32,128,512,2048")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=0.25, help="target duration of one measurement")
+    p.add_argument("--torch-fused", action="store_true", help="PyTorch Adam(fused=True) instead of its default")
+    p.add_argument("--json", default=None, help="write results here")
+    a = p.parse_args(argv)
+    import nerve as nv
+
+    sizes = MODELS[a.model]
+    batches = [int(b) for b in a.batches.split(",")]
+    threads = [int(t) for t in a.threads.split(",")]
+    results = run(sizes, batches, threads, a.rounds, a.against, a.seconds, a.torch_fused)
+    meta = {"model": sizes, "nerve": nv.build_info(), "machine": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "rounds": a.rounds, "torch_fused": a.torch_fused}
+    if a.against == "torch":
+        import torch
+
+        meta["torch"] = torch.__version__
+    print()
+    print(f"model {'-'.join(map(str, sizes))}, Adam, cross-entropy; medians of {a.rounds} interleaved rounds")
+    print(table(results, a.against))
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
