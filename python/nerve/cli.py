@@ -56,14 +56,11 @@ def train(args):
     optimizer = nv.optimizers.get(args.optimizer, lr=lr)
     model.compile(optimizer=optimizer, loss="cross_entropy" if classification else "mse",
                   metrics=["accuracy"] if classification else [])
-    verbose = 0 if args.json and not sys.stdout.isatty() else 1
-    if not args.json or sys.stdout.isatty():
-        print(f"nerve {nv.__version__}: {kind} — {x_tr.shape[0]} train / {x_te.shape[0]} test rows, "
-              f"{x_tr.shape[1]} features; layers {layers} ({args.activation}), {type(optimizer).__name__} "
-              f"lr={lr}, batch {batch_size}, {epochs} epochs, {nv.get_num_threads()} threads")
+    print(f"nerve {nv.__version__}: {kind} — {x_tr.shape[0]} train / {x_te.shape[0]} test rows, "
+          f"{x_tr.shape[1]} features; layers {layers} ({args.activation}), {type(optimizer).__name__} "
+          f"lr={lr}, batch {batch_size}, {epochs} epochs, {nv.get_num_threads()} threads")
     t0 = time.perf_counter()
-    model.fit(x_tr, y_tr, epochs=epochs, batch_size=batch_size, verbose=verbose if not args.json else 0,
-              seed=args.seed)
+    model.fit(x_tr, y_tr, epochs=epochs, batch_size=batch_size, verbose=1, seed=args.seed)
     seconds = time.perf_counter() - t0
     result = model.evaluate(x_te, y_te)
     summary = {
