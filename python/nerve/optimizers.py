@@ -19,6 +19,7 @@ import numbers
 import numpy as np
 
 from . import _core
+from . import schedules as _schedules
 from ._names import resolve
 from .parameter import Parameter
 
@@ -41,11 +42,23 @@ class Optimizer:
 
     def __init__(self, params=None, *, lr, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  schedule=None, exclude_from_weight_decay=None, **hyper):
+        if isinstance(schedule, dict):  # a saved schedule (model files): whitelisted classes only
+            schedule = _schedules.deserialize(schedule)
         self.schedule = schedule
         if schedule is not None and not callable(schedule):
             raise ValueError("schedule must be callable: schedule(step) -> learning rate")
         self._config = {"lr": lr, **hyper}
         self._clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+        if isinstance(exclude_from_weight_decay, str):
+            exclude_from_weight_decay = (exclude_from_weight_decay,)
+        if exclude_from_weight_decay is not None and not callable(exclude_from_weight_decay):
+            try:
+                exclude_from_weight_decay = tuple(exclude_from_weight_decay)
+            except TypeError:
+                raise ValueError("exclude_from_weight_decay must be parameter kinds such as ('bias', 'scale') "
+                                 f"or a predicate on a Parameter, got {exclude_from_weight_decay!r}") from None
+            if not all(isinstance(k, str) for k in exclude_from_weight_decay):
+                raise ValueError(f"exclude_from_weight_decay kinds must be strings, got {exclude_from_weight_decay!r}")
         self._exclude = exclude_from_weight_decay
         h = _core.OptHyper()
         lr0 = schedule(0) if schedule is not None else lr
@@ -78,7 +91,7 @@ class Optimizer:
             return True
         if callable(self._exclude):
             return not self._exclude(p)
-        return p.kind not in tuple(self._exclude)
+        return p.kind not in self._exclude
 
     def _attach(self, params):
         params = list(params)
@@ -86,7 +99,10 @@ class Optimizer:
             if not isinstance(p, Parameter):
                 raise ValueError(f"optimizers take nv.Parameter objects, got {type(p).__name__}")
         self.params = params
-        self._core.bind([p._slice(self._decays(p)) for p in params])
+        # Adjacent tensors of one arena are merged into long runs for the
+        # kernel, except with clipnorm, which is per tensor (Keras).
+        merge = self._clip["clipnorm"] is None
+        self._core.bind([p._slice(self._decays(p)) for p in params], merge)
 
     # -- the torch.optim interface -----------------------------------------
     @property
@@ -131,8 +147,12 @@ class Optimizer:
 
     def load_state_dict(self, state):
         """Restores what state_dict() returned; the same trajectory continues."""
-        if state.get("class") != type(self).__name__:
-            raise ValueError(f"state is for {state.get('class')!r}, not {type(self).__name__}")
+        if not isinstance(state, dict) or state.get("class") != type(self).__name__:
+            got = state.get("class") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state is for {got!r}, not {type(self).__name__}")
+        missing = [k for k in ("iterations", "lr", "slots") if k not in state]
+        if missing:
+            raise ValueError(f"optimizer state lacks {missing}; expected what state_dict() returns")
         slots = state.get("slots", {})
         names = list(self._core.slot_names)
         if sorted(slots) != sorted(names):
@@ -155,6 +175,10 @@ class Optimizer:
         cfg.update({k: v for k, v in self._clip.items() if v is not None})
         if isinstance(self._exclude, (list, tuple)):
             cfg["exclude_from_weight_decay"] = list(self._exclude)
+        # Built-in schedules are saved as {"class", "config"}; other callables
+        # (and predicates for exclude_from_weight_decay) cannot be, and are left out.
+        if isinstance(self.schedule, _schedules.Schedule):
+            cfg["schedule"] = _schedules.serialize(self.schedule)
         return cfg
 
     def __repr__(self):
