@@ -95,7 +95,7 @@ def _beale_grad(x, y):
 
 # Beale: flat plateaus and steep walls, minimum 0 at (3, 0.5).
 beale = Surface("beale", _beale_f, _beale_grad, minima=[(3.0, 0.5)], f_min=0.0, start=(0.7, 1.4),
-                window=((-4.5, 4.5), (-4.5, 4.5)),
+                window=((-0.5, 4.0), (-1.0, 2.0)),
                 description="(1.5 - x + xy)^2 + (2.25 - x + xy^2)^2 + (2.625 - x + xy^3)^2")
 
 # Himmelblau: four minima of value 0 (to 6 decimals for the irrational ones).
