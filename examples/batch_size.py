@@ -90,7 +90,7 @@ def main(argv=None):
         a2.set_xscale("log")
         a1.legend(fontsize=8)
         a1.set_title("per epoch: small batches learn more per pass")
-        a2.set_title("per update: large batches make better steps")
+        a2.set_title("per update: at one lr, about the same progress per step")
         path = os.path.join(args.out, "batch_size.png")
         fig.savefig(path, dpi=110, bbox_inches="tight")
         print(f"saved {path}")

@@ -678,3 +678,26 @@ def test_exclude_biases_from_weight_decay_on_a_model(name):
             np.testing.assert_array_equal(pe.value, pd.value)
             assert not np.allclose(pe.value, pp.value)
     assert excl.optimizer.get_config()["exclude_from_weight_decay"] == ["bias"]
+
+
+@pytest.mark.parametrize("name,hyper", [("Adam", dict(lr=0.01, global_clipnorm=50.0, clipnorm=30.0)),
+                                        ("Ftrl", dict(lr=0.1, l1_regularization_strength=0.5))])
+def test_results_do_not_depend_on_thread_count(name, hyper):
+    shapes = [(300, 400), (70001,)]  # several kernel chunks per tensor
+    seq = grad_sequence(5, shapes=shapes)
+    before = nv.get_num_threads()
+    finals = []
+    try:
+        for threads in (1, 2):
+            nv.set_num_threads(threads)
+            params = make_params(shapes=shapes)
+            opt = getattr(nv.optimizers, name)(params, **hyper)
+            for gs in seq:
+                for p, g in zip(params, gs):
+                    p.grad[...] = g
+                opt.step()
+            finals.append([p.value.copy() for p in params])
+    finally:
+        nv.set_num_threads(before)
+    for a, b in zip(*finals):
+        np.testing.assert_array_equal(a, b)
