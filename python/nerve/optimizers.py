@@ -9,8 +9,9 @@ or standalone on ``nv.Parameter`` objects, torch.optim style::
 
 Every optimizer also takes ``clipnorm`` (per tensor), ``clipvalue``,
 ``global_clipnorm`` (Keras meanings, applied to the gradients before the
-update), ``schedule=`` (a function of the step t counted from 0, replacing a
-fixed lr), and ``exclude_from_weight_decay`` (parameter kinds such as
+update in that order and written back into ``.grad``), ``schedule=`` (a
+function of the step t counted from 0, replacing a fixed lr; ``nv.schedules``
+classes are saved with the model), and ``exclude_from_weight_decay`` (parameter kinds such as
 ``("bias", "scale")``, or a predicate on a Parameter) for optimizers with
 weight decay.
 """
@@ -107,7 +108,11 @@ class Optimizer:
     # -- the torch.optim interface -----------------------------------------
     @property
     def lr(self):
-        """The learning rate of the next step (the scheduled value when a schedule is attached)."""
+        """The learning rate of the next step (the scheduled value when a schedule is attached).
+
+        Assigning it changes only the steps from then on (PyTorch's
+        ``param_group["lr"] = ...``); with a schedule attached, the schedule
+        sets it again before every step."""
         return self._core.lr
 
     @lr.setter
