@@ -514,6 +514,14 @@ def test_load_state_dict_rejects_mismatch_and_changes_nothing():
     with pytest.raises(ValueError, match="exp_avg"):
         fresh.load_state_dict(bad)
     assert fresh.iterations == 0 and not np.any(fresh.state_dict()["slots"]["exp_avg"])
+    for key, value in (("lr", -1.0), ("lr", float("nan")), ("iterations", -3), ("iterations", 2.5),
+                       ("nadam_mu_product", 0.0)):
+        bad = copy.deepcopy(state)
+        bad[key] = value
+        with pytest.raises(ValueError):
+            fresh.load_state_dict(bad)
+        assert fresh.iterations == 0 and fresh.lr == pytest.approx(0.01)
+        assert not np.any(fresh.state_dict()["slots"]["exp_avg"])
 
 
 def test_model_save_load_continues_identically(tmp_path):

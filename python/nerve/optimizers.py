@@ -169,11 +169,22 @@ class Optimizer:
                 raise ValueError(f"state slot {name!r} has {arr.size} values, this optimizer needs {view.size}")
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"state slot {name!r} contains NaN or Inf")
+        # Check the scalars too before touching anything: bad state changes nothing.
+        iterations = state["iterations"]
+        if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
+            raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+        mu_product = _number("nadam_mu_product", state.get("nadam_mu_product", 1.0))
+        if not 0.0 < mu_product <= 1.0:
+            raise ValueError(f"nadam_mu_product must be in (0, 1], got {mu_product}")
+        lr = _number("lr", state["lr"])
+        trial = self._core.hyper  # a copy
+        trial.lr = lr
+        _core.validate_hyper(self._kind, trial)
         for i, name in enumerate(names):
             self._core.slot(i)[...] = np.asarray(slots[name], dtype=np.float32).reshape(-1)
-        self._core.iterations = int(state["iterations"])
-        self._core.nadam_mu_product = float(state.get("nadam_mu_product", 1.0))
-        self.lr = float(state["lr"])
+        self._core.iterations = int(iterations)
+        self._core.nadam_mu_product = mu_product
+        self._core.lr = lr
 
     def get_config(self):
         cfg = dict(self._config)
