@@ -30,6 +30,8 @@ from . import (  # noqa: E402
     losses,
     optimizers,
     regularizers,
+    schedules,
+    surfaces,
 )
 from .model import Sequential, History, load_model  # noqa: E402
 from .optimizers import clip_grad_norm_, clip_grad_value_  # noqa: E402
@@ -80,4 +82,6 @@ __all__ = [
     "losses",
     "optimizers",
     "regularizers",
+    "schedules",
+    "surfaces",
 ]

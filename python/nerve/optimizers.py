@@ -9,8 +9,9 @@ or standalone on ``nv.Parameter`` objects, torch.optim style::
 
 Every optimizer also takes ``clipnorm`` (per tensor), ``clipvalue``,
 ``global_clipnorm`` (Keras meanings, applied to the gradients before the
-update), ``schedule=`` (a function of the step t counted from 0, replacing a
-fixed lr), and ``exclude_from_weight_decay`` (parameter kinds such as
+update in that order and written back into ``.grad``), ``schedule=`` (a
+function of the step t counted from 0, replacing a fixed lr; ``nv.schedules``
+classes are saved with the model), and ``exclude_from_weight_decay`` (parameter kinds such as
 ``("bias", "scale")``, or a predicate on a Parameter) for optimizers with
 weight decay.
 """
@@ -19,6 +20,7 @@ import numbers
 import numpy as np
 
 from . import _core
+from . import schedules as _schedules
 from ._names import resolve
 from .parameter import Parameter
 
@@ -41,11 +43,23 @@ class Optimizer:
 
     def __init__(self, params=None, *, lr, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  schedule=None, exclude_from_weight_decay=None, **hyper):
+        if isinstance(schedule, dict):  # a saved schedule (model files): whitelisted classes only
+            schedule = _schedules.deserialize(schedule)
         self.schedule = schedule
         if schedule is not None and not callable(schedule):
             raise ValueError("schedule must be callable: schedule(step) -> learning rate")
         self._config = {"lr": lr, **hyper}
         self._clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+        if isinstance(exclude_from_weight_decay, str):
+            exclude_from_weight_decay = (exclude_from_weight_decay,)
+        if exclude_from_weight_decay is not None and not callable(exclude_from_weight_decay):
+            try:
+                exclude_from_weight_decay = tuple(exclude_from_weight_decay)
+            except TypeError:
+                raise ValueError("exclude_from_weight_decay must be parameter kinds such as ('bias', 'scale') "
+                                 f"or a predicate on a Parameter, got {exclude_from_weight_decay!r}") from None
+            if not all(isinstance(k, str) for k in exclude_from_weight_decay):
+                raise ValueError(f"exclude_from_weight_decay kinds must be strings, got {exclude_from_weight_decay!r}")
         self._exclude = exclude_from_weight_decay
         h = _core.OptHyper()
         lr0 = schedule(0) if schedule is not None else lr
@@ -78,7 +92,7 @@ class Optimizer:
             return True
         if callable(self._exclude):
             return not self._exclude(p)
-        return p.kind not in tuple(self._exclude)
+        return p.kind not in self._exclude
 
     def _attach(self, params):
         params = list(params)
@@ -86,12 +100,19 @@ class Optimizer:
             if not isinstance(p, Parameter):
                 raise ValueError(f"optimizers take nv.Parameter objects, got {type(p).__name__}")
         self.params = params
-        self._core.bind([p._slice(self._decays(p)) for p in params])
+        # Adjacent tensors of one arena are merged into long runs for the
+        # kernel, except with clipnorm, which is per tensor (Keras).
+        merge = self._clip["clipnorm"] is None
+        self._core.bind([p._slice(self._decays(p)) for p in params], merge)
 
     # -- the torch.optim interface -----------------------------------------
     @property
     def lr(self):
-        """The learning rate of the next step (the scheduled value when a schedule is attached)."""
+        """The learning rate of the next step (the scheduled value when a schedule is attached).
+
+        Assigning it changes only the steps from then on (PyTorch's
+        ``param_group["lr"] = ...``); with a schedule attached, the schedule
+        sets it again before every step."""
         return self._core.lr
 
     @lr.setter
@@ -131,8 +152,12 @@ class Optimizer:
 
     def load_state_dict(self, state):
         """Restores what state_dict() returned; the same trajectory continues."""
-        if state.get("class") != type(self).__name__:
-            raise ValueError(f"state is for {state.get('class')!r}, not {type(self).__name__}")
+        if not isinstance(state, dict) or state.get("class") != type(self).__name__:
+            got = state.get("class") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state is for {got!r}, not {type(self).__name__}")
+        missing = [k for k in ("iterations", "lr", "slots") if k not in state]
+        if missing:
+            raise ValueError(f"optimizer state lacks {missing}; expected what state_dict() returns")
         slots = state.get("slots", {})
         names = list(self._core.slot_names)
         if sorted(slots) != sorted(names):
@@ -144,17 +169,32 @@ class Optimizer:
                 raise ValueError(f"state slot {name!r} has {arr.size} values, this optimizer needs {view.size}")
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"state slot {name!r} contains NaN or Inf")
+        # Check the scalars too before touching anything: bad state changes nothing.
+        iterations = state["iterations"]
+        if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
+            raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+        mu_product = _number("nadam_mu_product", state.get("nadam_mu_product", 1.0))
+        if not 0.0 < mu_product <= 1.0:
+            raise ValueError(f"nadam_mu_product must be in (0, 1], got {mu_product}")
+        lr = _number("lr", state["lr"])
+        trial = self._core.hyper  # a copy
+        trial.lr = lr
+        _core.validate_hyper(self._kind, trial)
         for i, name in enumerate(names):
             self._core.slot(i)[...] = np.asarray(slots[name], dtype=np.float32).reshape(-1)
-        self._core.iterations = int(state["iterations"])
-        self._core.nadam_mu_product = float(state.get("nadam_mu_product", 1.0))
-        self.lr = float(state["lr"])
+        self._core.iterations = int(iterations)
+        self._core.nadam_mu_product = mu_product
+        self._core.lr = lr
 
     def get_config(self):
         cfg = dict(self._config)
         cfg.update({k: v for k, v in self._clip.items() if v is not None})
         if isinstance(self._exclude, (list, tuple)):
             cfg["exclude_from_weight_decay"] = list(self._exclude)
+        # Built-in schedules are saved as {"class", "config"}; other callables
+        # (and predicates for exclude_from_weight_decay) cannot be, and are left out.
+        if isinstance(self.schedule, _schedules.Schedule):
+            cfg["schedule"] = _schedules.serialize(self.schedule)
         return cfg
 
     def __repr__(self):
