@@ -69,6 +69,7 @@ class Optimizer:
                 setattr(h, arg, v)
         self._core = _core.Optimizer(self._kind, h)
         self.params = []
+        self._arenas = []
         if params is not None:
             self._attach(params)
 
@@ -87,6 +88,8 @@ class Optimizer:
                 raise ValueError(f"optimizers take nv.Parameter objects, got {type(p).__name__}")
         self.params = params
         self._core.bind([p._slice(self._decays(p)) for p in params])
+        # Arenas whose pruning masks step() re-applies (nv.pruning), distinct, in order.
+        self._arenas = list({id(p._arena): p._arena for p in params}.values())
 
     # -- the torch.optim interface -----------------------------------------
     @property
@@ -113,6 +116,9 @@ class Optimizer:
             raise RuntimeError("this optimizer has no parameters: pass them or compile a model with it")
         self._before_step()
         self._core.step()
+        for arena in self._arenas:  # pruned weights stay exactly zero (as in the fused step)
+            if arena.has_mask:
+                arena.apply_mask()
 
     def zero_grad(self):
         for p in self.params:
