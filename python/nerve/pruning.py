@@ -88,7 +88,7 @@ def prune_magnitude(model, sparsity, scope="layer"):
             offset += p.size
             _mask_view(p)[...] = m
             p.value[m == 0] = 0.0
-    return sparsity(model)
+    return _report(model)
 
 
 def sparsity(model):
@@ -99,6 +99,10 @@ def sparsity(model):
     one entry per kernel (labels are "index:name", "i:Residual/j:Dense" inside
     residual blocks).
     """
+    return _report(model)
+
+
+def _report(model):
     rows = []
     for label, p in _kernels(model):
         zeros = int(np.count_nonzero(p.value == 0))
