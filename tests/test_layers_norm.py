@@ -320,8 +320,15 @@ def test_gaussian_noise_statistics_and_identity_backward():
     y = g.forward(x, training=True)
     n = (y - x).astype(np.float64).ravel()
     assert abs(n.mean()) < 0.004 and abs(n.std() - 0.4) < 0.004  # 60,000 draws
-    # Roughly normal: 68% within one standard deviation.
+    # Normal: 68.3% within one standard deviation, 95.4% within two, kurtosis 3.
     assert abs((np.abs(n) < 0.4).mean() - 0.6827) < 0.01
+    assert abs((np.abs(n) < 0.8).mean() - 0.9545) < 0.005
+    assert abs(((n / n.std()) ** 4).mean() - 3.0) < 0.1
+    # Each of the four normals drawn from one random block is standard normal on its own.
+    for k in range(4):
+        part = n[k::4] / 0.4
+        assert abs(part.mean()) < 0.02 and abs(part.std() - 1) < 0.02
+    assert abs(np.corrcoef(n[0::4], n[1::4])[0, 1]) < 0.03  # the Box-Muller pair is uncorrelated
     np.testing.assert_array_equal(g.backward(np.ones_like(x)), 1.0)
     np.testing.assert_array_equal(g.forward(x, training=False), x)
     assert not np.array_equal(g.forward(x, training=True), y)
@@ -455,3 +462,21 @@ def test_no_allocation_per_step_with_new_layers():
     before = nv._core.alloc_count()
     m.fit(x, y, epochs=2, batch_size=32, verbose=0)
     assert nv._core.alloc_count() == before
+
+
+def test_training_with_new_layers_is_thread_count_invariant():
+    x = data(n=1024, d=32, seed=3)
+    y = (x[:, 0] > 0).astype(np.int64)
+
+    def run():
+        nv.manual_seed(11)
+        m = nv.Sequential([nv.layers.GaussianNoise(0.1), nv.layers.Dense(1024, activation="elu"),
+                           nv.layers.BatchNorm(), nv.layers.Dropout(0.3),
+                           nv.layers.Residual([nv.layers.Dense(1024, activation="selu"), nv.layers.AlphaDropout(0.1)]),
+                           nv.layers.Dense(2)], input_dim=32)
+        m.compile(optimizer="adam", loss="cross_entropy")
+        m.fit(x, y, epochs=1, batch_size=512, verbose=0, seed=0)
+        return np.concatenate([p.value.ravel() for p in m.parameters()] + [b for b in m.buffers()])
+
+    a, b = _thread_runs(run)
+    np.testing.assert_array_equal(a, b)
