@@ -400,7 +400,16 @@ def test_residual_in_model_trains_and_freezes():
     m.compile(optimizer=nv.optimizers.Adam(lr=1e-2), loss="cross_entropy")
     hist = m.fit(x, y, epochs=30, batch_size=32, verbose=0)
     assert hist.history["loss"][-1] < 0.5 * hist.history["loss"][0]
+    before_sub1 = m.layers[1].layers[1].kernel.numpy()
     res = m.layers[1]
+    # A frozen sub-layer of a trainable block stays put (no update, not even weight decay).
+    res.layers[0].trainable = False
+    frozen = [p.numpy() for p in res.layers[0].parameters()]
+    m.compile(optimizer=nv.optimizers.AdamW(lr=1e-2, weight_decay=0.1), loss="cross_entropy")
+    m.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    for p, b in zip(res.layers[0].parameters(), frozen):
+        np.testing.assert_array_equal(p.value, b)
+    assert not np.array_equal(res.layers[1].kernel.value, before_sub1)
     res.trainable = False
     assert all(not l.trainable for l in res.layers)
     before = [p.numpy() for p in res.parameters()]

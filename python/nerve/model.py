@@ -131,7 +131,8 @@ class Sequential:
         return [b for layer in self.layers for b in layer.buffers()]
 
     def trainable_parameters(self):
-        return [p for layer in self.layers if layer.trainable for p in layer.parameters()]
+        # p.trainable too: a frozen sub-layer inside a trainable Residual stays frozen.
+        return [p for layer in self.layers if layer.trainable for p in layer.parameters() if p.trainable]
 
     def count_params(self):
         return sum(p.size for p in self.parameters())
