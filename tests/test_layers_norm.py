@@ -489,3 +489,41 @@ def test_training_with_new_layers_is_thread_count_invariant():
 
     a, b = _thread_runs(run)
     np.testing.assert_array_equal(a, b)
+
+
+def _philox4x32(key, hi, lo):
+    """Philox4x32-10 (Salmon et al., SC'11) in numpy: 4 words per 64-bit counter lo (vector)."""
+    M = np.uint64(0xFFFFFFFF)
+    c0, c1 = lo & M, lo >> np.uint64(32)
+    c2 = np.full_like(lo, hi & 0xFFFFFFFF)
+    c3 = np.full_like(lo, hi >> 32)
+    k0, k1 = key & 0xFFFFFFFF, key >> 32
+    for _ in range(10):
+        p0 = np.uint64(0xD2511F53) * c0
+        p1 = np.uint64(0xCD9E8D57) * c2
+        c0, c1, c2, c3 = (p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & M, (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & M
+        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return np.stack([c0, c1, c2, c3], axis=1)
+
+
+def _mix_seed(seed, tag):
+    """SplitMix64 finaliser of seed + golden·(tag + 1), as nerve's rng.hpp."""
+    m = (1 << 64) - 1
+    z = (seed + 0x9E3779B97F4A7C15 * (tag + 1)) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+@pytest.mark.parametrize("n", [7, 1000, 70001])  # scalar tail only; vector path + tail; several pieces
+def test_dropout_mask_is_the_documented_philox_draw(n):
+    d = nv.layers.Dropout(0.35)
+    d.build(n)
+    d._core.stream = 12345
+    x = np.ones((1, n), np.float32)
+    y = d._core.forward_np(x, True, 777, 42)[0]
+    words = _philox4x32(_mix_seed(777, 12345), 42, np.arange((n + 3) // 4, dtype=np.uint64)).reshape(-1)[:n]
+    u = (words >> np.uint64(8)).astype(np.float64) / 2 ** 24
+    keep = u >= np.float32(0.35)
+    np.testing.assert_array_equal(y != 0, keep)
+    np.testing.assert_allclose(y[keep], np.float32(1 / 0.65), rtol=1e-7)
