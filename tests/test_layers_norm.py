@@ -178,6 +178,9 @@ def test_frozen_batchnorm_runs_in_inference_mode():
     # ... and its training-mode forward is the evaluation formula.
     out = m.forward(x, training=True)
     np.testing.assert_allclose(out, m.predict(x), rtol=1e-6)
+    # The same on its own.
+    np.testing.assert_array_equal(bn.forward(x, training=True), bn.forward(x, training=False))
+    np.testing.assert_array_equal(bn.running_mean, 0.5)
 
 
 def _thread_runs(fn):

@@ -113,6 +113,9 @@ class Layer:
         if x.ndim != 2:
             raise ValueError(f"{self.describe()}: expected a 2-D (batch, features) input, got shape {x.shape}")
         self._ensure_standalone(x.shape[1])
+        # As in a model: a frozen layer runs as in evaluation (BatchNorm uses
+        # its running statistics and leaves them alone).
+        training = bool(training) and self._trainable
         if training:
             self._step += 1
         y = self._core.forward_np(x, bool(training), self._seed, self._step)
