@@ -4,9 +4,9 @@ Recipe (the "default DNN configuration" of the deep-learning playbook):
 He-normal initialization, ELU, batch normalization, dropout, Adam, and early
 stopping on the validation loss (patience 4, best weights restored). The
 plain MLP uses Glorot-uniform ReLU layers, plain SGD and a fixed number of
-epochs. A 5,000-image training subset keeps the run under a minute.
+epochs. A 4,000-image training subset keeps the run under a minute.
 
-    python examples/training_guide.py [--out DIR] [--train 5000] [--epochs 16]
+    python examples/training_guide.py [--out DIR] [--train 4000] [--epochs 16]
 
 Prints a table and saves training_guide.png (validation loss and accuracy
 per epoch) to --out.
@@ -71,7 +71,7 @@ def train(model, optimizer, data, epochs, patience=None, batch_size=64):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=".", help="directory for training_guide.png")
-    ap.add_argument("--train", type=int, default=5000, help="training images used (of 60,000)")
+    ap.add_argument("--train", type=int, default=4000, help="training images used (of 60,000)")
     ap.add_argument("--epochs", type=int, default=16)
     args = ap.parse_args(argv)
 
