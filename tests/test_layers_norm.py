@@ -530,3 +530,29 @@ def test_dropout_mask_is_the_documented_philox_draw(n):
     keep = u >= np.float32(0.35)
     np.testing.assert_array_equal(y != 0, keep)
     np.testing.assert_allclose(y[keep], np.float32(1 / 0.65), rtol=1e-7)
+
+
+def test_train_step_equals_manual_loop_with_batchnorm_and_dropout():
+    x = data(n=64, d=8, seed=2)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+
+    def make():
+        nv.manual_seed(21)
+        m = nv.Sequential([nv.layers.Dense(16, activation="elu"), nv.layers.BatchNorm(), nv.layers.Dropout(0.4),
+                           nv.layers.Residual([nv.layers.Dense(16, activation="selu"), nv.layers.AlphaDropout(0.2)]),
+                           nv.layers.GaussianNoise(0.2), nv.layers.Dense(2)], input_dim=8)
+        m.compile(optimizer=nv.optimizers.Adam(lr=1e-2), loss="cross_entropy")
+        return m
+
+    a, b = make(), make()
+    lf = nv.losses.get("cross_entropy")
+    for step in range(8):
+        xb, yb = x[step % 4 * 16:(step % 4 + 1) * 16], y[step % 4 * 16:(step % 4 + 1) * 16]
+        la = a.train_step(xb, yb)
+        out = b.forward(xb, training=True)
+        b.backward(lf.backward(out, yb))
+        b.optimizer.step()
+        b.optimizer.zero_grad()
+        assert la == pytest.approx(lf.forward(out, yb), rel=1e-6)
+    for pa, pb in zip(a.parameters() + a.buffers(), b.parameters() + b.buffers()):
+        np.testing.assert_array_equal(getattr(pa, "value", pa), getattr(pb, "value", pb))
