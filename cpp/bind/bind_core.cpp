@@ -76,6 +76,19 @@ void bind_core(py::module_& m) {
             return view(a.grads.data(), offset, size, self);
           },
           py::arg("offset"), py::arg("size"))
+      .def_property_readonly("has_mask", &ParamArena::has_mask)
+      .def("enable_mask", &ParamArena::enable_mask, "Allocates the pruning mask (all ones)")
+      .def("clear_mask", [](ParamArena& a) { a.mask.resize(0); })
+      .def("apply_mask", &ParamArena::apply_mask, "Zeroes every value whose mask is 0")
+      .def(
+          "mask",
+          [](py::object self, Index offset, Index size) {
+            auto& a = self.cast<ParamArena&>();
+            require(a.has_mask(), "this arena has no pruning mask (enable_mask first)");
+            check_range(a, offset, size);
+            return view(a.mask.data(), offset, size, self);
+          },
+          py::arg("offset"), py::arg("size"))
       .def_property_readonly("address", [](const ParamArena& a) {
         return reinterpret_cast<std::uintptr_t>(a.values.data());
       });

@@ -107,7 +107,19 @@ void bind_layers(py::module_& m) {
           py::arg("step") = 0, py::arg("want_dx") = true,
           "Parameter gradients are accumulated (PyTorch semantics); returns dL/dx")
       .def("regularize", &Layer::regularize, py::arg("add_grad"))
-      .def("apply_constraints", &Layer::apply_constraints);
+      .def("apply_constraints", &Layer::apply_constraints)
+      .def("check_batch", &Layer::check_batch, py::arg("batch"), py::arg("training"))
+      .def(
+          "buffers",
+          [](py::object self) {
+            // Zero-copy views of the non-trainable state; `self` keeps it alive.
+            py::list out;
+            for (AlignedBuffer* b : self.cast<Layer&>().buffers())
+              out.append(py::array_t<float>({static_cast<py::ssize_t>(b->size())},
+                                            {static_cast<py::ssize_t>(sizeof(float))}, b->data(), self));
+            return out;
+          },
+          "Non-trainable state (e.g. batch norm running statistics) as writable numpy views");
 
   py::class_<Dense, Layer, std::shared_ptr<Dense>>(m, "Dense")
       .def(py::init<Index, Index, const Activation&, bool>(), py::arg("in_features"),
@@ -140,6 +152,31 @@ void bind_layers(py::module_& m) {
 
   py::class_<ActivationLayer, Layer, std::shared_ptr<ActivationLayer>>(m, "ActivationLayer")
       .def(py::init<Index, const Activation&>(), py::arg("in_features"), py::arg("activation"));
+
+  py::class_<BatchNorm, Layer, std::shared_ptr<BatchNorm>>(m, "BatchNorm")
+      .def(py::init<Index, double, double>(), py::arg("features"), py::arg("momentum"), py::arg("eps"))
+      .def(
+          "bind_params",
+          [](BatchNorm& l, std::shared_ptr<ParamArena> arena, Index gamma_offset, Index beta_offset) {
+            bind_param(l.gamma, arena, gamma_offset, l.in_features);
+            bind_param(l.beta, arena, beta_offset, l.in_features);
+          },
+          py::arg("arena"), py::arg("gamma_offset"), py::arg("beta_offset"))
+      .def_readonly("momentum", &BatchNorm::momentum)
+      .def_readonly("eps", &BatchNorm::eps);
+
+  py::class_<Dropout, Layer, std::shared_ptr<Dropout>>(m, "Dropout")
+      .def(py::init<Index, double>(), py::arg("features"), py::arg("rate"))
+      .def_readonly("rate", &Dropout::rate);
+  py::class_<AlphaDropout, Layer, std::shared_ptr<AlphaDropout>>(m, "AlphaDropout")
+      .def(py::init<Index, double>(), py::arg("features"), py::arg("rate"))
+      .def_readonly("rate", &AlphaDropout::rate);
+  py::class_<GaussianNoise, Layer, std::shared_ptr<GaussianNoise>>(m, "GaussianNoise")
+      .def(py::init<Index, double>(), py::arg("features"), py::arg("stddev"))
+      .def_readonly("stddev", &GaussianNoise::stddev);
+  py::class_<Residual, Layer, std::shared_ptr<Residual>>(m, "Residual")
+      .def(py::init<std::vector<std::shared_ptr<Layer>>>(), py::arg("layers"))
+      .def_readonly("layers", &Residual::layers);
 
   py::class_<PyNetwork>(m, "Network")
       .def(py::init<Index, std::vector<std::shared_ptr<Layer>>>(), py::arg("input_dim"),
@@ -206,6 +243,10 @@ void bind_layers(py::module_& m) {
       .def("regularize", [](PyNetwork& n, bool add_grad) { return n.net.regularize(add_grad); },
            py::arg("add_grad"))
       .def("apply_constraints", [](PyNetwork& n) { n.net.apply_constraints(); })
+      .def("apply_masks", [](PyNetwork& n) { n.net.apply_masks(); },
+           "Re-zeroes pruned parameters (what train_step does after every update)")
+      .def("check_batch", [](PyNetwork& n, Index batch, bool training) { n.net.check_batch(batch, training); },
+           py::arg("batch"), py::arg("training"))
       .def(
           "train_step",
           [](PyNetwork& n, py::array x, py::object labels, py::object values, const Loss& loss,
@@ -243,6 +284,10 @@ void bind_layers(py::module_& m) {
               require(idx[i] >= 0 && idx[i] < rows, "order index out of range");
             Optimizer& o = unwrap_optimizer(opt);
             const Index batches = (count_rows + batch_size - 1) / batch_size;
+            if (batches > 0) {  // e.g. batch norm refuses a last batch of one row: say so before training
+              n.net.check_batch(std::min(batch_size, count_rows), true);
+              n.net.check_batch(count_rows - (batches - 1) * batch_size, true);
+            }
             const Index cap = std::min(batch_size, count_rows);
             n.batch_x.reserve(cap * in);
             if (all.values) n.batch_values.reserve(cap * out);

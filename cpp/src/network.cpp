@@ -21,6 +21,9 @@ Network::Network(Index input_dim, std::vector<std::shared_ptr<Layer>> layers)
       require(p->size == 0 || p->bound(),
               "layer " + std::to_string(i) + " (" + layers_[i]->type() + ") has unbound parameters");
     width = layers_[i]->out_features;
+    for (ParamRef* p : layers_[i]->params())
+      if (p->bound() && std::find(arenas_.begin(), arenas_.end(), p->arena.get()) == arenas_.end())
+        arenas_.push_back(p->arena.get());
   }
   outputs_.resize(layers_.size());
 }
@@ -39,7 +42,12 @@ void Network::plan(Index capacity) {
   capacity_ = capacity;
 }
 
+void Network::check_batch(Index batch, bool training) const {
+  for (auto& layer : layers_) layer->check_batch(batch, training && layer->trainable);
+}
+
 const float* Network::forward(const float* x, Index batch, bool training) {
+  check_batch(batch, training);
   plan(batch);
   StepContext ctx{training, seed, step};
   const float* in = x;
@@ -90,6 +98,10 @@ double Network::regularize(bool add_grad) {
   return total;
 }
 
+void Network::apply_masks() {
+  for (ParamArena* a : arenas_) a->apply_mask();
+}
+
 void Network::apply_constraints() {
   for (auto& layer : layers_) layer->apply_constraints();
 }
@@ -106,6 +118,7 @@ StepResult Network::train_step(const float* x, Index batch, const Target& target
   require(batch > 0, "train_step: empty batch");
   const Index out = output_dim();
   check_finite(x, batch, input_dim_, "input batch");
+  check_batch(batch, true);
   validate_target(loss, target, batch, out);
   if (target.values && loss.kind != LossKind::Distillation)
     check_finite(target.values, batch, out, "target batch");
@@ -117,6 +130,7 @@ StepResult Network::train_step(const float* x, Index batch, const Target& target
   backward(loss_grad(), batch, false, nullptr);
   result.loss += regularize(true);
   opt.step();
+  apply_masks();  // before the constraints: max-norm rescaling keeps zeros at zero
   apply_constraints();
   step += 1;
   return result;

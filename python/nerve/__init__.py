@@ -33,6 +33,7 @@ from . import (  # noqa: E402
     schedules,
     surfaces,
 )
+from . import pruning  # noqa: E402  (after model: it works on Sequential models)
 from .model import Sequential, History, load_model  # noqa: E402
 from .optimizers import clip_grad_norm_, clip_grad_value_  # noqa: E402
 
@@ -81,6 +82,7 @@ __all__ = [
     "layers",
     "losses",
     "optimizers",
+    "pruning",
     "regularizers",
     "schedules",
     "surfaces",

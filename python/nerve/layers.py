@@ -79,6 +79,10 @@ class Layer:
     def _ensure_standalone(self, input_dim):
         if not self.built:
             self.build(input_dim)
+            # A layer used on its own draws its dropout/noise from the global
+            # seed (nv.manual_seed) like everything else; a model re-keys it.
+            self._seed, stream = _random.next_key()
+            self._core.stream = stream
         if self.param_size() and not self._params:
             self._bind(_core.Arena(self.param_size()), 0)
 
@@ -98,12 +102,20 @@ class Layer:
     def parameters(self):
         return list(self._params)
 
+    def buffers(self):
+        """Non-trainable state saved with the model (e.g. BatchNorm's running
+        statistics), as writable float32 numpy views; [] for most layers."""
+        return list(self._core.buffers()) if self._core is not None else []
+
     def forward(self, x, training=False):
         """y = layer(x) for a (batch, features) float32 array."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2:
             raise ValueError(f"{self.describe()}: expected a 2-D (batch, features) input, got shape {x.shape}")
         self._ensure_standalone(x.shape[1])
+        # As in a model: a frozen layer runs as in evaluation (BatchNorm uses
+        # its running statistics and leaves them alone).
+        training = bool(training) and self._trainable
         if training:
             self._step += 1
         y = self._core.forward_np(x, bool(training), self._seed, self._step)
@@ -211,8 +223,188 @@ class Activation(Layer):
         return cfg
 
 
+def _number(cls, name, value, lo, hi=None, hi_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        raise ValueError(f"{cls}: {name} must be a finite number, got {value!r}")
+    value = float(value)
+    bad = value < lo or (hi is not None and (value >= hi if hi_open else value > hi))
+    if bad:
+        rng = f"[{lo}, {hi})" if hi_open else (f"[{lo}, {hi}]" if hi is not None else f">= {lo}")
+        raise ValueError(f"{cls}: {name} must be in {rng}, got {value}")
+    return value
+
+
+class BatchNorm(Layer):
+    """Batch normalization (Ioffe & Szegedy, 2015) with torch.nn.BatchNorm1d semantics.
+
+    Training: ``y = γ·(x − μ_B)/√(σ²_B + eps) + β`` with the batch mean μ_B and
+    the biased batch variance σ²_B; the running estimates move as
+    ``running ← (1 − momentum)·running + momentum·statistic`` using the
+    unbiased variance σ²_B·B/(B−1) (PyTorch's momentum convention: Keras's
+    momentum=0.99 is momentum=0.01 here). Evaluation (and a frozen layer,
+    ``trainable=False``): ``y = γ·(x − running_mean)/√(running_var + eps) + β``.
+    γ (kind "scale", init 1) and β (kind "bias", init 0) are trainable;
+    ``running_mean`` (init 0) and ``running_var`` (init 1) are buffers saved
+    with the model. A training batch of one row raises ValueError, as PyTorch.
+    """
+
+    def __init__(self, momentum=0.1, eps=1e-5, trainable=True, name=None):
+        super().__init__(trainable=trainable, name=name)
+        self.momentum = _number("BatchNorm", "momentum", momentum, 0.0, 1.0)
+        self.eps = _number("BatchNorm", "eps", eps, 0.0)
+        if self.eps <= 0:
+            raise ValueError(f"BatchNorm: eps must be > 0, got {eps!r}")
+        self.gamma = None
+        self.beta = None
+
+    def _make_core(self, input_dim):
+        return _core.BatchNorm(input_dim, self.momentum, self.eps)
+
+    def _param_specs(self):
+        return [("gamma", (self.input_dim,), "scale", initializers.get("ones")),
+                ("beta", (self.input_dim,), "bias", initializers.get("zeros"))]
+
+    def _bind_core(self, arena, offsets):
+        self._core.bind_params(arena, offsets["gamma"], offsets["beta"])
+
+    @property
+    def running_mean(self):
+        return self.buffers()[0] if self.built else None
+
+    @property
+    def running_var(self):
+        return self.buffers()[1] if self.built else None
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(momentum=self.momentum, eps=self.eps)
+        return cfg
+
+
+class Dropout(Layer):
+    """Inverted dropout (Srivastava et al., 2014): in training each element is
+    zeroed with probability ``rate`` and the kept ones scaled by 1/(1 − rate), so
+    the expected value is unchanged; identity in evaluation (torch.nn.Dropout).
+    Masks are keyed by (seed, layer, step, element): the same seed gives the
+    same masks on any number of threads. ``rate`` in [0, 1)."""
+
+    def __init__(self, rate=0.5, trainable=True, name=None):
+        super().__init__(trainable=trainable, name=name)
+        self.rate = _number("Dropout", "rate", rate, 0.0, 1.0, hi_open=True)
+
+    def _make_core(self, input_dim):
+        return _core.Dropout(input_dim, self.rate)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["rate"] = self.rate
+        return cfg
+
+
+class AlphaDropout(Dropout):
+    """Alpha dropout for self-normalizing (SELU) nets (Klambauer et al., 2017),
+    torch.nn.AlphaDropout's formula: dropped units are set to α' = −λα ≈ −1.7581,
+    then ``y = a·x̃ + b`` with ``a = ((1 − p)(1 + p·α'²))^(−1/2)`` and
+    ``b = −a·α'·p``, which keeps zero mean and unit variance. Identity in
+    evaluation. ``rate`` in [0, 1)."""
+
+    def __init__(self, rate=0.1, trainable=True, name=None):
+        Layer.__init__(self, trainable=trainable, name=name)
+        self.rate = _number("AlphaDropout", "rate", rate, 0.0, 1.0, hi_open=True)
+
+    def _make_core(self, input_dim):
+        return _core.AlphaDropout(input_dim, self.rate)
+
+
+class GaussianNoise(Layer):
+    """Adds N(0, stddev²) noise in training only (Keras GaussianNoise); a
+    regularizer and input augmentation. Identity in evaluation; dx = dy.
+    Normals come from Box-Muller on 24-bit uniforms (tails beyond 5.8σ, a
+    1e-8 event, are not drawn), keyed by (seed, layer, step, element)."""
+
+    def __init__(self, stddev=0.1, trainable=True, name=None):
+        super().__init__(trainable=trainable, name=name)
+        self.stddev = _number("GaussianNoise", "stddev", stddev, 0.0)
+
+    def _make_core(self, input_dim):
+        return _core.GaussianNoise(input_dim, self.stddev)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["stddev"] = self.stddev
+        return cfg
+
+
+class Residual(Layer):
+    """A residual block ``y = x + f(x)`` (He et al., 2016), f the given stack of
+    layers, which must map d input features back to d (checked when built).
+    The sub-layers' parameters live in the model's arena; freezing the block
+    freezes them all."""
+
+    def __init__(self, layers, trainable=True, name=None):
+        super().__init__(trainable=trainable, name=name)
+        layers = list(layers) if isinstance(layers, (list, tuple)) else None
+        if not layers:
+            raise ValueError("Residual: expected a non-empty list of nv.layers objects")
+        for l in layers:
+            if not isinstance(l, Layer):
+                raise ValueError(f"Residual takes nv.layers objects, got {type(l).__name__}")
+        self.layers = layers
+        if not self._trainable:
+            for l in layers:
+                l.trainable = False
+
+    def _make_core(self, input_dim):
+        width = input_dim
+        for i, l in enumerate(self.layers):
+            try:
+                width = l.build(width)
+            except ValueError as e:
+                raise ValueError(f"Residual: layer {i} ({l.describe()}): {e}") from None
+        if width != input_dim:
+            raise ValueError(f"Residual: f must map {input_dim} features to {input_dim} so that "
+                             f"x + f(x) is defined, but its layers give {width}")
+        return _core.Residual([l._core for l in self.layers])
+
+    def param_size(self):
+        return sum(l.param_size() for l in self.layers)
+
+    def _bind(self, arena, offset, init=True):
+        for l in self.layers:
+            if l.param_size() and not l._params:
+                offset = l._bind(arena, offset, init)
+        self._params = [p for l in self.layers for p in l.parameters()]
+        return offset
+
+    @Layer.trainable.setter
+    def trainable(self, value):
+        Layer.trainable.fset(self, value)
+        for l in self.layers:
+            l.trainable = value
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["layers"] = [{"class": type(l).__name__, "config": l.get_config()} for l in self.layers]
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        subs = []
+        for entry in config.pop("layers"):
+            sub_cls = LAYER_CLASSES.get(entry["class"])
+            if sub_cls is None:
+                raise ValueError(f"unknown layer class {entry['class']!r}")
+            if not isinstance(entry["config"], dict):
+                raise ValueError("layer config must be a mapping")
+            subs.append(sub_cls.from_config(dict(entry["config"])))
+        return cls(subs, **config)
+
+
 # Classes a model file may name: loading instantiates nothing else.
-LAYER_CLASSES = {cls.__name__: cls for cls in (Dense, Activation)}
+LAYER_CLASSES = {cls.__name__: cls for cls in (Dense, Activation, BatchNorm, Dropout, AlphaDropout,
+                                                GaussianNoise, Residual)}
 
 
 def register(cls):

@@ -102,14 +102,21 @@ class Sequential:
         for layer in fresh:
             offset = layer._bind(self._arena, offset)
         seed, stream = _random.next_key()
-        for i, layer in enumerate(self.layers):
-            layer._core.stream = (stream << 16) + i
+        self._set_streams(stream)
+        for layer in self.layers:
             layer._seed = seed
         self._net = _core.Network(int(input_dim), [l._core for l in self.layers])
         self._net.seed = seed
         self.input_dim = int(input_dim)
         if self.optimizer is not None:
             self._bind_optimizer()
+
+    def _set_streams(self, stream):
+        # Each layer's random draws (dropout, noise, rrelu) come from its own
+        # stream; saved with the model so a loaded model continues identically.
+        self._stream = int(stream)
+        for i, layer in enumerate(self.layers):
+            layer._core.stream = (self._stream << 16) + i
 
     @property
     def output_dim(self):
@@ -119,8 +126,13 @@ class Sequential:
         """Every parameter, in layer order (nv.Parameter objects)."""
         return [p for layer in self.layers for p in layer.parameters()]
 
+    def buffers(self):
+        """Non-trainable state of every layer (BatchNorm running statistics), in layer order."""
+        return [b for layer in self.layers for b in layer.buffers()]
+
     def trainable_parameters(self):
-        return [p for layer in self.layers if layer.trainable for p in layer.parameters()]
+        # p.trainable too: a frozen sub-layer inside a trainable Residual stays frozen.
+        return [p for layer in self.layers if layer.trainable for p in layer.parameters() if p.trainable]
 
     def count_params(self):
         return sum(p.size for p in self.parameters())
@@ -262,6 +274,10 @@ class Sequential:
         per_batch = any(cb.wants_batches() for cb in cbs) or self.optimizer.schedule is not None
         count = any(m.name in ("accuracy", "zero_one") for m in self.metrics)
         steps = -(-n // batch_size)
+        # A layer that cannot take some batch size (BatchNorm: a last batch of
+        # one row) fails here, before any step, not mid-epoch.
+        self._net.check_batch(min(batch_size, n), True)
+        self._net.check_batch(n - (steps - 1) * batch_size, True)
         # Shuffling draws from Philox too, keyed by the global seed unless `seed` is given.
         key = _random.next_key() if seed is None else (int(seed), 0)
         rng = np.random.Generator(np.random.Philox(key=np.array(key, dtype=np.uint64)))
@@ -352,9 +368,18 @@ class Sequential:
         if not self.built:
             raise RuntimeError("build or train the model before saving it")
         config = {"format": "nerve-model", "format_version": 1, "nerve_version": __version__,
-                  "model": self.get_config(), "net": {"seed": int(self._net.seed), "step": int(self._net.step)}}
+                  "model": self.get_config(), "net": {"seed": int(self._net.seed), "step": int(self._net.step),
+                          "stream": self._stream}}
         arrays = {"params": np.concatenate([p.value.reshape(-1) for p in self.parameters()]
                                            or [np.zeros(0, np.float32)])}
+        buffers = self.buffers()
+        if buffers:
+            arrays["buffers"] = np.concatenate([b.reshape(-1) for b in buffers])
+        if any(p._arena.has_mask for p in self.parameters()):
+            # Pruning masks (1 keep, 0 pruned), one per value in parameter order.
+            arrays["masks"] = np.concatenate(
+                [p._arena.mask(p._offset, p.size) if p._arena.has_mask else np.ones(p.size, np.float32)
+                 for p in self.parameters()])
         if self.optimizer is not None:
             state = self.optimizer.state_dict()
             config["compile"] = {
@@ -453,9 +478,31 @@ def _load(archive, compile):
     for p in params:
         p.value = flat[offset: offset + p.size].reshape(p.shape)
         offset += p.size
+    buffers = model.buffers()
+    if buffers:
+        flat = _read_array(archive, "buffers", sum(b.size for b in buffers))
+        offset = 0
+        for b in buffers:
+            b[...] = flat[offset: offset + b.size]
+            offset += b.size
+    if "masks" in archive.files:
+        flat = _read_array(archive, "masks", total)
+        if not np.all((flat == 0) | (flat == 1)):
+            raise ValueError("array 'masks' must hold only 0 and 1")
+        offset = 0
+        for p in params:
+            m = flat[offset: offset + p.size]
+            offset += p.size
+            if not np.all(m == 1):
+                p._arena.enable_mask()
+                p._arena.mask(p._offset, p.size)[...] = m
+        for p in params:
+            p._arena.apply_mask()
     net = config.get("net", {})
     model._net.seed = int(net.get("seed", 0))
     model._net.step = int(net.get("step", 0))
+    if "stream" in net:
+        model._set_streams(int(net["stream"]))
     if compile and config.get("compile"):
         ccfg = config["compile"]
         opt_cls = _optimizers.by_class_name(ccfg["optimizer"]["class"])

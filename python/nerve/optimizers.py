@@ -83,6 +83,7 @@ class Optimizer:
                 setattr(h, arg, v)
         self._core = _core.Optimizer(self._kind, h)
         self.params = []
+        self._arenas = []
         if params is not None:
             self._attach(params)
 
@@ -104,6 +105,8 @@ class Optimizer:
         # kernel, except with clipnorm, which is per tensor (Keras).
         merge = self._clip["clipnorm"] is None
         self._core.bind([p._slice(self._decays(p)) for p in params], merge)
+        # Arenas whose pruning masks step() re-applies (nv.pruning), distinct, in order.
+        self._arenas = list({id(p._arena): p._arena for p in params}.values())
 
     # -- the torch.optim interface -----------------------------------------
     @property
@@ -134,6 +137,9 @@ class Optimizer:
             raise RuntimeError("this optimizer has no parameters: pass them or compile a model with it")
         self._before_step()
         self._core.step()
+        for arena in self._arenas:  # pruned weights stay exactly zero (as in the fused step)
+            if arena.has_mask:
+                arena.apply_mask()
 
     def zero_grad(self):
         for p in self.params:

@@ -20,8 +20,17 @@ namespace nerve {
 struct ParamArena {
   AlignedBuffer values;
   AlignedBuffer grads;
+  // Pruning masks (nv.pruning): empty, or one float per value, 1 = keep,
+  // 0 = pruned. Allocated only when a model is pruned; apply_mask() re-zeroes
+  // pruned values after every update so they stay exactly zero.
+  AlignedBuffer mask;
   explicit ParamArena(Index n) : values(n), grads(n) {}
   Index size() const { return values.size(); }
+  bool has_mask() const { return mask.size() > 0; }
+  void enable_mask() {
+    if (!has_mask()) mask.resize(size(), 1.0f);
+  }
+  void apply_mask();
 };
 
 // A parameter tensor inside an arena.
@@ -63,6 +72,14 @@ class Layer {
       if (p->size > 0) return true;
     return false;
   }
+
+  // Non-trainable state saved with the model (batch norm's running statistics).
+  virtual std::vector<AlignedBuffer*> buffers() { return {}; }
+
+  // Throws ValueError when this layer cannot run on `batch` rows (batch norm
+  // in training needs 2). Called before any layer runs, so a bad batch
+  // changes nothing.
+  virtual void check_batch(Index /*batch*/, bool /*training*/) const {}
 
   // Reserves workspace for batches of up to `capacity` rows (no allocation
   // afterwards for any batch <= capacity).
@@ -119,6 +136,100 @@ class ActivationLayer : public Layer {
   void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
                 const StepContext& ctx, bool accumulate) override;
   Activation act;
+};
+
+// Batch normalization over the features of a (batch, features) input, with
+// PyTorch BatchNorm1d semantics (Ioffe & Szegedy, 2015):
+//   training:   y = γ (x − μ_B) / √(σ²_B + ε) + β with the biased batch variance,
+//               running ← (1 − momentum) running + momentum · batch statistic,
+//               the running variance taking the unbiased σ²_B · B / (B − 1);
+//   evaluation: y = γ (x − running_mean) / √(running_var + ε) + β.
+// Statistics are two-pass sums in double over fixed row chunks, so they do
+// not depend on the thread count.
+class BatchNorm : public Layer {
+ public:
+  BatchNorm(Index features, double momentum, double eps);
+  std::string type() const override { return "BatchNorm"; }
+  std::vector<ParamRef*> params() override { return {&gamma, &beta}; }
+  std::vector<AlignedBuffer*> buffers() override { return {&running_mean, &running_var}; }
+  void check_batch(Index batch, bool training) const override;
+  void plan(Index capacity) override;
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+
+  double momentum, eps;
+  ParamRef gamma, beta;
+  AlignedBuffer running_mean, running_var;
+
+ private:
+  std::vector<double> mean_, invstd_;          // of the last forward, per feature
+  std::vector<double> partial_a_, partial_b_;  // per row chunk x feature sums
+  std::vector<double> work_;                   // per-feature sums in backward
+  std::vector<float> coef_;                    // per-feature coefficients of dx
+};
+
+// Inverted dropout (Srivastava et al., 2014): in training each element is
+// kept with probability 1 − rate and scaled by 1/(1 − rate); identity in
+// evaluation. The mask of element i is a pure function of (seed, layer
+// stream, step, i) and is recomputed in backward instead of stored.
+class Dropout : public Layer {
+ public:
+  Dropout(Index features, double rate);
+  std::string type() const override { return "Dropout"; }
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+  double rate;
+};
+
+// Alpha dropout for SELU nets (Klambauer et al., 2017), PyTorch's formula:
+// dropped units take α' = −λα, then y = a·x̃ + b with
+// a = ((1 − p)(1 + p α'²))^(−1/2), b = −a α' p, keeping zero mean and unit
+// variance. Identity in evaluation.
+class AlphaDropout : public Layer {
+ public:
+  AlphaDropout(Index features, double rate);
+  std::string type() const override { return "AlphaDropout"; }
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+  double rate;
+};
+
+// Additive Gaussian noise N(0, stddev²) in training only (Keras GaussianNoise).
+class GaussianNoise : public Layer {
+ public:
+  GaussianNoise(Index features, double stddev);
+  std::string type() const override { return "GaussianNoise"; }
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+  double stddev;
+};
+
+// y = x + f(x), f a stack of layers mapping d features to d (He et al., 2016).
+// Sub-layer outputs and gradients live in buffers planned here.
+class Residual : public Layer {
+ public:
+  explicit Residual(std::vector<std::shared_ptr<Layer>> layers);
+  std::string type() const override { return "Residual"; }
+  std::vector<ParamRef*> params() override;
+  std::vector<AlignedBuffer*> buffers() override;
+  void check_batch(Index batch, bool training) const override;
+  void plan(Index capacity) override;
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+  double regularize(bool add_grad) override;
+  void apply_constraints() override;
+
+  std::vector<std::shared_ptr<Layer>> layers;
+
+ private:
+  void set_streams();
+  std::vector<AlignedBuffer> outputs_;
+  AlignedBuffer grad_a_, grad_b_;
 };
 
 }  // namespace nerve

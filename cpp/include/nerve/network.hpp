@@ -41,6 +41,10 @@ class Network {
   // Sum of all weight penalties; with add_grad, their gradients are added.
   double regularize(bool add_grad);
   void apply_constraints();
+  // Re-zeroes pruned parameters (arenas with a mask), after every update.
+  void apply_masks();
+  // Throws ValueError when some layer cannot run on `batch` rows.
+  void check_batch(Index batch, bool training) const;
 
   // One fused step. Validates everything first: a bad batch throws
   // ValueError and leaves parameters and optimizer state untouched.
@@ -56,6 +60,7 @@ class Network {
  private:
   Index input_dim_;
   std::vector<std::shared_ptr<Layer>> layers_;
+  std::vector<ParamArena*> arenas_;     // every arena a layer's parameters live in
   Index capacity_ = 0;
   std::vector<AlignedBuffer> outputs_;  // outputs_[i]: output of layer i
   AlignedBuffer grad_a_, grad_b_;       // ping-pong buffers for dL/dy, dL/dx
