@@ -304,9 +304,13 @@ class Sequential:
         net, train_x, val_x, penalty = self._net, x, None, 0.0
         if cache_frozen:
             net, prefix_net, penalty = self._frozen_split()
-            train_x = prefix_net.predict(x, 1024)
+            # Computed in batches of the training size: with shuffle=False every
+            # row then sits where it sits in the uncached steps, and the GEMM
+            # rounds it identically (bit-identical runs). Shuffled rows move
+            # within GEMM tiles, which changes float32 rounding at the 1e-7 level.
+            train_x = prefix_net.predict(x, batch_size)
             if validation_data is not None:
-                val_x = prefix_net.predict(validation_data[0], 1024)
+                val_x = prefix_net.predict(validation_data[0], max(256, batch_size))
         per_batch = any(cb.wants_batches() for cb in cbs) or self.optimizer.schedule is not None
         count = any(m.name in ("accuracy", "zero_one") for m in self.metrics)
         steps = -(-n // batch_size)
