@@ -282,6 +282,20 @@ def test_terminate_on_nan():
     assert epoch == 0 and batch is not None and batch < 16
     assert len(hist.history["loss"]) == 1
     assert not math.isfinite(hist.history["loss"][-1])
+    assert not t.wants_batches()          # no per-batch C++ calls needed
+    # the batch it names is the first bad one: a per-batch recorder agrees
+    losses = []
+
+    class PerBatch(nv.callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            losses.append(logs["loss"])
+
+    nv.manual_seed(0)
+    m = nv.Sequential([nv.layers.Dense(64, activation="relu"), nv.layers.Dense(64, activation="relu"),
+                       nv.layers.Dense(3)], input_dim=10)
+    m.compile(optimizer=nv.optimizers.SGD(lr=1e6), loss="cross_entropy")
+    m.fit(x, y, epochs=1, batch_size=16, callbacks=[PerBatch()], verbose=0, seed=0)
+    assert batch == next(i for i, v in enumerate(losses) if not math.isfinite(v))
 
 
 # -- per-batch cost rule and the hooks -------------------------------------------------
@@ -304,7 +318,8 @@ def test_epoch_only_callbacks_keep_whole_epoch_calls(monkeypatch):
     m._net.__dict__["train_batches"] = counting
     try:
         m.fit(x, y, epochs=2, batch_size=32, verbose=0,
-              callbacks=[nv.callbacks.EarlyStopping(monitor="loss", patience=5), nv.callbacks.CSVLogger(os.devnull)])
+              callbacks=[nv.callbacks.EarlyStopping(monitor="loss", patience=5), nv.callbacks.CSVLogger(os.devnull),
+                         nv.callbacks.TerminateOnNaN(), nv.callbacks.GradientMonitor(probe_size=16)])
         assert calls == [320, 320]          # one C++ call per epoch
         calls.clear()
 

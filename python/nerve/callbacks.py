@@ -53,6 +53,12 @@ class Callback:
     def on_batch_end(self, batch, logs=None):
         pass
 
+    def on_train_batches_end(self, first_batch, batch_losses, logs=None):
+        """After every run of batches fit hands to C++ in one call (the whole
+        epoch unless a callback wants single batches): `batch_losses` holds
+        the loss of each of its batches, the first being batch `first_batch`
+        of the epoch. Costs nothing per batch."""
+
     def wants_batches(self):
         """True when this callback overrides a per-batch hook."""
         cls = type(self)
@@ -359,11 +365,12 @@ class CSVLogger(Callback):
 
 
 class TerminateOnNaN(Callback):
-    """Stops training as soon as a batch loss is NaN or infinite.
+    """Stops training when a batch loss is NaN or infinite.
 
-    Checks every run of batches fit hands back (per batch: this callback asks
-    for batch granularity) and the epoch loss. ``terminated_batch`` records
-    where it stopped (epoch, batch), or None."""
+    It reads the per-batch losses of every run of batches fit trains in one
+    C++ call, so it adds no per-batch cost: training stops at the end of the
+    run holding the first bad batch (weights are NaN from there on anyway).
+    ``terminated`` records (epoch, first bad batch), or None."""
 
     def __init__(self):
         super().__init__()
@@ -376,10 +383,10 @@ class TerminateOnNaN(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
-    def on_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            self.terminated = (self._epoch, batch)
+    def on_train_batches_end(self, first_batch, batch_losses, logs=None):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(batch_losses)))
+        if bad.size and self.terminated is None:
+            self.terminated = (self._epoch, first_batch + int(bad[0]))
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):

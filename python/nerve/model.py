@@ -362,6 +362,8 @@ class Sequential:
                 correct += int(batch_correct.sum())
                 seen += len(rows)
                 logs = self._train_logs(loss_sum, correct, seen, count)
+                for cb in cbs:
+                    cb.on_train_batches_end(first, batch_losses, logs)
                 if per_batch:
                     for cb in cbs:
                         cb.on_batch_end(first, {**logs, "loss": float(batch_losses[-1])})
