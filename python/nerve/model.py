@@ -250,8 +250,11 @@ class Sequential:
         cache_frozen: when the layers before the first trainable one are all
         frozen (or parameter-free) and deterministic, their outputs are
         computed once for the training and validation sets and only the rest
-        of the network runs per step. Same numbers as without caching; raises
-        ValueError when not applicable.
+        of the network runs per step. The same training as without caching:
+        bit-identical with shuffle=False; with shuffling, equal up to float32
+        rounding (a row's GEMM rounding depends on its position in the batch,
+        ~1e-7). Raises ValueError when not applicable (a trainable layer 0,
+        a random layer in the prefix, or augment=).
         """
         for name, v, lo in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
