@@ -9,6 +9,7 @@ entries to ``logs`` in ``on_epoch_end`` (LearningRateScheduler and
 ReduceLROnPlateau add ``"lr"``) and later callbacks and the History see them.
 """
 import csv
+import inspect
 import math
 import os
 
@@ -289,6 +290,19 @@ class ReduceLROnPlateau(Callback):
                     self.wait = 0
 
 
+def _takes_two_args(fn):
+    """Whether fn can be called as fn(epoch, lr) (else fn(epoch))."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):   # some builtins: assume the Keras form
+        return True
+    try:
+        sig.bind(0, 0.0)
+        return True
+    except TypeError:
+        return False
+
+
 class LearningRateScheduler(Callback):
     """Sets the learning rate at the start of every epoch to
     ``schedule(epoch, lr)`` (epoch counted from 0, lr the current rate), or
@@ -302,16 +316,14 @@ class LearningRateScheduler(Callback):
             raise ValueError(f"LearningRateScheduler needs a callable schedule(epoch, lr), got {schedule!r}")
         self.schedule = schedule
         self.verbose = verbose
+        self._two_args = _takes_two_args(schedule)
 
     def on_train_begin(self, logs=None):
         _optimizer_of(self.model, "LearningRateScheduler")
 
     def on_epoch_begin(self, epoch, logs=None):
         opt = _optimizer_of(self.model, "LearningRateScheduler")
-        try:
-            lr = self.schedule(epoch, float(opt.lr))
-        except TypeError:
-            lr = self.schedule(epoch)
+        lr = self.schedule(epoch, float(opt.lr)) if self._two_args else self.schedule(epoch)
         try:
             lr = float(lr)
         except (TypeError, ValueError):
