@@ -155,3 +155,26 @@ def test_fit_with_augment_is_seeded_and_leaves_labels():
         m.fit(x, y, augment=A.Compose([A.RandomShift(1)], image_shape=(5, 5)), verbose=0)
     with pytest.raises(ValueError, match="shape"):
         m.fit(x, y, augment=lambda xb, rng: xb[:, :3], verbose=0)
+
+
+def test_augmented_run_does_not_depend_on_call_grouping():
+    # Each batch draws from its own generator: one C++ call per epoch or per
+    # batch (a per-batch callback) gives the same augmented run.
+    r = np.random.default_rng(0)
+    x = r.random((80, 25)).astype(np.float32)
+    y = r.integers(0, 2, size=80).astype(np.int64)
+    aug = A.Compose([A.RandomShift(1), A.RandomRotation(20)], image_shape=(5, 5))
+
+    class PerBatch(nv.callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            pass
+
+    out = []
+    for cbs in ([], [PerBatch()]):
+        nv.manual_seed(2)
+        m = nv.Sequential([nv.layers.Dense(8, activation="tanh"), nv.layers.Dense(2)], input_dim=25)
+        m.compile(optimizer="adam", loss="cross_entropy")
+        h = m.fit(x, y, epochs=2, batch_size=16, verbose=0, seed=3, augment=aug, callbacks=cbs)
+        out.append((h.history["loss"], m.get_weights()))
+    assert out[0][0] == out[1][0]
+    assert all(np.array_equal(a, b) for a, b in zip(out[0][1], out[1][1]))
