@@ -88,8 +88,10 @@ class Layer:
 
     # True when forward(training=True) is a fixed function of the input row
     # (no dropout mask, noise, random slopes or batch statistics). fit's
-    # cache_frozen relies on it; random layers set it False.
-    deterministic_in_training = True
+    # cache_frozen relies on it for trainable parameter-free layers before
+    # the first trainable one (frozen layers run in inference mode anyway).
+    # Conservative default: a layer class must declare itself deterministic.
+    deterministic_in_training = False
 
     def copy(self):
         """An independent layer with the same configuration and (when built)
@@ -105,12 +107,16 @@ class Layer:
         return twin
 
     def _copy_state_from(self, other):
-        """Copies non-parameter state (e.g. running statistics); none here."""
+        """Copies non-parameter state (e.g. batch-norm running statistics)."""
+        for mine, theirs in zip(self._state_arrays(), other._state_arrays()):
+            mine[...] = theirs
 
     def _state_arrays(self):
         """Writable numpy views of non-parameter state that training changes
-        (e.g. batch-norm running statistics), so diagnostics can restore it."""
-        return []
+        (the layer's buffers(), e.g. batch-norm running statistics), so
+        copies carry it and diagnostics can restore it."""
+        buffers = getattr(self, "buffers", None)
+        return list(buffers()) if buffers is not None and self.built else []
 
     # -- the public per-layer interface ------------------------------------
     @property

@@ -426,8 +426,9 @@ class Sequential:
         for i, layer in enumerate(self.layers[:first]):
             if layer.trainable and not layer.deterministic_in_training:
                 raise ValueError(f"cache_frozen=True: layer {i} ({layer.describe()}) before the first "
-                                 f"trainable layer is random in training, so its output cannot be cached; "
-                                 f"freeze it (trainable=False runs it in inference mode) or drop cache_frozen")
+                                 f"trainable layer is random in training (deterministic_in_training is "
+                                 f"False), so its output cannot be cached; freeze it (trainable=False runs "
+                                 f"it in inference mode) or drop cache_frozen")
         prefix = _core.Network(self.input_dim, [l._core for l in self.layers[:first]])
         # The tail keeps its layers' random streams (set when the model was built) and the model's seed.
         tail = _core.Network(self.layers[first].input_dim, [l._core for l in self.layers[first:]])
