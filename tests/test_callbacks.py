@@ -350,3 +350,16 @@ def test_gradient_monitor_records_and_does_not_disturb_training():
     # the last record equals a direct call on the same probe batch
     direct = nv.diagnostics.layer_stats(m, x[:64], y[:64])
     assert mon.records[-1][1][1]["grad_norm"] == direct[1]["grad_norm"]
+
+
+def test_gradient_monitor_with_explicit_probe_and_every():
+    x, y = data(n=96)
+    m = model()
+    mon = nv.callbacks.GradientMonitor(x[:10], y[:10], every=2)
+    m.fit(x, y, epochs=5, batch_size=32, verbose=0, callbacks=[mon])
+    assert mon.epochs == [-1, 1, 3]
+    assert mon.series("act_std").shape == (3, 2)
+    assert np.isnan(mon.series("saturated")[:, 1]).all()       # identity output layer: not applicable
+    assert (mon.series("saturated")[:, 0] >= 0).all()           # tanh layer: a fraction
+    with pytest.raises(ValueError, match="both x and y"):
+        nv.callbacks.GradientMonitor(x[:10])
