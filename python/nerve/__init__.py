@@ -22,9 +22,11 @@ from ._random import manual_seed  # noqa: E402
 from .parameter import Parameter  # noqa: E402
 from . import (  # noqa: E402
     activations,
+    augment,
     callbacks,
     constraints,
     datasets,
+    diagnostics,
     initializers,
     layers,
     losses,
@@ -75,9 +77,11 @@ __all__ = [
     "clip_grad_norm_",
     "clip_grad_value_",
     "activations",
+    "augment",
     "callbacks",
     "constraints",
     "datasets",
+    "diagnostics",
     "initializers",
     "layers",
     "losses",

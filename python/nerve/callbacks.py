@@ -3,17 +3,38 @@
 Subclass :class:`Callback` and override the hooks you need. ``fit`` runs whole
 runs of batches in one C++ call unless a callback overrides a per-batch hook,
 so callbacks that only act per epoch cost nothing per batch.
+
+Callbacks are called in the order given, then the History; a callback may add
+entries to ``logs`` in ``on_epoch_end`` (LearningRateScheduler and
+ReduceLROnPlateau add ``"lr"``) and later callbacks and the History see them.
 """
+import csv
+import inspect
+import math
+import os
+
+import numpy as np
 
 
 class Callback:
-    """Base class: every hook receives ``logs``, a dict of the current values."""
+    """Base class: every hook receives ``logs``, a dict of the current values.
+
+    ``self.model`` is the model being trained; ``self.params`` holds fit's
+    settings (``epochs``, ``steps``, ``batch_size``, ``samples``, ``verbose``).
+    """
 
     def __init__(self):
         self.model = None
+        self.params = {}
 
     def set_model(self, model):
         self.model = model
+
+    def set_params(self, params):
+        self.params = dict(params)
+
+    def _set_fit_data(self, x, y):
+        """fit hands over its (float32) training data; most callbacks ignore it."""
 
     def on_train_begin(self, logs=None):
         pass
@@ -33,7 +54,418 @@ class Callback:
     def on_batch_end(self, batch, logs=None):
         pass
 
+    def on_train_batches_end(self, first_batch, batch_losses, logs=None):
+        """After every run of batches fit hands to C++ in one call (the whole
+        epoch unless a callback wants single batches): `batch_losses` holds
+        the loss of each of its batches, the first being batch `first_batch`
+        of the epoch. Costs nothing per batch."""
+
     def wants_batches(self):
         """True when this callback overrides a per-batch hook."""
         cls = type(self)
         return cls.on_batch_begin is not Callback.on_batch_begin or cls.on_batch_end is not Callback.on_batch_end
+
+
+# -- helpers -----------------------------------------------------------------------
+def _check_mode(mode):
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def _direction(monitor, mode):
+    """'min' or 'max': auto means max for accuracy-like names (Keras rule)."""
+    if mode != "auto":
+        return mode
+    name = monitor[4:] if monitor.startswith("val_") else monitor
+    return "max" if ("acc" in name or name.startswith("fmeasure") or name in ("auc", "precision", "recall")) \
+        else "min"
+
+
+def _monitored(cb_name, monitor, logs):
+    if logs is None or monitor not in logs:
+        logged = ", ".join(sorted(logs or {})) or "nothing"
+        hint = " (pass validation_data or validation_split to fit)" if monitor.startswith("val_") else ""
+        raise ValueError(f"{cb_name} monitors {monitor!r}, which fit did not log (logged: {logged}){hint}")
+    return float(logs[monitor])
+
+
+def _nonneg(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not value >= 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _nonneg_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+class _Improvement:
+    """Tracks the best value of a monitored quantity: improved when it beats
+    the best by more than min_delta in the monitored direction."""
+
+    def __init__(self, monitor, mode, min_delta):
+        self.direction = _direction(monitor, _check_mode(mode))
+        self.min_delta = abs(float(min_delta))
+        self.reset()
+
+    def reset(self):
+        self.best = math.inf if self.direction == "min" else -math.inf
+
+    def improved(self, current):
+        if math.isnan(current):
+            return False
+        if self.direction == "min":
+            return current < self.best - self.min_delta
+        return current > self.best + self.min_delta
+
+
+def _optimizer_of(model, who):
+    opt = getattr(model, "optimizer", None)
+    if opt is None:
+        raise ValueError(f"{who} needs a compiled model (it changes the optimizer's learning rate)")
+    if getattr(opt, "schedule", None) is not None:
+        raise ValueError(f"{who} sets optimizer.lr, but this optimizer follows a schedule= that would "
+                         "override it at every step; use one or the other")
+    return opt
+
+
+# -- early stopping ------------------------------------------------------------------
+class EarlyStopping(Callback):
+    """Stops training when `monitor` has not improved for `patience` epochs.
+
+    An epoch improves when the value beats the best so far by more than
+    `min_delta` (lower for losses, higher for accuracies with mode="auto").
+    After `patience` consecutive epochs without improvement, training stops
+    (Keras semantics: patience=0 stops at the first epoch without
+    improvement). With ``restore_best_weights=True`` the parameters of the
+    best epoch are put back when training ends (early or not, as Keras 3).
+    ``stopped_epoch`` and ``best_epoch`` are 0-based epoch indices (``-1``
+    when training was not stopped). Reference: Prechelt, "Early Stopping —
+    But When?" (1998).
+    """
+
+    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, restore_best_weights=False,
+                 mode="auto", verbose=0):
+        super().__init__()
+        self.monitor = str(monitor)
+        self.patience = _nonneg_int("patience", patience)
+        self.min_delta = _nonneg("min_delta", min_delta)
+        self.restore_best_weights = bool(restore_best_weights)
+        self._tracker = _Improvement(self.monitor, mode, min_delta)
+        self.mode = mode
+        self.verbose = verbose
+
+    def on_train_begin(self, logs=None):
+        self._tracker.reset()
+        self.wait = 0
+        self.stopped_epoch = -1
+        self.best_epoch = -1
+        self.best_weights = None
+
+    @property
+    def best(self):
+        return self._tracker.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = _monitored("EarlyStopping", self.monitor, logs)
+        self.wait += 1
+        if self._tracker.improved(current):
+            self._tracker.best = current
+            self.best_epoch = epoch
+            self.wait = 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+        if self.verbose and self.stopped_epoch >= 0:
+            print(f"EarlyStopping: stopped after epoch {self.stopped_epoch + 1}; best {self.monitor} "
+                  f"{self.best:.6g} at epoch {self.best_epoch + 1}")
+
+
+# -- checkpoints -----------------------------------------------------------------------
+class ModelCheckpoint(Callback):
+    """Saves the model (``model.save``: architecture, weights, optimizer state)
+    after every epoch, or only when `monitor` improves (``save_best_only``).
+
+    `path` may contain ``str.format`` fields: ``{epoch}`` (1-based, as Keras)
+    and any logged value, e.g. ``"ckpt-{epoch:03d}-{val_loss:.3f}.nerve"``.
+    Writes are atomic: the file is written under a temporary name and renamed,
+    so an interrupted save leaves the previous checkpoint intact.
+    """
+
+    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto", verbose=0):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.monitor = str(monitor)
+        self.save_best_only = bool(save_best_only)
+        self._tracker = _Improvement(self.monitor, mode, 0.0)
+        self.verbose = verbose
+        self.saved = []   # paths written, in order
+
+    def on_train_begin(self, logs=None):
+        self._tracker.reset()
+
+    def _filename(self, epoch, logs):
+        try:
+            return self.path.format(epoch=epoch + 1, **(logs or {}))
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"ModelCheckpoint: cannot format path {self.path!r} with epoch and the logged "
+                             f"values {sorted(logs or {})}: {e!r}") from None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_best_only:
+            current = _monitored("ModelCheckpoint", self.monitor, logs)
+            if not self._tracker.improved(current):
+                return
+            self._tracker.best = current
+        path = self._filename(epoch, logs)
+        self.model.save(path)
+        self.saved.append(path)
+        if self.verbose:
+            print(f"ModelCheckpoint: saved {path}")
+
+
+# -- learning rate ---------------------------------------------------------------------
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by `factor` when `monitor` has stopped
+    improving for `patience` epochs (Keras semantics).
+
+    Improvement: beating the best by more than `min_delta`. After a reduction
+    the callback waits `cooldown` epochs before counting again; the rate never
+    goes below `min_lr`. Adds ``logs["lr"]`` (the rate used in the epoch).
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_lr=0.0, cooldown=0,
+                 min_delta=1e-4, mode="auto", verbose=0):
+        super().__init__()
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
+        self.monitor = str(monitor)
+        self.factor = float(factor)
+        self.patience = _nonneg_int("patience", patience)
+        self.min_lr = float(_nonneg("min_lr", min_lr))
+        self.cooldown = _nonneg_int("cooldown", cooldown)
+        self.min_delta = _nonneg("min_delta", min_delta)
+        self._tracker = _Improvement(self.monitor, mode, min_delta)
+        self.verbose = verbose
+
+    def on_train_begin(self, logs=None):
+        _optimizer_of(self.model, "ReduceLROnPlateau")
+        self._tracker.reset()
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        opt = _optimizer_of(self.model, "ReduceLROnPlateau")
+        if logs is not None:
+            logs["lr"] = float(opt.lr)
+        current = _monitored("ReduceLROnPlateau", self.monitor, logs)
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._tracker.improved(current):
+            self._tracker.best = current
+            self.wait = 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = float(opt.lr)
+                # float32 comparison, as the rate is stored in float32 precision in the kernels
+                if np.float32(old) > np.float32(self.min_lr):
+                    new = max(old * self.factor, self.min_lr)
+                    opt.lr = new
+                    if self.verbose:
+                        print(f"ReduceLROnPlateau: epoch {epoch + 1}: lr {old:.3g} -> {new:.3g}")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+def _takes_two_args(fn):
+    """Whether fn can be called as fn(epoch, lr) (else fn(epoch))."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):   # some builtins: assume the Keras form
+        return True
+    try:
+        sig.bind(0, 0.0)
+        return True
+    except TypeError:
+        return False
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at the start of every epoch to
+    ``schedule(epoch, lr)`` (epoch counted from 0, lr the current rate), or
+    ``schedule(epoch)`` for a one-argument function (Keras semantics). Adds
+    ``logs["lr"]``. For per-step schedules use an optimizer's ``schedule=``.
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise ValueError(f"LearningRateScheduler needs a callable schedule(epoch, lr), got {schedule!r}")
+        self.schedule = schedule
+        self.verbose = verbose
+        self._two_args = _takes_two_args(schedule)
+
+    def on_train_begin(self, logs=None):
+        _optimizer_of(self.model, "LearningRateScheduler")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = _optimizer_of(self.model, "LearningRateScheduler")
+        lr = self.schedule(epoch, float(opt.lr)) if self._two_args else self.schedule(epoch)
+        try:
+            lr = float(lr)
+        except (TypeError, ValueError):
+            raise ValueError(f"the schedule returned {lr!r} at epoch {epoch}; expected a number") from None
+        if not (math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"the schedule returned lr={lr} at epoch {epoch}; expected a finite number >= 0")
+        opt.lr = lr
+        if self.verbose:
+            print(f"LearningRateScheduler: epoch {epoch + 1}: lr = {lr:.6g}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = float(self.model.optimizer.lr)
+
+
+# -- logging and safety ------------------------------------------------------------------
+class CSVLogger(Callback):
+    """Writes one CSV row per epoch: ``epoch`` (0-based, as Keras) then every
+    logged value, columns in sorted order; the header is written first.
+    ``append=True`` continues an existing file (no second header)."""
+
+    def __init__(self, path, separator=",", append=False):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.separator = separator
+        self.append = bool(append)
+        self._file = None
+        self._writer = None
+        self._keys = None
+
+    def on_train_begin(self, logs=None):
+        exists = self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        self._file = open(self.path, "a" if self.append else "w", newline="")
+        self._keys = None
+        self._header_written = exists
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self._keys is None:
+            self._keys = sorted(logs)
+            self._writer = csv.writer(self._file, delimiter=self.separator)
+            if not self._header_written:
+                self._writer.writerow(["epoch"] + self._keys)
+        self._writer.writerow([epoch] + [repr(float(logs[k])) if k in logs else "NA" for k in self._keys])
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class TerminateOnNaN(Callback):
+    """Stops training when a batch loss is NaN or infinite.
+
+    It reads the per-batch losses of every run of batches fit trains in one
+    C++ call, so it adds no per-batch cost: training stops at the end of the
+    run holding the first bad batch (weights are NaN from there on anyway).
+    ``terminated`` records (epoch, first bad batch), or None."""
+
+    def __init__(self):
+        super().__init__()
+        self.terminated = None
+        self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.terminated = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batches_end(self, first_batch, batch_losses, logs=None):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(batch_losses)))
+        if bad.size and self.terminated is None:
+            self.terminated = (self._epoch, first_batch + int(bad[0]))
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            if self.terminated is None:
+                self.terminated = (epoch, None)
+            self.model.stop_training = True
+
+
+# -- diagnostics ---------------------------------------------------------------------------
+class GradientMonitor(Callback):
+    """Records :func:`nerve.diagnostics.layer_stats` on a fixed probe batch
+    before training and after every `every` epochs: per layer activation
+    mean/std, saturated/dead fractions, gradient mean/std/norm and weight norm.
+
+    Give the probe as ``GradientMonitor(x, y)``; without it the first
+    `probe_size` training rows are used. Stats never change the weights,
+    the gradients or the random stream of training.
+
+    ``records`` is a list of (epoch, stats) with epoch -1 for the state before
+    training; ``series(key)`` returns an (n_records, n_layers) array, e.g.
+    ``series("grad_std")``.
+    """
+
+    def __init__(self, x=None, y=None, probe_size=256, every=1):
+        super().__init__()
+        if (x is None) != (y is None):
+            raise ValueError("GradientMonitor: give both x and y for the probe batch, or neither")
+        if isinstance(probe_size, bool) or not isinstance(probe_size, (int, np.integer)) or probe_size < 1:
+            raise ValueError(f"probe_size must be an int >= 1, got {probe_size!r}")
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        self.x, self.y = x, y
+        self._given = x is not None
+        self.probe_size = int(probe_size)
+        self.every = int(every)
+        self.records = []
+
+    def _set_fit_data(self, x, y):
+        if not self._given:
+            k = min(self.probe_size, x.shape[0])
+            self.x = x[:k]
+            self.y = tuple(np.asarray(a)[:k] for a in y) if isinstance(y, tuple) else np.asarray(y)[:k]
+
+    def _record(self, epoch):
+        from . import diagnostics
+
+        self.records.append((epoch, diagnostics.layer_stats(self.model, self.x, self.y)))
+
+    def on_train_begin(self, logs=None):
+        if self.x is None:
+            raise ValueError("GradientMonitor has no probe batch")
+        self.records = []
+        self._record(-1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0:
+            self._record(epoch)
+
+    @property
+    def epochs(self):
+        return [e for e, _ in self.records]
+
+    def series(self, key):
+        """(records, layers) array of one statistic (NaN where a layer lacks it)."""
+        if not self.records:
+            return np.zeros((0, 0))
+        return np.array([[s.get(key, np.nan) if s.get(key) is not None else np.nan for s in stats]
+                         for _, stats in self.records], dtype=np.float64)

@@ -26,6 +26,7 @@ class Layer:
         self._cache = None
         self._seed = 0
         self._step = 0
+        self._pending = None  # parameter values a copy() carries until it is bound
 
     # -- building -----------------------------------------------------------
     @property
@@ -64,12 +65,15 @@ class Layer:
         for attr, shape, kind, init_fn in self._param_specs():
             p = Parameter(_arena=arena, _offset=offset, _shape=shape, name=f"{attr}", kind=kind)
             p.trainable = self._trainable
-            if init:
+            if self._pending is not None:
+                p.value = self._pending[len(self._params)]
+            elif init:
                 init_fn.fill(p.value)
             offsets[attr] = offset
             setattr(self, attr, p)
             self._params.append(p)
             offset += p.size
+        self._pending = None
         self._bind_core(arena, offsets)
         return offset
 
@@ -85,6 +89,38 @@ class Layer:
             self._core.stream = stream
         if self.param_size() and not self._params:
             self._bind(_core.Arena(self.param_size()), 0)
+
+    # True when forward(training=True) is a fixed function of the input row
+    # (no dropout mask, noise, random slopes or batch statistics). fit's
+    # cache_frozen relies on it for trainable parameter-free layers before
+    # the first trainable one (frozen layers run in inference mode anyway).
+    # Conservative default: a layer class must declare itself deterministic.
+    deterministic_in_training = False
+
+    def copy(self):
+        """An independent layer with the same configuration and (when built)
+        a copy of the weights: for transfer learning without sharing. The copy
+        is built for the same input width; its parameters join the arena of
+        the model it is added to (or an arena of its own when used alone)."""
+        twin = type(self).from_config(self.get_config())
+        if self.built:
+            twin.build(self.input_dim)
+            if self._params:
+                twin._pending = [p.value.copy() for p in self._params]
+            twin._copy_state_from(self)
+        return twin
+
+    def _copy_state_from(self, other):
+        """Copies non-parameter state (e.g. batch-norm running statistics)."""
+        for mine, theirs in zip(self._state_arrays(), other._state_arrays()):
+            mine[...] = theirs
+
+    def _state_arrays(self):
+        """Writable numpy views of non-parameter state that training changes
+        (the layer's buffers(), e.g. batch-norm running statistics), so
+        copies carry it and diagnostics can restore it."""
+        buffers = getattr(self, "buffers", None)
+        return list(buffers()) if buffers is not None and self.built else []
 
     # -- the public per-layer interface ------------------------------------
     @property
@@ -176,6 +212,10 @@ class Dense(Layer):
         self.kernel = None
         self.bias = None
 
+    @property
+    def deterministic_in_training(self):
+        return self.activation.name != "rrelu"
+
     def _make_core(self, input_dim):
         core = _core.Dense(input_dim, self.units, self.activation._spec, self.use_bias)
         kr, br = self.kernel_regularizer, self.bias_regularizer
@@ -207,12 +247,23 @@ class Dense(Layer):
         return cfg
 
 
+def clone(layer):
+    """``layer.copy()``: an independent layer with the same config and weights."""
+    if not isinstance(layer, Layer):
+        raise ValueError(f"clone takes an nv.layers object, got {type(layer).__name__}")
+    return layer.copy()
+
+
 class Activation(Layer):
     """An activation as its own layer: ``Activation("leaky_relu", alpha=0.1)``."""
 
     def __init__(self, activation="identity", trainable=True, name=None, **params):
         super().__init__(trainable=trainable, name=name)
         self.activation = activations.get(activation, **params)
+
+    @property
+    def deterministic_in_training(self):
+        return self.activation.name != "rrelu"
 
     def _make_core(self, input_dim):
         return _core.ActivationLayer(input_dim, self.activation._spec)

@@ -134,6 +134,26 @@ class Sequential:
         # p.trainable too: a frozen sub-layer inside a trainable Residual stays frozen.
         return [p for layer in self.layers if layer.trainable for p in layer.parameters() if p.trainable]
 
+    def get_weights(self):
+        """Copies of every parameter value, in layer order (Keras get_weights)."""
+        return [p.value.copy() for p in self.parameters()]
+
+    def set_weights(self, weights):
+        """Writes values from get_weights() back (shapes checked first; nothing
+        changes when one does not match)."""
+        params = self.parameters()
+        weights = list(weights)
+        if len(weights) != len(params):
+            raise ValueError(f"set_weights: the model has {len(params)} parameter arrays, got {len(weights)}")
+        arrays = [np.asarray(w) for w in weights]
+        for i, (p, w) in enumerate(zip(params, arrays)):
+            if w.shape != p.shape:
+                raise ValueError(f"set_weights: array {i} must have shape {p.shape}, got {w.shape}")
+            if not np.all(np.isfinite(w)):
+                raise ValueError(f"set_weights: array {i} contains NaN or Inf")
+        for p, w in zip(params, arrays):
+            p.value = w
+
     def count_params(self):
         return sum(p.size for p in self.parameters())
 
@@ -226,12 +246,27 @@ class Sequential:
         return logs
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
-            shuffle=True, callbacks=None, verbose=1, seed=None):
+            shuffle=True, callbacks=None, verbose=1, seed=None, augment=None, cache_frozen=False):
         """Trains for `epochs` passes over (x, y) in shuffled mini-batches.
 
         float64 (or integer) inputs are converted to float32. Every input is
         checked before the first step (shapes, NaN/Inf, label range): bad data
         raises ValueError and trains nothing. Returns a History.
+
+        augment: a callable ``augment(x_batch, rng) -> x_batch`` (e.g. an
+        ``nv.augment.Compose``) applied to every training batch before the
+        step, drawing from a generator keyed by (seed, epoch, batch), so the
+        same seed gives the same run. Labels are untouched; validation data is
+        not augmented.
+
+        cache_frozen: when the layers before the first trainable one are all
+        frozen (or parameter-free) and deterministic, their outputs are
+        computed once for the training and validation sets and only the rest
+        of the network runs per step. The same training as without caching:
+        bit-identical with shuffle=False; with shuffling, equal up to float32
+        rounding (a row's GEMM rounding depends on its position in the batch,
+        ~1e-7). Raises ValueError when not applicable (a trainable layer 0,
+        a random layer in the prefix, or augment=).
         """
         for name, v, lo in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
@@ -265,12 +300,32 @@ class Sequential:
             self._split_y(validation_data[1], x_val.shape[0])  # checks shapes and labels now
             validation_data = (x_val, validation_data[1])
 
+        if augment is not None:
+            if not callable(augment):
+                raise ValueError(f"augment must be callable as augment(x_batch, rng), got {augment!r}")
+            if cache_frozen:
+                raise ValueError("cache_frozen=True cannot be combined with augment=: augmented inputs "
+                                 "change every batch, so the frozen layers' outputs cannot be cached")
+            check = getattr(augment, "check_input_dim", None)
+            if check is not None:
+                check(self.input_dim)
+
         history = History()
         cbs = list(callbacks or []) + [history]
         for cb in cbs:
             if not isinstance(cb, _callbacks.Callback):
                 raise ValueError(f"callbacks must be nv.callbacks.Callback objects, got {type(cb).__name__}")
-            cb.set_model(self)
+        # Frozen-prefix cache: decided (and refused) before anything trains.
+        net, train_x, val_x, penalty = self._net, x, None, 0.0
+        if cache_frozen:
+            net, prefix_net, penalty = self._frozen_split()
+            # Computed in batches of the training size: with shuffle=False every
+            # row then sits where it sits in the uncached steps, and the GEMM
+            # rounds it identically (bit-identical runs). Shuffled rows move
+            # within GEMM tiles, which changes float32 rounding at the 1e-7 level.
+            train_x = prefix_net.predict(x, batch_size)
+            if validation_data is not None:
+                val_x = prefix_net.predict(validation_data[0], max(256, batch_size))
         per_batch = any(cb.wants_batches() for cb in cbs) or self.optimizer.schedule is not None
         count = any(m.name in ("accuracy", "zero_one") for m in self.metrics)
         steps = -(-n // batch_size)
@@ -278,12 +333,20 @@ class Sequential:
         # one row) fails here, before any step, not mid-epoch.
         self._net.check_batch(min(batch_size, n), True)
         self._net.check_batch(n - (steps - 1) * batch_size, True)
+        for cb in cbs:
+            cb.set_model(self)
+            cb.set_params({"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n,
+                           "verbose": verbose})
+            cb._set_fit_data(x, y)
         # Shuffling draws from Philox too, keyed by the global seed unless `seed` is given.
         key = _random.next_key() if seed is None else (int(seed), 0)
         rng = np.random.Generator(np.random.Philox(key=np.array(key, dtype=np.uint64)))
         progress = Progress(epochs, steps, verbose)
         # On a terminal, about 20 progress updates per epoch; otherwise the whole epoch in one call.
         chunk = 1 if per_batch else (max(1, steps // 20) if progress.live else steps)
+        if augment is not None:
+            # Augmented copies of at most ~8k rows at a time bound the memory.
+            chunk = min(chunk, max(1, 8192 // batch_size))
         self.stop_training = False
         for cb in cbs:
             cb.on_train_begin()
@@ -299,14 +362,27 @@ class Sequential:
                     for cb in cbs:
                         cb.on_batch_begin(first)
                     self.optimizer._before_step()
-                batch_losses, batch_correct = self._net.train_batches(
-                    x, labels, values, rows, batch_size, self.loss._spec, self.optimizer._core, count)
+                if augment is not None:
+                    bx, blab, bval, brows = self._augmented(augment, key, epoch, first, rows, batch_size,
+                                                            train_x, labels, values)
+                else:
+                    bx, blab, bval, brows = train_x, labels, values, rows
+                if net is not self._net:
+                    net.step = self._net.step
+                batch_losses, batch_correct = net.train_batches(
+                    bx, blab, bval, brows, batch_size, self.loss._spec, self.optimizer._core, count)
+                if net is not self._net:
+                    # The full network keeps the step count that keys random draws.
+                    self._net.step = net.step
+                    batch_losses = batch_losses + penalty
                 sizes = np.full(len(batch_losses), batch_size, dtype=np.float64)
                 sizes[-1] = len(rows) - batch_size * (len(batch_losses) - 1)
                 loss_sum += float(np.dot(batch_losses, sizes))
                 correct += int(batch_correct.sum())
                 seen += len(rows)
                 logs = self._train_logs(loss_sum, correct, seen, count)
+                for cb in cbs:
+                    cb.on_train_batches_end(first, batch_losses, logs)
                 if per_batch:
                     for cb in cbs:
                         cb.on_batch_end(first, {**logs, "loss": float(batch_losses[-1])})
@@ -315,7 +391,10 @@ class Sequential:
                     break
             logs = self._train_logs(loss_sum, correct, seen, count)
             if validation_data is not None:
-                val = self.evaluate(validation_data[0], validation_data[1], batch_size=max(256, batch_size))
+                if val_x is not None:
+                    val = self._evaluate_on(net, val_x, validation_data[1], max(256, batch_size))
+                else:
+                    val = self.evaluate(validation_data[0], validation_data[1], batch_size=max(256, batch_size))
                 logs.update({f"val_{k}": v for k, v in val.items()})
             progress.end_epoch(seen, logs)
             for cb in cbs:
@@ -325,6 +404,60 @@ class Sequential:
         for cb in cbs:
             cb.on_train_end()
         return history
+
+    def _augmented(self, augment, key, epoch, first, rows, batch_size, x, labels, values):
+        """Augmented copies of the rows of a run of batches. Each batch draws
+        from its own generator keyed by (seed, stream, epoch, batch index), so
+        results do not depend on how batches are grouped into C++ calls."""
+        parts = []
+        for b, start in enumerate(range(0, len(rows), batch_size)):
+            idx = rows[start: start + batch_size]
+            gen = np.random.default_rng([int(key[0]), int(key[1]), epoch, first + b])
+            xb = augment(x[idx], gen)
+            xb = np.asarray(xb)
+            if xb.shape != (len(idx), x.shape[1]):
+                raise ValueError(f"augment must return an array of shape {(len(idx), x.shape[1])} "
+                                 f"(like its input), got {xb.shape}")
+            parts.append(xb)
+        bx = np.ascontiguousarray(np.concatenate(parts) if len(parts) > 1 else parts[0], dtype=np.float32)
+        blab = None if labels is None else labels[rows]
+        bval = None if values is None else np.ascontiguousarray(values[rows])
+        return bx, blab, bval, np.arange(len(rows), dtype=np.int64)
+
+    def _frozen_split(self):
+        """(tail network, prefix network, prefix penalty) for cache_frozen, or ValueError.
+
+        The prefix is every layer before the first one with trainable
+        parameters. Each must give the same output in a training step as in
+        inference: frozen layers run in inference mode anyway (a frozen batch
+        norm uses its running statistics); parameter-free trainable layers must
+        be deterministic (no dropout, noise or rrelu)."""
+        first = next((i for i, l in enumerate(self.layers) if l.trainable and l.parameters()), None)
+        if first is None:
+            raise ValueError("cache_frozen=True: no layer has trainable parameters, there is nothing to train")
+        if first == 0:
+            raise ValueError(f"cache_frozen=True needs frozen leading layers, but layer 0 "
+                             f"({self.layers[0].describe()}) is trainable; freeze it with "
+                             f"layer.trainable = False or call fit without cache_frozen")
+        for i, layer in enumerate(self.layers[:first]):
+            if layer.trainable and not layer.deterministic_in_training:
+                raise ValueError(f"cache_frozen=True: layer {i} ({layer.describe()}) before the first "
+                                 f"trainable layer is random in training (deterministic_in_training is "
+                                 f"False), so its output cannot be cached; freeze it (trainable=False runs "
+                                 f"it in inference mode) or drop cache_frozen")
+        prefix = _core.Network(self.input_dim, [l._core for l in self.layers[:first]])
+        # The tail keeps its layers' random streams (set when the model was built) and the model's seed.
+        tail = _core.Network(self.layers[first].input_dim, [l._core for l in self.layers[first:]])
+        tail.seed = self._net.seed
+        tail.step = self._net.step
+        return tail, prefix, float(prefix.regularize(False))
+
+    def _evaluate_on(self, net, x, y, batch_size):
+        pred = net.predict(x, int(batch_size))
+        logs = {"loss": self.loss.forward(pred, y) + self._net.regularize(False)}
+        for m in self.metrics:
+            logs[m.name] = m.forward(pred, y)
+        return logs
 
     def _train_logs(self, loss_sum, correct, seen, count):
         logs = {"loss": loss_sum / max(seen, 1)}
