@@ -583,6 +583,12 @@ const char* loss_name(LossKind kind) {
 
 // Focal's alpha has no default value: its registry default is NaN, meaning
 // "not given" (make_loss treats alpha = NaN the same as no alpha).
+//
+// Distillation's default temperature is 4, not 1: at T = 1 the teacher's
+// softmax is nearly one-hot on easy examples and carries little more than the
+// label; softening it is the point of Hinton et al. (2015), who found T of
+// 2.5-4 best for small students (larger students are flat above ~8). With the
+// T^2 factor the soft-target gradients keep their scale as T changes.
 const std::vector<LossInfo>& loss_registry() {
   static const std::vector<LossInfo> registry = {
       {"mse", {}, LossKind::MSE, {}, false},
@@ -596,7 +602,7 @@ const std::vector<LossInfo>& loss_registry() {
       {"distillation",
        {},
        LossKind::Distillation,
-       {{"temperature", 1.0}, {"alpha", 0.5}},
+       {{"temperature", kDistillationTemperature}, {"alpha", 0.5}},
        true},
   };
   return registry;
