@@ -135,7 +135,7 @@ def run(args):
             y = act.forward(x, training=training, seed=1, step=1)
             dy = np.ones_like(y) * 0.5
             cases.append(("forward", label, size,
-                          (lambda a=act, tr=training: a.forward(x, training=tr, seed=1, step=1)),
+                          (lambda a=act, tr=training, x=x: a.forward(x, training=tr, seed=1, step=1)),
                           (lambda f=fwd_t, t=tx: f(t))))
             if not has_bwd:
                 continue
@@ -143,7 +143,7 @@ def run(args):
             ty = fwd_t(tl)
             tdy = torch.from_numpy(dy)
             cases.append(("backward", label, size,
-                          (lambda a=act, y=y, dy=dy, tr=training: a.backward(x, dy, training=tr, seed=1, step=1, y=y)),
+                          (lambda a=act, y=y, dy=dy, tr=training, x=x: a.backward(x, dy, training=tr, seed=1, step=1, y=y)),
                           (lambda ty=ty, tl=tl, tdy=tdy: torch.autograd.grad(ty, tl, tdy, retain_graph=True))))
     for rows, cols in args.loss_shapes:
         for label, (name, params), pred, target, tfn in loss_cases(rows, cols, torch):

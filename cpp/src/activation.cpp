@@ -400,20 +400,84 @@ void backward_map(const G& g, const float* src, const float* dy, float* dz, Inde
 // rrelu. Slope for element i: lower + (upper - lower) * U_i in training, the
 // mean slope in evaluation. Only elements with x <= 0 use it (PyTorch draws
 // for `input <= 0`), so x == 0 has derivative = slope, as in leaky_relu.
+//
+// U_i is word (i mod 4) of the Philox block i / 4 under the key
+// (mix_seed(seed, stream), step): one block serves four elements, and blocks
+// are generated 8 at a time with the lanes in arrays, so the 10 Philox rounds
+// vectorize (vpmuludq for the 32x32->64 products). Forward and backward
+// recompute the same slopes from the key; nothing is stored between them.
+
+constexpr int kPhiloxLanes = 8;                  // blocks per batch
+constexpr Index kRreluGroup = 4 * kPhiloxLanes;  // elements per batch (divides kChunk)
 
 struct RreluSlopes {
-  RandomKey key;
+  std::uint64_t key, ctr_hi;
   float lower, width;
-  NERVE_INLINE float operator()(std::uint64_t i) const {
-    std::uint32_t w[4];
-    key.block(i, w);
-    return simd::fma_(width, RandomKey::to_unit_float(w[0]), lower);
+  // slope[j] for elements 4*first_block + j, j < 32.
+  NERVE_INLINE void fill(std::uint64_t first_block, float slope[kRreluGroup]) const {
+    std::uint32_t c0[kPhiloxLanes], c1[kPhiloxLanes], c2[kPhiloxLanes], c3[kPhiloxLanes];
+    for (int l = 0; l < kPhiloxLanes; ++l) {
+      const std::uint64_t ctr = first_block + static_cast<std::uint64_t>(l);
+      c0[l] = static_cast<std::uint32_t>(ctr);
+      c1[l] = static_cast<std::uint32_t>(ctr >> 32);
+      c2[l] = static_cast<std::uint32_t>(ctr_hi);
+      c3[l] = static_cast<std::uint32_t>(ctr_hi >> 32);
+    }
+    std::uint32_t k0 = static_cast<std::uint32_t>(key), k1 = static_cast<std::uint32_t>(key >> 32);
+    for (int round = 0; round < 10; ++round) {
+#pragma omp simd
+      for (int l = 0; l < kPhiloxLanes; ++l) {
+        // Philox4x32 round, exactly as Philox4x32::generate (rng.hpp).
+        const std::uint64_t p0 = static_cast<std::uint64_t>(0xD2511F53u) * c0[l];
+        const std::uint64_t p1 = static_cast<std::uint64_t>(0xCD9E8D57u) * c2[l];
+        const std::uint32_t n0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1[l] ^ k0;
+        const std::uint32_t n2 = static_cast<std::uint32_t>(p0 >> 32) ^ c3[l] ^ k1;
+        c1[l] = static_cast<std::uint32_t>(p1);
+        c3[l] = static_cast<std::uint32_t>(p0);
+        c0[l] = n0;
+        c2[l] = n2;
+      }
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+#pragma omp simd
+    for (int l = 0; l < kPhiloxLanes; ++l) {
+      slope[4 * l + 0] = simd::fma_(width, RandomKey::to_unit_float(c0[l]), lower);
+      slope[4 * l + 1] = simd::fma_(width, RandomKey::to_unit_float(c1[l]), lower);
+      slope[4 * l + 2] = simd::fma_(width, RandomKey::to_unit_float(c2[l]), lower);
+      slope[4 * l + 3] = simd::fma_(width, RandomKey::to_unit_float(c3[l]), lower);
+    }
   }
 };
 
 RreluSlopes rrelu_slopes(const Activation& a, const ActContext& ctx) {
-  return RreluSlopes{RandomKey{mix_seed(ctx.seed, ctx.stream), ctx.step}, a.lower,
-                     a.upper - a.lower};
+  return RreluSlopes{mix_seed(ctx.seed, ctx.stream), ctx.step, a.lower, a.upper - a.lower};
+}
+
+// out = x > 0 ? v : v * slope over the flat array, v = x (forward) or dy (backward).
+template <bool kBackward>
+void rrelu_train_pass(const RreluSlopes& sl, const float* x, const float* dy, float* out, Index n) {
+  const Index pieces = (n + kChunk - 1) / kChunk;
+  const int t = threads_for(30.0 * static_cast<double>(n), pieces);
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+  for (Index p = 0; p < pieces; ++p) {
+    const Index e = std::min(n, (p + 1) * kChunk);
+    float slope[kRreluGroup];
+    for (Index b = p * kChunk; b < e; b += kRreluGroup) {
+      sl.fill(static_cast<std::uint64_t>(b) / 4, slope);
+      const Index m = std::min<Index>(kRreluGroup, e - b);
+      const float* xb = x + b;
+      float* ob = out + b;
+      if (kBackward) {
+        const float* gb = dy + b;
+#pragma omp simd
+        for (Index j = 0; j < m; ++j) ob[j] = simd::sel(xb[j] > 0.0f, gb[j], gb[j] * slope[j]);
+      } else {
+#pragma omp simd
+        for (Index j = 0; j < m; ++j) ob[j] = simd::sel(xb[j] > 0.0f, xb[j], xb[j] * slope[j]);
+      }
+    }
+  }
 }
 
 void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, Index rows,
@@ -423,23 +487,17 @@ void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, I
     forward_map(FLeaky{slope}, z, bias, y, rows, cols, bias != nullptr, 1.0);
     return;
   }
-  const RreluSlopes sl = rrelu_slopes(a, ctx);
-  const int t = threads_for(60.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
+  if (bias) {
+    // z + bias is the pre-activation backward reads (rrelu's derivative needs x).
+    const int t = threads_for(static_cast<double>(rows) * static_cast<double>(cols), rows);
 #pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
-    float* zr = z + r * cols;
-    float* yr = y + r * cols;
-    const std::uint64_t base = static_cast<std::uint64_t>(r) * static_cast<std::uint64_t>(cols);
-    for (Index c = 0; c < cols; ++c) {
-      float x = zr[c];
-      if (bias) {
-        x += bias[c];
-        zr[c] = x;
-      }
-      // Only non-positive elements pay for a Philox block.
-      yr[c] = x > 0.0f ? x : x * sl(base + static_cast<std::uint64_t>(c));
+    for (Index r = 0; r < rows; ++r) {
+      float* zr = z + r * cols;
+#pragma omp simd
+      for (Index c = 0; c < cols; ++c) zr[c] += bias[c];
     }
   }
+  rrelu_train_pass<false>(rrelu_slopes(a, ctx), z, nullptr, y, rows * cols);
 }
 
 void rrelu_backward(const Activation& a, const float* z, const float* dy, float* dz, Index rows,
@@ -450,16 +508,7 @@ void rrelu_backward(const Activation& a, const float* z, const float* dy, float*
                  rows * cols, 1.0);
     return;
   }
-  const RreluSlopes sl = rrelu_slopes(a, ctx);
-  const Index n = rows * cols;
-  const Index pieces = (n + kChunk - 1) / kChunk;
-  const int t = threads_for(60.0 * static_cast<double>(n), pieces);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index p = 0; p < pieces; ++p) {
-    const Index e = std::min(n, (p + 1) * kChunk);
-    for (Index i = p * kChunk; i < e; ++i)
-      dz[i] = z[i] > 0.0f ? dy[i] : dy[i] * sl(static_cast<std::uint64_t>(i));
-  }
+  rrelu_train_pass<true>(rrelu_slopes(a, ctx), z, dy, dz, rows * cols);
 }
 
 // ---------------------------------------------------------------------------

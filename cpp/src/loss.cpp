@@ -782,11 +782,14 @@ double loss_forward_backward(const Loss& loss, const float* pred, const Target& 
       return diff_loss(SmoothL1Op{loss.beta}, pred, target.values, n, grad);
     case LossKind::BinaryCrossEntropy:
       // PyTorch rejects probabilities outside [0, 1]; check before writing anything.
+      // The message is built only on failure: building it per element (as a
+      // require() argument) made this check cost ~2 µs per element.
       for (Index k = 0; k < n; ++k)
-        require(pred[k] >= 0.0f && pred[k] <= 1.0f,
-                "loss 'binary_cross_entropy': predictions must be probabilities in [0, 1]; got " +
-                    format_double(pred[k]) + " at row " + std::to_string(k / cols) +
-                    " (use binary_cross_entropy_with_logits on raw scores)");
+        if (!(pred[k] >= 0.0f && pred[k] <= 1.0f))
+          throw ValueError(
+              "loss 'binary_cross_entropy': predictions must be probabilities in [0, 1]; got " +
+              format_double(pred[k]) + " at row " + std::to_string(k / cols) +
+              " (use binary_cross_entropy_with_logits on raw scores)");
       return bce_loss(pred, target.values, n, grad);
     case LossKind::BinaryCrossEntropyWithLogits:
       return bce_logits_loss(pred, target.values, n, grad);

@@ -59,6 +59,8 @@ class ActivationFunction:
         self.width_factor = row["width_factor"]
         # The backward kernel reads the forward output for these.
         self._needs_y = bool(row["grad_from_output"]) or row["rowwise"] or row["width_factor"] != 1
+        self._passes_gradient = self.name == "identity" or (
+            self.name == "binary_step" and bool(params.get("straight_through", False)))
         self._spec = _core.make_activation(self.name, numeric)
 
     def forward(self, x, training=False, seed=0, step=0):
@@ -76,7 +78,9 @@ class ActivationFunction:
         Derivatives that are functions of the output (sigmoid, tanh, relu,
         elu, softmax, ...) read y: pass the ``y`` that ``forward(x)`` returned
         to save recomputing it (as autograd saves it); derivatives of the
-        input (gelu, swish, softplus, ...) never need it.
+        input (gelu, swish, softplus, ...) never need it. For identity and
+        straight-through binary_step the gradient passes unchanged: the
+        result is ``dy`` itself (as float32), not a copy.
         """
         arr = _as_float32_2d(x)
         flat = arr.ndim == 1
@@ -97,6 +101,10 @@ class ActivationFunction:
             raise ValueError(f"dy must have {out_shape[0] * out_shape[1]} elements (shape {out_shape}), "
                              f"got shape {np.shape(dy)}")
         dy2 = _as_float32_2d(dy, "dy").reshape(out_shape)
+        if self._passes_gradient:
+            # The derivative is 1 everywhere: dx is dy itself (float32, no
+            # copy), as autograd passes the gradient of an identity through.
+            return dy2.reshape(-1) if flat else dy2
         dx = _core.activation_backward(self._spec, x2, y2, dy2, training, seed, 0, step)
         return dx.reshape(-1) if flat else dx
 
