@@ -39,6 +39,7 @@ PANELS = [
     ("log_softmax([x, 0])[0]", "log_softmax"),
     ("PReLU layer (a=0.25)", "prelu"),
     ("Swish layer (beta=2)", "swish_layer"),
+    ("Maxout layer (3 pieces)", "maxout"),
 ]
 
 
@@ -66,6 +67,15 @@ def evaluate(spec, x):
         dy = np.zeros_like(y)
         dy[:, 0] = 1.0
         return [y[:, 0]], [act.backward(rows, dy, y=y)[:, 0]]
+    if spec == "maxout":
+        # One unit, three linear pieces of x: a learnable convex piecewise-linear function.
+        layer = nv.layers.Maxout(1, pieces=3)
+        layer.build(1)
+        layer._ensure_standalone(1)
+        layer.kernel.value = np.array([[-0.5, 0.3, 1.5]], np.float32)
+        layer.bias.value = np.array([-1.0, 0.0, -2.0], np.float32)
+        y = layer.forward(col)
+        return [y[:, 0]], [layer.backward(np.ones_like(y))[:, 0]]
     layer = nv.layers.PReLU(init=0.25) if spec == "prelu" else nv.layers.Swish(beta=2.0)
     y = layer.forward(col)
     return [y[:, 0]], [layer.backward(np.ones_like(y))[:, 0]]
@@ -116,7 +126,7 @@ def main(argv=None):
         ax.axis("off")
     axes.flat[0].legend(loc="upper left", fontsize=8)
     fig.suptitle("nerve activations (blue) and derivatives (red), from nerve's forward/backward kernels")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "activations.png")
     fig.savefig(path, dpi=90)

@@ -726,3 +726,18 @@ def test_learnable_layers_deterministic_across_threads():
     finally:
         nv.set_num_threads(old)
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_learnable_layers_allocate_nothing_per_step():
+    x, y = tiny_classification(n=64)
+    nv.manual_seed(0)
+    m = nv.Sequential([nv.layers.Maxout(8, 3), nv.layers.PReLU(shared=False), nv.layers.Dense(8),
+                       nv.layers.Swish(), nv.layers.PReLU(), nv.layers.Dense(3)], input_dim=x.shape[1])
+    m.compile(optimizer="adam", loss="cross_entropy")
+    m.train_step(x[:32], y[:32])
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    before = nv._core.alloc_count()
+    for _ in range(5):
+        m.train_step(x[:32], y[:32])
+    m.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    assert nv._core.alloc_count() == before

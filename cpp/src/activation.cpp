@@ -274,9 +274,10 @@ struct BSwish {
 // gelu' (exact) = Phi(x) + x phi(x).
 struct BGeluErf {
   NERVE_INLINE float operator()(float x, float dy) const {
-    float tail = simd::normal_tail(x);
+    float tail, pdf;
+    simd::normal_tail_pdf(x, tail, pdf);
     float phi = simd::sel(x >= 0.0f, 1.0f - tail, tail);
-    return dy * simd::fma_(x, simd::normal_pdf(x), phi);
+    return dy * simd::fma_(x, pdf, phi);
   }
 };
 // gelu' (tanh form) = s + 2 x s s' u'(x), s = sigmoid(2u), s' = sigmoid(-2u),

@@ -119,8 +119,7 @@ SwishLayer::SwishLayer(Index in, float beta_, bool learnable_)
 }
 
 void SwishLayer::plan(Index capacity) {
-  const std::size_t need = static_cast<std::size_t>(chunks_of(capacity * in_features));
-  if (partial_.size() < need) partial_.resize(need);
+  partial_.reserve(2 * chunks_of(capacity * in_features));
 }
 
 void SwishLayer::forward(const float* x, float* y, Index batch, const StepContext& /*ctx*/) {
@@ -150,9 +149,8 @@ void SwishLayer::backward(const float* x, const float* /*y*/, float* dy, float* 
   const Index pieces = chunks_of(n);
   const bool want_grad = learnable && trainable && beta_param.bound();
   if (!want_grad && !dx) return;
-  if (want_grad && partial_.size() < static_cast<std::size_t>(pieces))
-    partial_.resize(pieces);  // only when plan() was skipped
-  double* part = partial_.data();
+  if (want_grad) partial_.reserve(2 * pieces);  // allocates only when plan() was skipped
+  double* part = reinterpret_cast<double*>(partial_.data());
   const int t = threads_for(30.0 * static_cast<double>(n), pieces);
 #pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
   for (Index p = 0; p < pieces; ++p) {

@@ -163,7 +163,9 @@ class SwishLayer : public Layer {
   ParamRef beta_param;  // one float when learnable
 
  private:
-  std::vector<double> partial_;  // per-chunk sums of dL/dbeta (sized by plan)
+  // Per-chunk sums of dL/dbeta, as doubles in an aligned buffer (two floats
+  // each) so the no-allocation-per-step accounting covers it. Sized by plan.
+  AlignedBuffer partial_;
 };
 
 // Maxout (Goodfellow et al. 2013): z = x W + b with units * pieces columns,
