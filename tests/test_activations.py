@@ -741,3 +741,22 @@ def test_learnable_layers_allocate_nothing_per_step():
         m.train_step(x[:32], y[:32])
     m.fit(x, y, epochs=2, batch_size=32, verbose=0)
     assert nv._core.alloc_count() == before
+
+
+def test_rrelu_training_backward_slopes_at_edge_inputs():
+    """Backward reads a negative element's slope as y / x; zeros, subnormal
+    products and infinities fall back to the generator: the slope is the
+    drawn one everywhere (within 1 ulp)."""
+    act = nv.activations.get("rrelu")
+    shape = (4, 64)
+    slopes = -act.forward(-np.ones(shape, np.float32), training=True, seed=5, step=2)
+    r = np.random.default_rng(0)
+    x = -r.uniform(0.5, 3.0, shape).astype(np.float32)
+    x[0, 3], x[1, 40], x[2, 7], x[3, 0] = 0.0, -1e-44, -np.inf, -1e-30
+    x[3, 33] = 2.0  # positive: gradient passes
+    dy = r.standard_normal(shape).astype(np.float32)
+    y = act.forward(x, training=True, seed=5, step=2)
+    dx = act.backward(x, dy, training=True, seed=5, step=2, y=y)
+    expect = np.where(x > 0, dy, dy * slopes)
+    np.testing.assert_allclose(dx, expect, rtol=2.5e-7, atol=0)
+    assert dx[3, 33] == dy[3, 33]

@@ -25,6 +25,10 @@
 #include "nerve/rng.hpp"
 #include "nerve/simd_math.hpp"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace nerve {
 
 namespace {
@@ -402,10 +406,11 @@ void backward_map(const G& g, const float* src, const float* dy, float* dz, Inde
 // mean slope in evaluation. Only elements with x <= 0 use it (PyTorch draws
 // for `input <= 0`), so x == 0 has derivative = slope, as in leaky_relu.
 //
-// U_i is word (i mod 4) of the Philox block i / 4 under the key
-// (mix_seed(seed, stream), step): one block serves four elements, and blocks
-// are generated 8 at a time with the lanes in arrays, so the 10 Philox rounds
-// vectorize (vpmuludq for the 32x32->64 products). Forward and backward
+// U_i comes from the Philox block 8 (i / 32) + i % 8, word (i % 32) / 8, under
+// the key (mix_seed(seed, stream), step): one block serves four elements, and
+// blocks are generated 8 at a time with the lanes in arrays, so the 10 Philox
+// rounds vectorize (vpmuludq for the 32x32->64 products) and the slopes are
+// stored as whole vectors. Forward and backward
 // recompute the same slopes from the key; nothing is stored between them.
 
 constexpr int kPhiloxLanes = 8;                  // blocks per batch
@@ -414,7 +419,8 @@ constexpr Index kRreluGroup = 4 * kPhiloxLanes;  // elements per batch (divides 
 struct RreluSlopes {
   std::uint64_t key, ctr_hi;
   float lower, width;
-  // slope[j] for elements 4*first_block + j, j < 32.
+  // slope[j] for the 32 elements 4*first_block + j: element j takes word
+  // j / 8 of block first_block + j % 8.
   NERVE_INLINE void fill(std::uint64_t first_block, float slope[kRreluGroup]) const {
     std::uint32_t c0[kPhiloxLanes], c1[kPhiloxLanes], c2[kPhiloxLanes], c3[kPhiloxLanes];
     for (int l = 0; l < kPhiloxLanes; ++l) {
@@ -425,6 +431,40 @@ struct RreluSlopes {
       c3[l] = static_cast<std::uint32_t>(ctr_hi >> 32);
     }
     std::uint32_t k0 = static_cast<std::uint32_t>(key), k1 = static_cast<std::uint32_t>(key >> 32);
+#if defined(__AVX2__)
+    // GCC vectorizes the 32x32->64 products by widening to 64-bit lanes and
+    // narrowing back every round; the even/odd vpmuludq split below keeps all
+    // 8 lanes in one register (the usual AVX2 Philox formulation).
+    __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0));
+    __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c1));
+    __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c2));
+    __m256i v3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c3));
+    const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+    const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+    auto mulhilo = [](__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+      const __m256i even = _mm256_mul_epu32(a, m);
+      const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+      lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+      hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    };
+    for (int round = 0; round < 10; ++round) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo(v0, m0, hi0, lo0);
+      mulhilo(v2, m1, hi1, lo1);
+      const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi1, v1), _mm256_set1_epi32(static_cast<int>(k0)));
+      const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, v3), _mm256_set1_epi32(static_cast<int>(k1)));
+      v1 = lo1;
+      v3 = lo0;
+      v0 = n0;
+      v2 = n2;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c0), v0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c1), v1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c2), v2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c3), v3);
+#else
     for (int round = 0; round < 10; ++round) {
 #pragma omp simd
       for (int l = 0; l < kPhiloxLanes; ++l) {
@@ -441,12 +481,14 @@ struct RreluSlopes {
       k0 += 0x9E3779B9u;
       k1 += 0xBB67AE85u;
     }
+#endif
+    // Word w of lane l goes to element 8w + l: contiguous vector stores.
 #pragma omp simd
     for (int l = 0; l < kPhiloxLanes; ++l) {
-      slope[4 * l + 0] = simd::fma_(width, RandomKey::to_unit_float(c0[l]), lower);
-      slope[4 * l + 1] = simd::fma_(width, RandomKey::to_unit_float(c1[l]), lower);
-      slope[4 * l + 2] = simd::fma_(width, RandomKey::to_unit_float(c2[l]), lower);
-      slope[4 * l + 3] = simd::fma_(width, RandomKey::to_unit_float(c3[l]), lower);
+      slope[l] = simd::fma_(width, RandomKey::to_unit_float(c0[l]), lower);
+      slope[kPhiloxLanes + l] = simd::fma_(width, RandomKey::to_unit_float(c1[l]), lower);
+      slope[2 * kPhiloxLanes + l] = simd::fma_(width, RandomKey::to_unit_float(c2[l]), lower);
+      slope[3 * kPhiloxLanes + l] = simd::fma_(width, RandomKey::to_unit_float(c3[l]), lower);
     }
   }
 };
@@ -501,15 +543,55 @@ void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, I
   rrelu_train_pass<false>(rrelu_slopes(a, ctx), z, nullptr, y, rows * cols);
 }
 
-void rrelu_backward(const Activation& a, const float* z, const float* dy, float* dz, Index rows,
-                    Index cols, const ActContext& ctx) {
+void rrelu_backward(const Activation& a, const float* z, const float* y, const float* dy, float* dz,
+                    Index rows, Index cols, const ActContext& ctx) {
   if (!ctx.training) {
     const float slope = 0.5f * (a.lower + a.upper);
     backward_map([slope](float x, float g) { return simd::sel(x > 0.0f, g, g * slope); }, z, dy, dz,
                  rows * cols, 1.0);
     return;
   }
-  rrelu_train_pass<true>(rrelu_slopes(a, ctx), z, dy, dz, rows * cols);
+  if (!y) {
+    rrelu_train_pass<true>(rrelu_slopes(a, ctx), z, dy, dz, rows * cols);
+    return;
+  }
+  // With the forward output at hand the slope of a negative element is y / x
+  // (within 1 ulp of the drawn slope: y = x * slope rounded once), a
+  // memory-bound pass instead of regenerating Philox. Groups holding an
+  // element where that does not work (x == 0, y below the normal range or
+  // not finite, NaN) take the slopes from the generator as before.
+  const RreluSlopes sl = rrelu_slopes(a, ctx);
+  const Index n = rows * cols;
+  const Index pieces = (n + kChunk - 1) / kChunk;
+  const int t = threads_for(8.0 * static_cast<double>(n), pieces);
+  constexpr float kMinNormal = std::numeric_limits<float>::min();
+  constexpr float kMax = std::numeric_limits<float>::max();
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+  for (Index p = 0; p < pieces; ++p) {
+    const Index e = std::min(n, (p + 1) * kChunk);
+    float slope[kRreluGroup];
+    for (Index b = p * kChunk; b < e; b += kRreluGroup) {
+      const Index m = std::min<Index>(kRreluGroup, e - b);
+      const float* xb = z + b;
+      const float* yb = y + b;
+      const float* gb = dy + b;
+      float* ob = dz + b;
+      int special = 0;
+#pragma omp simd reduction(| : special)
+      for (Index j = 0; j < m; ++j) {
+        const float ay = simd::abs_(yb[j]);
+        special |= static_cast<int>(!(xb[j] > 0.0f) & !((ay >= kMinNormal) & (ay <= kMax)));
+      }
+      if (special) {
+        sl.fill(static_cast<std::uint64_t>(b) / 4, slope);
+#pragma omp simd
+        for (Index j = 0; j < m; ++j) ob[j] = simd::sel(xb[j] > 0.0f, gb[j], gb[j] * slope[j]);
+      } else {
+#pragma omp simd
+        for (Index j = 0; j < m; ++j) ob[j] = simd::sel(xb[j] > 0.0f, gb[j], gb[j] * (yb[j] / xb[j]));
+      }
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -828,7 +910,7 @@ void activation_backward(const Activation& a, const float* z, const float* y, co
     case Act::HardSigmoid: backward_map(BHardSigmoid{}, z, dy, dz, n, 3); break;
     case Act::HardSwish: backward_map(BHardSwish{}, z, dy, dz, n, 4); break;
     case Act::Relu6: backward_map(BRelu6{}, y, dy, dz, n, 2); break;
-    case Act::Rrelu: rrelu_backward(a, z, dy, dz, rows, cols, ctx); break;
+    case Act::Rrelu: rrelu_backward(a, z, y, dy, dz, rows, cols, ctx); break;
   }
 }
 

@@ -93,7 +93,8 @@ class ActivationFunction:
             if y2.size != out_shape[0] * out_shape[1]:
                 raise ValueError(f"y must have shape {out_shape} (the output of forward(x)), got {y2.shape}")
             y2 = y2.reshape(out_shape)
-        elif self._needs_y:
+        elif self._needs_y or (training and self.name == "rrelu"):
+            # (rrelu in training reads y too: a negative element's slope is y / x.)
             y2 = _core.activation_forward(self._spec, x2, training, seed, 0, step)
         else:
             y2 = x2  # not read by the kernel
