@@ -760,3 +760,24 @@ def test_rrelu_training_backward_slopes_at_edge_inputs():
     expect = np.where(x > 0, dy, dy * slopes)
     np.testing.assert_allclose(dx, expect, rtol=2.5e-7, atol=0)
     assert dx[3, 33] == dy[3, 33]
+
+
+def test_prelu_wide_and_maxout_without_bias():
+    """More than one 256-column block of PReLU slopes; Maxout with use_bias=False."""
+    r = np.random.default_rng(7)
+    x = r.standard_normal((33, 600)).astype(np.float32)
+    dy = r.standard_normal(x.shape).astype(np.float32)
+    layer = nv.layers.PReLU(shared=False)
+    layer.forward(x)
+    a = r.uniform(0.0, 0.5, 600).astype(np.float32)
+    layer.alpha.value = a
+    layer.alpha.grad[...] = 0
+    layer.forward(x)
+    np.testing.assert_allclose(layer.backward(dy), np.where(x > 0, dy, a * dy), rtol=1e-7)
+    ga = np.where(x > 0, 0.0, x.astype(np.float64) * dy).sum(axis=0)
+    np.testing.assert_allclose(layer.alpha.grad, ga, rtol=1e-5, atol=1e-5)
+    nv.manual_seed(0)
+    m = nv.layers.Maxout(3, pieces=4, use_bias=False)
+    y = m.forward(x[:, :5])
+    assert [p.name for p in m.parameters()] == ["kernel"]
+    np.testing.assert_allclose(y, (x[:, :5] @ m.kernel.value).reshape(33, 3, 4).max(axis=2), rtol=1e-5, atol=1e-6)
