@@ -139,6 +139,11 @@ struct FSwish {
     return x * simd::sigmoid2(hi, simd::fma_(beta, x, -hi));
   }
 };
+// swish with beta = 1 (silu, the default): x * sigmoid(x), without the
+// hi/lo split that a general beta needs.
+struct FSilu {
+  NERVE_INLINE float operator()(float x) const { return x * simd::sigmoid(x); }
+};
 // binary_step: Heaviside with H(0) = 1 (x >= 0 fires, so the step is
 // right-continuous; torch.heaviside(x, 1) makes the same choice). -0 counts as
 // 0 and gives 1; NaN propagates.
@@ -853,7 +858,12 @@ void activation_forward(const Activation& a, float* z, const float* bias, float*
     case Act::Elu: forward_map(FElu{a.alpha}, z, bias, y, rows, cols, keep, 20); break;
     case Act::Selu: forward_map(FSelu{}, z, bias, y, rows, cols, keep, 20); break;
     case Act::Crelu: crelu_forward(z, bias, y, rows, cols); break;
-    case Act::Swish: forward_map(FSwish{a.beta}, z, bias, y, rows, cols, keep, 20); break;
+    case Act::Swish:
+      if (a.beta == 1.0f)
+        forward_map(FSilu{}, z, bias, y, rows, cols, keep, 20);
+      else
+        forward_map(FSwish{a.beta}, z, bias, y, rows, cols, keep, 20);
+      break;
     case Act::BinaryStep: forward_map(FStep{}, z, bias, y, rows, cols, keep, 1); break;
     case Act::Softmax: softmax_forward<false>(z, bias, y, rows, cols); break;
     case Act::LogSoftmax: softmax_forward<true>(z, bias, y, rows, cols); break;
