@@ -674,8 +674,18 @@ void softmax_forward(float* z, const float* bias, float* y, Index rows, Index co
         m = std::max(m, x);
       }
     } else {
-#pragma omp simd reduction(max : m)
-      for (Index c = 0; c < cols; ++c) m = std::max(m, zr[c]);
+      // Eight running maxima: GCC does not vectorize the single-accumulator
+      // std::max reduction here (it left this pass scalar and latency-bound,
+      // the slowest part of a 1024-wide row).
+      float mv[8];
+      for (int l = 0; l < 8; ++l) mv[l] = -std::numeric_limits<float>::infinity();
+      Index c = 0;
+      for (; c + 8 <= cols; c += 8) {
+#pragma omp simd
+        for (int l = 0; l < 8; ++l) mv[l] = simd::max_(mv[l], zr[c + l]);
+      }
+      for (; c < cols; ++c) mv[0] = simd::max_(mv[0], zr[c]);
+      for (int l = 0; l < 8; ++l) m = simd::max_(m, mv[l]);
     }
     const float* xr = bias ? yr : zr;
     // A row of all -inf (or +inf) has no meaningful max shift; using 0 then
