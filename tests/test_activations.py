@@ -781,3 +781,33 @@ def test_prelu_wide_and_maxout_without_bias():
     y = m.forward(x[:, :5])
     assert [p.name for p in m.parameters()] == ["kernel"]
     np.testing.assert_allclose(y, (x[:, :5] @ m.kernel.value).reshape(33, 3, 4).max(axis=2), rtol=1e-5, atol=1e-6)
+
+
+def test_prelu_and_maxout_gradients_do_not_depend_on_threads():
+    """Large enough that the kernels split work across threads."""
+    r = np.random.default_rng(3)
+    x = r.standard_normal((300, 1000)).astype(np.float32)
+    dy = r.standard_normal(x.shape).astype(np.float32)
+    xm = r.standard_normal((1000, 16)).astype(np.float32)
+    dym = r.standard_normal((1000, 256)).astype(np.float32)
+    runs = []
+    old = nv.get_num_threads()
+    try:
+        for t in (1, 2):
+            nv.set_num_threads(t)
+            out = []
+            for shared in (True, False):
+                layer = nv.layers.PReLU(shared=shared)
+                layer.forward(x)
+                layer.alpha.grad[...] = 0
+                out += [layer.backward(dy), layer.alpha.grad.copy()]
+            nv.manual_seed(0)
+            m = nv.layers.Maxout(256, 4)
+            out.append(m.forward(xm))
+            out.append(m.backward(dym))
+            out += [m.kernel.grad.copy(), m.bias.grad.copy()]
+            runs.append(out)
+    finally:
+        nv.set_num_threads(old)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
