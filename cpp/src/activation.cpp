@@ -655,7 +655,7 @@ NERVE_INLINE float exp_shifted(float x, float m) {
   const float hi = x - m;
   const float bv = hi - x;
   const float lo = (x - (hi - bv)) + (-m - bv);
-  return simd::exp_sum(hi, lo);
+  return simd::exp_nonpos_sum(hi, lo);  // hi = x - m <= 0
 }
 
 template <bool kLog>
@@ -691,22 +691,29 @@ void softmax_forward(float* z, const float* bias, float* y, Index rows, Index co
     // A row of all -inf (or +inf) has no meaningful max shift; using 0 then
     // yields the IEEE result (NaN) rather than hiding it.
     if (!std::isfinite(m)) m = 0.0f;
+    // The exponentials are computed in blocks into float storage (y for
+    // softmax, a stack block for log_softmax, where y may alias x) and summed
+    // in double by a second loop: a loop mixing the float exp with the double
+    // sum is vectorized 4 lanes wide, this way the exp runs 8 wide.
+    constexpr Index kBlock = 256;
+    float tmp[kBlock];
     double sum = 0.0;
-    if (kLog) {
+    for (Index c0 = 0; c0 < cols; c0 += kBlock) {
+      const Index len = std::min(kBlock, cols - c0);
+      const float* src = xr + c0;
+      float* dst = kLog ? tmp : yr + c0;
+#pragma omp simd
+      for (Index c = 0; c < len; ++c) dst[c] = exp_shifted(src[c], m);
 #pragma omp simd reduction(+ : sum)
-      for (Index c = 0; c < cols; ++c) sum += static_cast<double>(exp_shifted(xr[c], m));
+      for (Index c = 0; c < len; ++c) sum += static_cast<double>(dst[c]);
+    }
+    if (kLog) {
       // x - m is exact in double, so y is rounded once.
       const double shift = static_cast<double>(m) + std::log(sum);
 #pragma omp simd
       for (Index c = 0; c < cols; ++c)
         yr[c] = static_cast<float>(static_cast<double>(xr[c]) - shift);
     } else {
-#pragma omp simd reduction(+ : sum)
-      for (Index c = 0; c < cols; ++c) {
-        const float e = exp_shifted(xr[c], m);
-        yr[c] = e;
-        sum += static_cast<double>(e);
-      }
       const float inv = static_cast<float>(1.0 / sum);
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) yr[c] *= inv;
