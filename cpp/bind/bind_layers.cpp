@@ -178,6 +178,37 @@ void bind_layers(py::module_& m) {
       .def(py::init<std::vector<std::shared_ptr<Layer>>>(), py::arg("layers"))
       .def_readonly("layers", &Residual::layers);
 
+  // Learnable activations (layers_activation.cpp).
+  py::class_<PReLU, Layer, std::shared_ptr<PReLU>>(m, "PReLU")
+      .def(py::init<Index, bool>(), py::arg("in_features"), py::arg("shared"))
+      .def_readonly("shared", &PReLU::shared)
+      .def(
+          "bind_params",
+          [](PReLU& l, std::shared_ptr<ParamArena> arena, Index offset) {
+            bind_param(l.alpha, arena, offset, l.shared ? 1 : l.in_features);
+          },
+          py::arg("arena"), py::arg("offset"));
+
+  py::class_<SwishLayer, Layer, std::shared_ptr<SwishLayer>>(m, "Swish")
+      .def(py::init<Index, float, bool>(), py::arg("in_features"), py::arg("beta"),
+           py::arg("learnable"))
+      .def_readonly("learnable", &SwishLayer::learnable)
+      .def_property_readonly("beta", &SwishLayer::beta)
+      .def(
+          "bind_params",
+          [](SwishLayer& l, std::shared_ptr<ParamArena> arena, Index offset) {
+            require(l.learnable, "Swish: a fixed beta has no parameter to bind");
+            bind_param(l.beta_param, arena, offset, 1);
+          },
+          py::arg("arena"), py::arg("offset"));
+
+  py::class_<Maxout, Layer, std::shared_ptr<Maxout>>(m, "Maxout")
+      .def(py::init<Index, Index, Index, bool>(), py::arg("in_features"), py::arg("units"),
+           py::arg("pieces"), py::arg("use_bias"))
+      .def_readonly("units", &Maxout::units)
+      .def_readonly("pieces", &Maxout::pieces)
+      .def_readonly("inner", &Maxout::inner, "the Dense layer to units * pieces columns");
+
   py::class_<PyNetwork>(m, "Network")
       .def(py::init<Index, std::vector<std::shared_ptr<Layer>>>(), py::arg("input_dim"),
            py::arg("layers"))

@@ -25,6 +25,10 @@
 #include "nerve/rng.hpp"
 #include "nerve/simd_math.hpp"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace nerve {
 
 namespace {
@@ -134,6 +138,11 @@ struct FSwish {
     float hi = beta * x;
     return x * simd::sigmoid2(hi, simd::fma_(beta, x, -hi));
   }
+};
+// swish with beta = 1 (silu, the default): x * sigmoid(x), without the
+// hi/lo split that a general beta needs.
+struct FSilu {
+  NERVE_INLINE float operator()(float x) const { return x * simd::sigmoid(x); }
 };
 // binary_step: Heaviside with H(0) = 1 (x >= 0 fires, so the step is
 // right-continuous; torch.heaviside(x, 1) makes the same choice). -0 counts as
@@ -274,9 +283,10 @@ struct BSwish {
 // gelu' (exact) = Phi(x) + x phi(x).
 struct BGeluErf {
   NERVE_INLINE float operator()(float x, float dy) const {
-    float tail = simd::normal_tail(x);
+    float tail, pdf;
+    simd::normal_tail_pdf(x, tail, pdf);
     float phi = simd::sel(x >= 0.0f, 1.0f - tail, tail);
-    return dy * simd::fma_(x, simd::normal_pdf(x), phi);
+    return dy * simd::fma_(x, pdf, phi);
   }
 };
 // gelu' (tanh form) = s + 2 x s s' u'(x), s = sigmoid(2u), s' = sigmoid(-2u),
@@ -400,20 +410,122 @@ void backward_map(const G& g, const float* src, const float* dy, float* dz, Inde
 // rrelu. Slope for element i: lower + (upper - lower) * U_i in training, the
 // mean slope in evaluation. Only elements with x <= 0 use it (PyTorch draws
 // for `input <= 0`), so x == 0 has derivative = slope, as in leaky_relu.
+//
+// U_i comes from the Philox block 8 (i / 32) + i % 8, word (i % 32) / 8, under
+// the key (mix_seed(seed, stream), step): one block serves four elements, and
+// blocks are generated 8 at a time with the lanes in arrays, so the 10 Philox
+// rounds vectorize (vpmuludq for the 32x32->64 products) and the slopes are
+// stored as whole vectors. Forward and backward
+// recompute the same slopes from the key; nothing is stored between them.
+
+constexpr int kPhiloxLanes = 8;                  // blocks per batch
+constexpr Index kRreluGroup = 4 * kPhiloxLanes;  // elements per batch (divides kChunk)
 
 struct RreluSlopes {
-  RandomKey key;
+  std::uint64_t key, ctr_hi;
   float lower, width;
-  NERVE_INLINE float operator()(std::uint64_t i) const {
-    std::uint32_t w[4];
-    key.block(i, w);
-    return simd::fma_(width, RandomKey::to_unit_float(w[0]), lower);
+  // slope[j] for the 32 elements 4*first_block + j: element j takes word
+  // j / 8 of block first_block + j % 8.
+  NERVE_INLINE void fill(std::uint64_t first_block, float slope[kRreluGroup]) const {
+    std::uint32_t c0[kPhiloxLanes], c1[kPhiloxLanes], c2[kPhiloxLanes], c3[kPhiloxLanes];
+    for (int l = 0; l < kPhiloxLanes; ++l) {
+      const std::uint64_t ctr = first_block + static_cast<std::uint64_t>(l);
+      c0[l] = static_cast<std::uint32_t>(ctr);
+      c1[l] = static_cast<std::uint32_t>(ctr >> 32);
+      c2[l] = static_cast<std::uint32_t>(ctr_hi);
+      c3[l] = static_cast<std::uint32_t>(ctr_hi >> 32);
+    }
+    std::uint32_t k0 = static_cast<std::uint32_t>(key), k1 = static_cast<std::uint32_t>(key >> 32);
+#if defined(__AVX2__)
+    // GCC vectorizes the 32x32->64 products by widening to 64-bit lanes and
+    // narrowing back every round; the even/odd vpmuludq split below keeps all
+    // 8 lanes in one register (the usual AVX2 Philox formulation).
+    __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0));
+    __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c1));
+    __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c2));
+    __m256i v3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c3));
+    const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+    const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+    auto mulhilo = [](__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+      const __m256i even = _mm256_mul_epu32(a, m);
+      const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+      lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+      hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    };
+    for (int round = 0; round < 10; ++round) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo(v0, m0, hi0, lo0);
+      mulhilo(v2, m1, hi1, lo1);
+      const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi1, v1), _mm256_set1_epi32(static_cast<int>(k0)));
+      const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, v3), _mm256_set1_epi32(static_cast<int>(k1)));
+      v1 = lo1;
+      v3 = lo0;
+      v0 = n0;
+      v2 = n2;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c0), v0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c1), v1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c2), v2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c3), v3);
+#else
+    for (int round = 0; round < 10; ++round) {
+#pragma omp simd
+      for (int l = 0; l < kPhiloxLanes; ++l) {
+        // Philox4x32 round, exactly as Philox4x32::generate (rng.hpp).
+        const std::uint64_t p0 = static_cast<std::uint64_t>(0xD2511F53u) * c0[l];
+        const std::uint64_t p1 = static_cast<std::uint64_t>(0xCD9E8D57u) * c2[l];
+        const std::uint32_t n0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1[l] ^ k0;
+        const std::uint32_t n2 = static_cast<std::uint32_t>(p0 >> 32) ^ c3[l] ^ k1;
+        c1[l] = static_cast<std::uint32_t>(p1);
+        c3[l] = static_cast<std::uint32_t>(p0);
+        c0[l] = n0;
+        c2[l] = n2;
+      }
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+#endif
+    // Word w of lane l goes to element 8w + l: contiguous vector stores.
+#pragma omp simd
+    for (int l = 0; l < kPhiloxLanes; ++l) {
+      slope[l] = simd::fma_(width, RandomKey::to_unit_float(c0[l]), lower);
+      slope[kPhiloxLanes + l] = simd::fma_(width, RandomKey::to_unit_float(c1[l]), lower);
+      slope[2 * kPhiloxLanes + l] = simd::fma_(width, RandomKey::to_unit_float(c2[l]), lower);
+      slope[3 * kPhiloxLanes + l] = simd::fma_(width, RandomKey::to_unit_float(c3[l]), lower);
+    }
   }
 };
 
 RreluSlopes rrelu_slopes(const Activation& a, const ActContext& ctx) {
-  return RreluSlopes{RandomKey{mix_seed(ctx.seed, ctx.stream), ctx.step}, a.lower,
-                     a.upper - a.lower};
+  return RreluSlopes{mix_seed(ctx.seed, ctx.stream), ctx.step, a.lower, a.upper - a.lower};
+}
+
+// out = x > 0 ? v : v * slope over the flat array, v = x (forward) or dy (backward).
+template <bool kBackward>
+void rrelu_train_pass(const RreluSlopes& sl, const float* x, const float* dy, float* out, Index n) {
+  const Index pieces = (n + kChunk - 1) / kChunk;
+  const int t = threads_for(30.0 * static_cast<double>(n), pieces);
+#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
+  for (Index p = 0; p < pieces; ++p) {
+    const Index e = std::min(n, (p + 1) * kChunk);
+    float slope[kRreluGroup];
+    for (Index b = p * kChunk; b < e; b += kRreluGroup) {
+      sl.fill(static_cast<std::uint64_t>(b) / 4, slope);
+      const Index m = std::min<Index>(kRreluGroup, e - b);
+      const float* xb = x + b;
+      float* ob = out + b;
+      if (kBackward) {
+        const float* gb = dy + b;
+#pragma omp simd
+        for (Index j = 0; j < m; ++j) ob[j] = simd::sel(xb[j] > 0.0f, gb[j], gb[j] * slope[j]);
+      } else {
+#pragma omp simd
+        for (Index j = 0; j < m; ++j) ob[j] = simd::sel(xb[j] > 0.0f, xb[j], xb[j] * slope[j]);
+      }
+    }
+  }
 }
 
 void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, Index rows,
@@ -423,42 +535,67 @@ void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, I
     forward_map(FLeaky{slope}, z, bias, y, rows, cols, bias != nullptr, 1.0);
     return;
   }
-  const RreluSlopes sl = rrelu_slopes(a, ctx);
-  const int t = threads_for(60.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
+  if (bias) {
+    // z + bias is the pre-activation backward reads (rrelu's derivative needs x).
+    const int t = threads_for(static_cast<double>(rows) * static_cast<double>(cols), rows);
 #pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
-    float* zr = z + r * cols;
-    float* yr = y + r * cols;
-    const std::uint64_t base = static_cast<std::uint64_t>(r) * static_cast<std::uint64_t>(cols);
-    for (Index c = 0; c < cols; ++c) {
-      float x = zr[c];
-      if (bias) {
-        x += bias[c];
-        zr[c] = x;
-      }
-      // Only non-positive elements pay for a Philox block.
-      yr[c] = x > 0.0f ? x : x * sl(base + static_cast<std::uint64_t>(c));
+    for (Index r = 0; r < rows; ++r) {
+      float* zr = z + r * cols;
+#pragma omp simd
+      for (Index c = 0; c < cols; ++c) zr[c] += bias[c];
     }
   }
+  rrelu_train_pass<false>(rrelu_slopes(a, ctx), z, nullptr, y, rows * cols);
 }
 
-void rrelu_backward(const Activation& a, const float* z, const float* dy, float* dz, Index rows,
-                    Index cols, const ActContext& ctx) {
+void rrelu_backward(const Activation& a, const float* z, const float* y, const float* dy, float* dz,
+                    Index rows, Index cols, const ActContext& ctx) {
   if (!ctx.training) {
     const float slope = 0.5f * (a.lower + a.upper);
     backward_map([slope](float x, float g) { return simd::sel(x > 0.0f, g, g * slope); }, z, dy, dz,
                  rows * cols, 1.0);
     return;
   }
+  if (!y) {
+    rrelu_train_pass<true>(rrelu_slopes(a, ctx), z, dy, dz, rows * cols);
+    return;
+  }
+  // With the forward output at hand the slope of a negative element is y / x
+  // (within 1 ulp of the drawn slope: y = x * slope rounded once), a
+  // memory-bound pass instead of regenerating Philox. Groups holding an
+  // element where that does not work (x == 0, y below the normal range or
+  // not finite, NaN) take the slopes from the generator as before.
   const RreluSlopes sl = rrelu_slopes(a, ctx);
   const Index n = rows * cols;
   const Index pieces = (n + kChunk - 1) / kChunk;
-  const int t = threads_for(60.0 * static_cast<double>(n), pieces);
+  const int t = threads_for(8.0 * static_cast<double>(n), pieces);
+  constexpr float kMinNormal = std::numeric_limits<float>::min();
+  constexpr float kMax = std::numeric_limits<float>::max();
 #pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
   for (Index p = 0; p < pieces; ++p) {
     const Index e = std::min(n, (p + 1) * kChunk);
-    for (Index i = p * kChunk; i < e; ++i)
-      dz[i] = z[i] > 0.0f ? dy[i] : dy[i] * sl(static_cast<std::uint64_t>(i));
+    float slope[kRreluGroup];
+    for (Index b = p * kChunk; b < e; b += kRreluGroup) {
+      const Index m = std::min<Index>(kRreluGroup, e - b);
+      const float* xb = z + b;
+      const float* yb = y + b;
+      const float* gb = dy + b;
+      float* ob = dz + b;
+      int special = 0;
+#pragma omp simd reduction(| : special)
+      for (Index j = 0; j < m; ++j) {
+        const float ay = simd::abs_(yb[j]);
+        special |= static_cast<int>(!(xb[j] > 0.0f) & !((ay >= kMinNormal) & (ay <= kMax)));
+      }
+      if (special) {
+        sl.fill(static_cast<std::uint64_t>(b) / 4, slope);
+#pragma omp simd
+        for (Index j = 0; j < m; ++j) ob[j] = simd::sel(xb[j] > 0.0f, gb[j], gb[j] * slope[j]);
+      } else {
+#pragma omp simd
+        for (Index j = 0; j < m; ++j) ob[j] = simd::sel(xb[j] > 0.0f, gb[j], gb[j] * (yb[j] / xb[j]));
+      }
+    }
   }
 }
 
@@ -518,7 +655,7 @@ NERVE_INLINE float exp_shifted(float x, float m) {
   const float hi = x - m;
   const float bv = hi - x;
   const float lo = (x - (hi - bv)) + (-m - bv);
-  return simd::exp_sum(hi, lo);
+  return simd::exp_nonpos_sum(hi, lo);  // hi = x - m <= 0
 }
 
 template <bool kLog>
@@ -537,29 +674,46 @@ void softmax_forward(float* z, const float* bias, float* y, Index rows, Index co
         m = std::max(m, x);
       }
     } else {
-#pragma omp simd reduction(max : m)
-      for (Index c = 0; c < cols; ++c) m = std::max(m, zr[c]);
+      // Eight running maxima: GCC does not vectorize the single-accumulator
+      // std::max reduction here (it left this pass scalar and latency-bound,
+      // the slowest part of a 1024-wide row).
+      float mv[8];
+      for (int l = 0; l < 8; ++l) mv[l] = -std::numeric_limits<float>::infinity();
+      Index c = 0;
+      for (; c + 8 <= cols; c += 8) {
+#pragma omp simd
+        for (int l = 0; l < 8; ++l) mv[l] = simd::max_(mv[l], zr[c + l]);
+      }
+      for (; c < cols; ++c) mv[0] = simd::max_(mv[0], zr[c]);
+      for (int l = 0; l < 8; ++l) m = simd::max_(m, mv[l]);
     }
     const float* xr = bias ? yr : zr;
     // A row of all -inf (or +inf) has no meaningful max shift; using 0 then
     // yields the IEEE result (NaN) rather than hiding it.
     if (!std::isfinite(m)) m = 0.0f;
+    // The exponentials are computed in blocks into float storage (y for
+    // softmax, a stack block for log_softmax, where y may alias x) and summed
+    // in double by a second loop: a loop mixing the float exp with the double
+    // sum is vectorized 4 lanes wide, this way the exp runs 8 wide.
+    constexpr Index kBlock = 256;
+    float tmp[kBlock];
     double sum = 0.0;
-    if (kLog) {
+    for (Index c0 = 0; c0 < cols; c0 += kBlock) {
+      const Index len = std::min(kBlock, cols - c0);
+      const float* src = xr + c0;
+      float* dst = kLog ? tmp : yr + c0;
+#pragma omp simd
+      for (Index c = 0; c < len; ++c) dst[c] = exp_shifted(src[c], m);
 #pragma omp simd reduction(+ : sum)
-      for (Index c = 0; c < cols; ++c) sum += static_cast<double>(exp_shifted(xr[c], m));
+      for (Index c = 0; c < len; ++c) sum += static_cast<double>(dst[c]);
+    }
+    if (kLog) {
       // x - m is exact in double, so y is rounded once.
       const double shift = static_cast<double>(m) + std::log(sum);
 #pragma omp simd
       for (Index c = 0; c < cols; ++c)
         yr[c] = static_cast<float>(static_cast<double>(xr[c]) - shift);
     } else {
-#pragma omp simd reduction(+ : sum)
-      for (Index c = 0; c < cols; ++c) {
-        const float e = exp_shifted(xr[c], m);
-        yr[c] = e;
-        sum += static_cast<double>(e);
-      }
       const float inv = static_cast<float>(1.0 / sum);
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) yr[c] *= inv;
@@ -721,7 +875,12 @@ void activation_forward(const Activation& a, float* z, const float* bias, float*
     case Act::Elu: forward_map(FElu{a.alpha}, z, bias, y, rows, cols, keep, 20); break;
     case Act::Selu: forward_map(FSelu{}, z, bias, y, rows, cols, keep, 20); break;
     case Act::Crelu: crelu_forward(z, bias, y, rows, cols); break;
-    case Act::Swish: forward_map(FSwish{a.beta}, z, bias, y, rows, cols, keep, 20); break;
+    case Act::Swish:
+      if (a.beta == 1.0f)
+        forward_map(FSilu{}, z, bias, y, rows, cols, keep, 20);
+      else
+        forward_map(FSwish{a.beta}, z, bias, y, rows, cols, keep, 20);
+      break;
     case Act::BinaryStep: forward_map(FStep{}, z, bias, y, rows, cols, keep, 1); break;
     case Act::Softmax: softmax_forward<false>(z, bias, y, rows, cols); break;
     case Act::LogSoftmax: softmax_forward<true>(z, bias, y, rows, cols); break;
@@ -778,7 +937,7 @@ void activation_backward(const Activation& a, const float* z, const float* y, co
     case Act::HardSigmoid: backward_map(BHardSigmoid{}, z, dy, dz, n, 3); break;
     case Act::HardSwish: backward_map(BHardSwish{}, z, dy, dz, n, 4); break;
     case Act::Relu6: backward_map(BRelu6{}, y, dy, dz, n, 2); break;
-    case Act::Rrelu: rrelu_backward(a, z, dy, dz, rows, cols, ctx); break;
+    case Act::Rrelu: rrelu_backward(a, z, y, dy, dz, rows, cols, ctx); break;
   }
 }
 

@@ -426,7 +426,10 @@ static void test_rrelu() {
       CHECK(y1[i] == z0[i] && dz[i] == 1.0f, "rrelu positive element changed");
       continue;
     }
-    float slope = 0.1f + (0.4f - 0.1f) * key.uniform((std::uint64_t)i);
+    // Element i takes word (i % 32) / 8 of Philox block 8 (i / 32) + i % 8.
+    std::uint32_t w[4];
+    key.block((std::uint64_t)(i / 32 * 8 + i % 8), w);
+    float slope = 0.1f + (0.4f - 0.1f) * RandomKey::to_unit_float(w[(i % 32) / 8]);
     CHECK(std::fabs(dz[i] - slope) <= 1e-6f, "rrelu slope mismatch at %ld: %g vs %g", (long)i,
           dz[i], slope);
     CHECK(dz[i] >= 0.1f && dz[i] <= 0.4f, "rrelu slope %g outside [lower, upper]", dz[i]);
@@ -447,7 +450,9 @@ static void test_rrelu() {
   for (Index i = 0; i < n; ++i) {
     float x = z0[i] + 0.5f;
     CHECK(zb[i] == x, "rrelu bias not stored in z");
-    float slope = 0.1f + 0.3f * key.uniform((std::uint64_t)i);
+    std::uint32_t wb[4];
+    key.block((std::uint64_t)(i / 32 * 8 + i % 8), wb);
+    float slope = 0.1f + 0.3f * RandomKey::to_unit_float(wb[(i % 32) / 8]);
     CHECK(yb[i] == (x > 0 ? x : x * slope), "rrelu bias output mismatch at %ld", (long)i);
   }
   // Evaluation: mean slope.

@@ -57,10 +57,20 @@ class ActivationFunction:
         self.name = row["name"]
         self.params = dict(params)
         self.width_factor = row["width_factor"]
+        # The backward kernel reads the forward output for these.
+        self._needs_y = bool(row["grad_from_output"]) or row["rowwise"] or row["width_factor"] != 1
+        self._is_identity = self.name == "identity"
+        self._passes_gradient = self.name == "identity" or (
+            self.name == "binary_step" and bool(params.get("straight_through", False)))
         self._spec = _core.make_activation(self.name, numeric)
 
     def forward(self, x, training=False, seed=0, step=0):
         """y = f(x); rows are samples (1-D input is one row)."""
+        if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous:
+            # Already what the kernel takes: skip the conversions (~1 µs a call).
+            if self._is_identity and x.size < (1 << 20):
+                return x.copy()  # a small copy is cheapest without crossing into C++
+            return _core.activation_forward(self._spec, x, training, seed, 0, step)
         arr = _as_float32_2d(x)
         flat = arr.ndim == 1
         if arr.ndim not in (1, 2):
@@ -68,16 +78,41 @@ class ActivationFunction:
         y = _core.activation_forward(self._spec, arr.reshape(1, -1) if flat else arr, training, seed, 0, step)
         return y.reshape(-1) if flat else y
 
-    def backward(self, x, dy, training=False, seed=0, step=0):
-        """dL/dx given x and dL/dy."""
+    def backward(self, x, dy, training=False, seed=0, step=0, y=None):
+        """dL/dx given x and dL/dy.
+
+        Derivatives that are functions of the output (sigmoid, tanh, relu,
+        elu, softmax, ...) read y: pass the ``y`` that ``forward(x)`` returned
+        to save recomputing it (as autograd saves it); derivatives of the
+        input (gelu, swish, softplus, ...) never need it. For identity and
+        straight-through binary_step the gradient passes unchanged: the
+        result is ``dy`` itself (as float32), not a copy.
+        """
         arr = _as_float32_2d(x)
         flat = arr.ndim == 1
+        if arr.ndim not in (1, 2):
+            raise ValueError(f"x must be 1-D or 2-D, got shape {arr.shape}")
         x2 = arr.reshape(1, -1) if flat else arr
-        y = _core.activation_forward(self._spec, x2, training, seed, 0, step)
-        dy2 = _as_float32_2d(dy, "dy").reshape(y.shape) if np.size(dy) == y.size else None
-        if dy2 is None:
-            raise ValueError(f"dy must have {y.size} elements (shape {y.shape}), got shape {np.shape(dy)}")
-        dx = _core.activation_backward(self._spec, x2, y, dy2, training, seed, 0, step)
+        out_shape = (x2.shape[0], x2.shape[1] * self.width_factor)
+        if y is not None:
+            y2 = _as_float32_2d(y, "y")
+            if y2.size != out_shape[0] * out_shape[1]:
+                raise ValueError(f"y must have shape {out_shape} (the output of forward(x)), got {y2.shape}")
+            y2 = y2.reshape(out_shape)
+        elif self._needs_y or (training and self.name == "rrelu"):
+            # (rrelu in training reads y too: a negative element's slope is y / x.)
+            y2 = _core.activation_forward(self._spec, x2, training, seed, 0, step)
+        else:
+            y2 = x2  # not read by the kernel
+        if np.size(dy) != out_shape[0] * out_shape[1]:
+            raise ValueError(f"dy must have {out_shape[0] * out_shape[1]} elements (shape {out_shape}), "
+                             f"got shape {np.shape(dy)}")
+        dy2 = _as_float32_2d(dy, "dy").reshape(out_shape)
+        if self._passes_gradient:
+            # The derivative is 1 everywhere: dx is dy itself (float32, no
+            # copy), as autograd passes the gradient of an identity through.
+            return dy2.reshape(-1) if flat else dy2
+        dx = _core.activation_backward(self._spec, x2, y2, dy2, training, seed, 0, step)
         return dx.reshape(-1) if flat else dx
 
     __call__ = forward

@@ -453,9 +453,149 @@ class Residual(Layer):
         return cls(subs, **config)
 
 
+def _positive_int(owner, what, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+        raise ValueError(f"{owner}: {what} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def _finite_float(owner, what, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+        raise ValueError(f"{owner}: {what} must be a finite number, got {v!r}")
+    return float(v)
+
+
+class PReLU(Layer):
+    """Parametric ReLU (He et al. 2015, "Delving deep into rectifiers"):
+    ``y = x if x > 0 else a * x`` with a learned slope ``a``.
+
+    PyTorch ``nn.PReLU`` semantics: ``shared=True`` (default) learns one slope
+    for all features (``num_parameters=1``); ``shared=False`` one slope per
+    feature (column). Slopes start at ``init=0.25``. The gradient of ``a``
+    sums ``x * dy`` over the elements with ``x <= 0``. The slope is a
+    parameter of kind ``"scale"`` (exclude it from weight decay with
+    ``exclude_from_weight_decay=("scale",)``, as He et al. recommend).
+    """
+
+    def __init__(self, init=0.25, shared=True, trainable=True, name=None):
+        super().__init__(trainable=trainable, name=name)
+        self.init = _finite_float("PReLU", "init", init)
+        self.shared = bool(shared)
+        self.alpha = None
+
+    def _make_core(self, input_dim):
+        return _core.PReLU(input_dim, self.shared)
+
+    def _param_specs(self):
+        shape = (1,) if self.shared else (self.input_dim,)
+        return [("alpha", shape, "scale", initializers.Constant(self.init))]
+
+    def _bind_core(self, arena, offsets):
+        self._core.bind_params(arena, offsets["alpha"])
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(init=self.init, shared=self.shared)
+        return cfg
+
+
+class Swish(Layer):
+    """Swish (Ramachandran et al. 2017, "Searching for activation functions"):
+    ``y = x * sigmoid(beta * x)``.
+
+    ``learnable=True`` (default) makes ``beta`` one trained scalar (a
+    parameter of kind ``"scale"``, initialised to ``beta=1.0``), with
+    ``d y / d beta = x^2 s (1 - s)``, ``s = sigmoid(beta x)``;
+    ``learnable=False`` is the fixed swish (``beta = 1``: SiLU), the same as
+    ``Activation("swish", beta=beta)``. beta -> inf approaches ReLU, beta = 0
+    gives x / 2.
+    """
+
+    def __init__(self, beta=1.0, learnable=True, trainable=True, name=None):
+        super().__init__(trainable=trainable, name=name)
+        self.beta_init = _finite_float("Swish", "beta", beta)
+        self.learnable = bool(learnable)
+        self.beta = None
+
+    def _make_core(self, input_dim):
+        return _core.Swish(input_dim, self.beta_init, self.learnable)
+
+    def _param_specs(self):
+        if not self.learnable:
+            return []
+        return [("beta", (1,), "scale", initializers.Constant(self.beta_init))]
+
+    def _bind_core(self, arena, offsets):
+        if self.learnable:
+            self._core.bind_params(arena, offsets["beta"])
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(beta=self.beta_init, learnable=self.learnable)
+        return cfg
+
+
+class Maxout(Dense):
+    """Maxout (Goodfellow et al. 2013): a Dense layer to ``units * pieces``
+    columns, then the maximum over each unit's ``pieces`` columns.
+
+    Grouping: unit ``j`` owns the consecutive columns ``j*pieces ...
+    j*pieces + pieces - 1`` of ``z = x W + b`` (kernel shape
+    ``(in_features, units * pieces)``), so ``y = z.reshape(batch, units,
+    pieces).max(axis=2)``. Backward routes each unit's gradient to the piece
+    that won the max (the first one on ties). Maxout learns a convex
+    piecewise-linear activation; ``pieces=2`` with one piece fixed at zero is
+    ReLU. Initializers, regularizers and max-norm as in :class:`Dense` (the
+    glorot fans are those of the full ``(in, units * pieces)`` kernel).
+    """
+
+    def __init__(self, units, pieces=2, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 kernel_constraint=None, trainable=True, name=None):
+        units = _positive_int("Maxout", "units", units)
+        self.pieces = _positive_int("Maxout", "pieces", pieces)
+        super().__init__(units, activation=None, use_bias=use_bias,
+                         kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
+                         kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
+                         kernel_constraint=kernel_constraint, trainable=trainable, name=name)
+        self.activation = None
+
+    def _make_core(self, input_dim):
+        core = _core.Maxout(input_dim, self.units, self.pieces, self.use_bias)
+        kr, br = self.kernel_regularizer, self.bias_regularizer
+        core.inner.set_penalties(kr.l1 if kr else 0.0, kr.l2 if kr else 0.0,
+                                 br.l1 if br else 0.0, br.l2 if br else 0.0)
+        if self.kernel_constraint is not None:
+            core.inner.set_max_norm(self.kernel_constraint.max_value, self.kernel_constraint.axis)
+        return core
+
+    def _param_specs(self):
+        width = self.units * self.pieces
+        specs = [("kernel", (self.input_dim, width), "kernel", self.kernel_initializer)]
+        if self.use_bias:
+            specs.append(("bias", (width,), "bias", self.bias_initializer))
+        return specs
+
+    def _bind_core(self, arena, offsets):
+        self._core.inner.bind_params(arena, offsets["kernel"], offsets.get("bias", 0))
+
+    def get_config(self):
+        cfg = Layer.get_config(self)
+        cfg.update(units=self.units, pieces=self.pieces, use_bias=self.use_bias,
+                   kernel_initializer=self.kernel_initializer.get_config(),
+                   bias_initializer=self.bias_initializer.get_config())
+        if self.kernel_regularizer:
+            cfg["kernel_regularizer"] = self.kernel_regularizer.get_config()
+        if self.bias_regularizer:
+            cfg["bias_regularizer"] = self.bias_regularizer.get_config()
+        if self.kernel_constraint:
+            cfg["kernel_constraint"] = self.kernel_constraint.get_config()
+        return cfg
+
+
 # Classes a model file may name: loading instantiates nothing else.
 LAYER_CLASSES = {cls.__name__: cls for cls in (Dense, Activation, BatchNorm, Dropout, AlphaDropout,
-                                                GaussianNoise, Residual)}
+                                                GaussianNoise, Residual, PReLU, Swish, Maxout)}
 
 
 def register(cls):

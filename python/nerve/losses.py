@@ -6,6 +6,17 @@ target)`` (the mean loss over the batch, PyTorch's "mean" reduction) and
 integer class labels of shape (batch,) or float arrays shaped like pred;
 distillation takes ``(teacher_logits, labels)``. ``accuracy`` and
 ``zero_one`` are metrics (forward only).
+
+Defaults: ``huber(delta=1)``, ``smooth_l1(beta=1)`` (beta=0 is L1),
+``cross_entropy(weight=None, label_smoothing=0)``, ``focal(gamma=2,
+alpha=None)`` (a scalar alpha scales every row; gamma=0 is cross-entropy),
+``distillation(temperature=4, alpha=0.5)``:
+``alpha T^2 KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) CE(student, labels)``
+(Hinton, Vinyals & Dean 2015). The temperature defaults to 4, not 1: at T=1
+the teacher's softmax is nearly one-hot on easy examples and says little more
+than the label, and Hinton et al. report T in 2.5-4 working best for small
+students. ``binary_cross_entropy`` takes probabilities in [0, 1] (values
+outside raise ValueError) and clamps its logs at -100 like PyTorch.
 """
 import numpy as np
 
@@ -18,6 +29,8 @@ for _row in _ROWS:
     _BY_NAME[_row["name"]] = _row
     for _alias in _row["aliases"]:
         _BY_NAME[_alias] = _row
+
+DISTILLATION_TEMPERATURE = [r for r in _ROWS if r["name"] == "distillation"][0]["params"]["temperature"]
 
 _LABEL_LOSSES = {"cross_entropy", "focal", "distillation"}
 _METRICS = {"accuracy": False, "acc": False, "zero_one": True}

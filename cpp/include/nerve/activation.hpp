@@ -101,7 +101,8 @@ void activation_forward(const Activation& a, float* z, const float* bias, float*
 // dz = dy * act'(z) (elementwise), or the row-wise Jacobian-vector product for
 // softmax / log_softmax, or the width-halving sum for crelu.
 //   z: the pre-activation (rows x cols); may be null when grad_from == Output.
-//   y: the forward output (rows x width_factor*cols).
+//   y: the forward output (rows x width_factor*cols). rrelu in training reads
+//      it (slope = y / x); there, null makes it regenerate the slopes instead.
 //   dy: rows x width_factor*cols; dz: rows x cols. dz may alias dy when width_factor == 1.
 void activation_backward(const Activation& a, const float* z, const float* y, const float* dy,
                          float* dz, Index rows, Index cols, const ActContext& ctx);

@@ -232,4 +232,76 @@ class Residual : public Layer {
   AlignedBuffer grad_a_, grad_b_;
 };
 
+// ---------------------------------------------------------------------------
+// Learnable activations (layers_activation.cpp).
+
+// Parametric ReLU (He et al. 2015; PyTorch nn.PReLU): y = x if x > 0 else a x.
+// shared: one slope for every feature; otherwise one slope per feature
+// (column). dL/da sums x dy over the elements with x <= 0, in a fixed order.
+class PReLU : public Layer {
+ public:
+  PReLU(Index in, bool shared);
+  std::string type() const override { return "PReLU"; }
+  std::vector<ParamRef*> params() override { return {&alpha}; }
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+  bool shared;
+  ParamRef alpha;  // 1 or in_features slopes
+
+ private:
+  AlignedBuffer col_grad_;  // per-column sums before the shared slope adds them up
+};
+
+// Swish with a (optionally learnable) beta (Ramachandran et al. 2017):
+// y = x sigmoid(beta x). dL/dbeta = sum dy x^2 s (1 - s), s = sigmoid(beta x),
+// summed in fixed chunks so it does not depend on the thread count.
+class SwishLayer : public Layer {
+ public:
+  SwishLayer(Index in, float beta, bool learnable);
+  std::string type() const override { return "Swish"; }
+  std::vector<ParamRef*> params() override {
+    if (learnable) return {&beta_param};
+    return {};
+  }
+  void plan(Index capacity) override;
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+  float beta() const { return learnable ? *beta_param.value() : fixed_beta; }
+  float fixed_beta;
+  bool learnable;
+  ParamRef beta_param;  // one float when learnable
+
+ private:
+  // Per-chunk sums of dL/dbeta, as doubles in an aligned buffer (two floats
+  // each) so the no-allocation-per-step accounting covers it. Sized by plan.
+  AlignedBuffer partial_;
+};
+
+// Maxout (Goodfellow et al. 2013): z = x W + b with units * pieces columns,
+// y[:, j] = max(z[:, j*pieces + k], k = 0..pieces-1). Unit j owns the
+// `pieces` consecutive columns j*pieces .. j*pieces + pieces - 1, so one row
+// of a unit's pieces is contiguous. The affine part is a Dense layer (same
+// initializers, penalties and max-norm); backward sends each dy to the piece
+// that won the max (the first one on ties).
+class Maxout : public Layer {
+ public:
+  Maxout(Index in, Index units, Index pieces, bool use_bias);
+  std::string type() const override { return "Maxout"; }
+  std::vector<ParamRef*> params() override { return inner->params(); }
+  void plan(Index capacity) override;
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+  double regularize(bool add_grad) override;
+  void apply_constraints() override;
+  Index units, pieces;
+  std::shared_ptr<Dense> inner;  // in -> units * pieces, identity activation
+
+ private:
+  AlignedBuffer z_, dz_;
+};
+
+
 }  // namespace nerve

@@ -21,13 +21,16 @@ enum class LossKind : int {
   Distillation,                  // Hinton: alpha*T^2*KL(teacher||student at T) + (1-alpha)*CE
 };
 
+// Default softening temperature of the distillation loss (see loss.cpp).
+constexpr double kDistillationTemperature = 4.0;
+
 struct Loss {
   LossKind kind = LossKind::MSE;
   float delta = 1.0f;            // huber
   float beta = 1.0f;             // smooth_l1
   float label_smoothing = 0.0f;  // cross_entropy
   float gamma = 2.0f;            // focal
-  float temperature = 1.0f;      // distillation
+  float temperature = 4.0f;      // distillation (kDistillationTemperature)
   float alpha = 0.5f;            // distillation weight; focal class weight when has_alpha
   bool has_alpha = false;        // focal: alpha given
   std::vector<float> class_weight;  // cross_entropy weight= (empty: none)
