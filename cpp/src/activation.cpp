@@ -350,19 +350,17 @@ void forward_map(const F& f, float* z, const float* bias, float* y, Index rows, 
     const Index n = rows * cols;
     const Index pieces = (n + kChunk - 1) / kChunk;
     const int t = threads_for(work, pieces);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-    for (Index p = 0; p < pieces; ++p) {
+    parallel_for(pieces, t, [&](Index p) {
       const Index b = p * kChunk, e = std::min(n, b + kChunk);
       const float* zp = z + b;
       float* yp = y + b;
 #pragma omp simd
       for (Index i = 0; i < e - b; ++i) yp[i] = f(zp[i]);
-    }
+    });
     return;
   }
   const int t = threads_for(work, rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, t, [&](Index r) {
     float* zr = z + r * cols;
     float* yr = y + r * cols;
     if (store_z) {
@@ -376,7 +374,7 @@ void forward_map(const F& f, float* z, const float* bias, float* y, Index rows, 
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) yr[c] = f(zr[c] + bias[c]);
     }
-  }
+  });
 }
 
 // dz = g(src, dy) elementwise, src = y or z.
@@ -385,15 +383,14 @@ void backward_map(const G& g, const float* src, const float* dy, float* dz, Inde
                   double flops_per_elem) {
   const Index pieces = (n + kChunk - 1) / kChunk;
   const int t = threads_for(flops_per_elem * static_cast<double>(n), pieces);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index p = 0; p < pieces; ++p) {
+  parallel_for(pieces, t, [&](Index p) {
     const Index b = p * kChunk, e = std::min(n, b + kChunk);
     const float* sp = src + b;
     const float* dyp = dy + b;
     float* dzp = dz + b;
 #pragma omp simd
     for (Index i = 0; i < e - b; ++i) dzp[i] = g(sp[i], dyp[i]);
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -425,8 +422,7 @@ void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, I
   }
   const RreluSlopes sl = rrelu_slopes(a, ctx);
   const int t = threads_for(60.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, t, [&](Index r) {
     float* zr = z + r * cols;
     float* yr = y + r * cols;
     const std::uint64_t base = static_cast<std::uint64_t>(r) * static_cast<std::uint64_t>(cols);
@@ -439,7 +435,7 @@ void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, I
       // Only non-positive elements pay for a Philox block.
       yr[c] = x > 0.0f ? x : x * sl(base + static_cast<std::uint64_t>(c));
     }
-  }
+  });
 }
 
 void rrelu_backward(const Activation& a, const float* z, const float* dy, float* dz, Index rows,
@@ -454,12 +450,11 @@ void rrelu_backward(const Activation& a, const float* z, const float* dy, float*
   const Index n = rows * cols;
   const Index pieces = (n + kChunk - 1) / kChunk;
   const int t = threads_for(60.0 * static_cast<double>(n), pieces);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index p = 0; p < pieces; ++p) {
+  parallel_for(pieces, t, [&](Index p) {
     const Index e = std::min(n, (p + 1) * kChunk);
     for (Index i = p * kChunk; i < e; ++i)
       dz[i] = z[i] > 0.0f ? dy[i] : dy[i] * sl(static_cast<std::uint64_t>(i));
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -469,8 +464,7 @@ void rrelu_backward(const Activation& a, const float* z, const float* dy, float*
 
 void crelu_forward(float* z, const float* bias, float* y, Index rows, Index cols) {
   const int t = threads_for(2.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, t, [&](Index r) {
     const float* zr = z + r * cols;
     float* yp = y + r * 2 * cols;
     float* yn = yp + cols;
@@ -489,13 +483,12 @@ void crelu_forward(float* z, const float* bias, float* y, Index rows, Index cols
         yn[c] = simd::max_(-x, 0.0f);
       }
     }
-  }
+  });
 }
 
 void crelu_backward(const float* y, const float* dy, float* dz, Index rows, Index cols) {
   const int t = threads_for(3.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, t, [&](Index r) {
     const float* yp = y + r * 2 * cols;
     const float* yn = yp + cols;
     const float* gp = dy + r * 2 * cols;
@@ -504,7 +497,7 @@ void crelu_backward(const float* y, const float* dy, float* dz, Index rows, Inde
 #pragma omp simd
     for (Index c = 0; c < cols; ++c)
       d[c] = simd::sel(yp[c] > 0.0f, gp[c], 0.0f) - simd::sel(yn[c] > 0.0f, gn[c], 0.0f);
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -524,8 +517,7 @@ NERVE_INLINE float exp_shifted(float x, float m) {
 template <bool kLog>
 void softmax_forward(float* z, const float* bias, float* y, Index rows, Index cols) {
   const int t = threads_for(25.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, t, [&](Index r) {
     const float* zr = z + r * cols;
     float* yr = y + r * cols;
     float m = -std::numeric_limits<float>::infinity();
@@ -564,7 +556,7 @@ void softmax_forward(float* z, const float* bias, float* y, Index rows, Index co
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) yr[c] *= inv;
     }
-  }
+  });
 }
 
 // softmax:     dz = y * (dy - sum(dy * y))
@@ -572,8 +564,7 @@ void softmax_forward(float* z, const float* bias, float* y, Index rows, Index co
 template <bool kLog>
 void softmax_backward(const float* y, const float* dy, float* dz, Index rows, Index cols) {
   const int t = threads_for(25.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, t, [&](Index r) {
     const float* yr = y + r * cols;
     const float* gr = dy + r * cols;
     float* dr = dz + r * cols;
@@ -591,7 +582,7 @@ void softmax_backward(const float* y, const float* dy, float* dz, Index rows, In
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) dr[c] = yr[c] * (gr[c] - sf);
     }
-  }
+  });
 }
 
 }  // namespace
