@@ -33,6 +33,13 @@ void fill(AlignedBuffer& b, float lo, float hi, std::uint32_t seed) {
   }
 }
 
+// A per-second counter of `amount` per iteration, printed with SI prefixes
+// (G = 1e9): FLOP/s, bytes/s, elem/s.
+benchmark::Counter rate(double amount) {
+  return benchmark::Counter(amount, benchmark::Counter::kIsIterationInvariantRate,
+                            benchmark::Counter::kIs1000);
+}
+
 void set_threads(benchmark::State& st, int arg_index) {
   nerve::set_num_threads(static_cast<int>(st.range(arg_index)));
 }
@@ -59,8 +66,7 @@ void BM_gemm(benchmark::State& st) {
       nerve::gemm(false, true, batch, in, out, dz.data(), out, w.data(), out, dx.data(), in, false);
     benchmark::ClobberMemory();
   }
-  st.counters["GFLOP/s"] =
-      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["FLOP/s"] = rate(flops);
   static const char* names[] = {"fwd XW", "dW=X^T dZ", "dX=dZ W^T"};
   st.SetLabel(std::string(names[kind]) + " " + std::to_string(batch) + "x" + std::to_string(in) +
               "x" + std::to_string(out));
@@ -94,7 +100,7 @@ void BM_copy(benchmark::State& st) {
     for (Index i = 0; i < n; ++i) dst[i] = src[i];
     benchmark::ClobberMemory();
   }
-  st.counters["GB/s"] = benchmark::Counter(8.0 * n * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["bytes/s"] = rate(8.0 * n);
 }
 BENCHMARK(BM_copy)->Arg(1 << 14)->Arg(1 << 24)->Arg(10'000'000)->UseRealTime();
 
@@ -112,7 +118,7 @@ void BM_triad(benchmark::State& st) {
     for (Index i = 0; i < n; ++i) pa[i] = pb[i] + s * pc[i];
     benchmark::ClobberMemory();
   }
-  st.counters["GB/s"] = benchmark::Counter(12.0 * n * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["bytes/s"] = rate(12.0 * n);
 }
 BENCHMARK(BM_triad)->Arg(1 << 14)->Arg(500'000)->Arg(1 << 24)->Arg(10'000'000)->UseRealTime();
 
@@ -137,8 +143,8 @@ void BM_optimizer(benchmark::State& st) {
   }
   // Adam: read p, g, m, v, write p, m, v. SGD+momentum: read p, g, b, write p, b.
   const double bytes = (adam ? 7.0 : 5.0) * 4.0 * n;
-  st.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  st.counters["Mparam/s"] = benchmark::Counter(n * 1e-6, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["bytes/s"] = rate(bytes);
+  st.counters["params/s"] = rate(static_cast<double>(n));
   st.SetLabel(adam ? "Adam" : "SGD momentum");
 }
 BENCHMARK(BM_optimizer)
@@ -168,8 +174,8 @@ void BM_activation(benchmark::State& st, nerve::Act kind, bool backward) {
   }
   // Forward: read z, write y. Backward: read the saved z or y and dy, write dz.
   const double bytes = backward ? 4.0 * n * (1 + 2 * wf) : 4.0 * n * (1 + wf);
-  st.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  st.counters["Gelem/s"] = benchmark::Counter(n * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["bytes/s"] = rate(bytes);
+  st.counters["elem/s"] = rate(static_cast<double>(n));
 }
 
 // ---------------------------------------------------------------------------
@@ -189,10 +195,9 @@ void BM_cross_entropy(benchmark::State& st) {
     benchmark::ClobberMemory();
   }
   benchmark::DoNotOptimize(sink);
-  st.counters["Gelem/s"] =
-      benchmark::Counter(rows * cols * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  st.counters["GB/s"] =
-      benchmark::Counter(8.0 * rows * cols * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  // Reads the logits, writes the gradient.
+  st.counters["elem/s"] = rate(static_cast<double>(rows * cols));
+  st.counters["bytes/s"] = rate(8.0 * rows * cols);
 }
 BENCHMARK(BM_cross_entropy)->Args({32, 10})->Args({2048, 10})->Args({2048, 1000})->UseRealTime();
 

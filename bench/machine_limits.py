@@ -111,8 +111,8 @@ def bandwidth_cpp(binary):
     out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     res = {}
     for b in out["benchmarks"]:
-        if b.get("aggregate_name") == "median":  # counters are already in GB/s
-            res[b["run_name"].replace("BM_", "").replace("/real_time", "")] = b["GB/s"]
+        if b.get("aggregate_name") == "median":
+            res[b["run_name"].replace("BM_", "").replace("/real_time", "")] = b["bytes/s"] / 1e9
     return res
 
 

@@ -99,8 +99,49 @@ void eigen_gemm(Index m, Index n, Index K, const float* A, Index lda, const floa
                                                                           C, 1, ldc, 1.0f, blocking);
 }
 
+// A product of depth K <= 4 is a rank-K update: dW = X^T dZ on a batch of 1 to
+// 4 rows. Eigen's GEMM would zero C, pack both operands and then read and
+// write C again; here C is written once, each element as
+// c = (accumulate ? c : 0) + a_0 b_0 + ... in that order (FMA). At batch 1
+// this is the largest memory pass of the step after the optimizer's
+// (bench/README.md, "Levers").
+constexpr Index kSmallDepth = 4;
+
+template <int KD>
+void small_depth(bool trans_a, bool trans_b, Index m, Index n, const float* A, Index lda,
+                 const float* B, Index ldb, float* C, Index ldc, bool accumulate) {
+  for (Index i = 0; i < m; ++i) {
+    float a[KD];
+    for (int k = 0; k < KD; ++k) a[k] = trans_a ? A[k * lda + i] : A[i * lda + k];
+    float* __restrict c = C + i * ldc;
+    if (!trans_b) {
+#pragma omp simd
+      for (Index j = 0; j < n; ++j) {
+        float acc = accumulate ? c[j] : 0.0f;  // never 0 * c: C may hold NaN garbage
+        for (int k = 0; k < KD; ++k) acc = std::fma(a[k], B[k * ldb + j], acc);
+        c[j] = acc;
+      }
+    } else {
+      for (Index j = 0; j < n; ++j) {
+        float acc = accumulate ? c[j] : 0.0f;  // never 0 * c: C may hold NaN garbage
+        for (int k = 0; k < KD; ++k) acc = std::fma(a[k], B[j * ldb + k], acc);
+        c[j] = acc;
+      }
+    }
+  }
+}
+
 void gemm_tile(bool trans_a, bool trans_b, Index m, Index n, Index K, const float* A, Index lda,
                const float* B, Index ldb, float* C, Index ldc, bool accumulate) {
+  if (K <= kSmallDepth && m > 1 && n > 1) {
+    switch (K) {
+      case 1: small_depth<1>(trans_a, trans_b, m, n, A, lda, B, ldb, C, ldc, accumulate); break;
+      case 2: small_depth<2>(trans_a, trans_b, m, n, A, lda, B, ldb, C, ldc, accumulate); break;
+      case 3: small_depth<3>(trans_a, trans_b, m, n, A, lda, B, ldb, C, ldc, accumulate); break;
+      default: small_depth<4>(trans_a, trans_b, m, n, A, lda, B, ldb, C, ldc, accumulate); break;
+    }
+    return;
+  }
   // A single row or column is a matrix-vector product, and a tiny product is
   // coefficient-based: Eigen's expressions pick those kernels (stack
   // temporaries at most), as its own GEMM dispatch would.
