@@ -67,9 +67,11 @@ void BM_gemm(benchmark::State& st) {
     benchmark::ClobberMemory();
   }
   st.counters["FLOP/s"] = rate(flops);
+  // The label names the product and its GEMM shape M x K x N.
   static const char* names[] = {"fwd XW", "dW=X^T dZ", "dX=dZ W^T"};
-  st.SetLabel(std::string(names[kind]) + " " + std::to_string(batch) + "x" + std::to_string(in) +
-              "x" + std::to_string(out));
+  const Index shape[3][3] = {{batch, in, out}, {in, batch, out}, {batch, out, in}};
+  st.SetLabel(std::string(names[kind]) + " " + std::to_string(shape[kind][0]) + "x" +
+              std::to_string(shape[kind][1]) + "x" + std::to_string(shape[kind][2]));
 }
 
 void gemm_args(benchmark::internal::Benchmark* b) {
@@ -84,7 +86,7 @@ void gemm_args(benchmark::internal::Benchmark* b) {
   // A square product: the best rate this GEMM reaches on this machine.
   for (int threads : {1, 2}) b->Args({0, 2048, 2048, 2048, threads});
 }
-BENCHMARK(BM_gemm)->Apply(gemm_args)->ArgNames({"kind", "M", "K", "N", "thr"})->UseRealTime()
+BENCHMARK(BM_gemm)->Apply(gemm_args)->ArgNames({"kind", "batch", "in", "out", "thr"})->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
 // ---------------------------------------------------------------------------
