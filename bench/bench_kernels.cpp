@@ -181,6 +181,33 @@ void BM_activation(benchmark::State& st, nerve::Act kind, bool backward) {
 }
 
 // ---------------------------------------------------------------------------
+// Dense's backward tail, as run today: ReLU derivative applied to dY in place
+// (one pass), then the bias gradient as column sums of dZ (a second pass).
+// kind 0: derivative only; 1: column sums only; 2: both. The cost of 1 is
+// what fusing the reduction into the derivative pass could save at most.
+void BM_dense_tail(benchmark::State& st) {
+  const int kind = static_cast<int>(st.range(0));
+  const Index rows = st.range(1), cols = st.range(2), n = rows * cols;
+  nerve::Activation relu = nerve::make_activation("relu", {});
+  nerve::ActContext ctx;
+  AlignedBuffer y(n), dy(n), db(cols);
+  fill(y, 0, 1, 12);
+  fill(dy, -1, 1, 13);
+  for (auto _ : st) {
+    if (kind != 1) nerve::activation_backward(relu, nullptr, y.data(), dy.data(), dy.data(), rows, cols, ctx);
+    if (kind != 0) nerve::column_sums(dy.data(), rows, cols, db.data(), false);
+    benchmark::ClobberMemory();
+  }
+  st.counters["elem/s"] = rate(static_cast<double>(n));
+  static const char* names[] = {"relu derivative", "bias column sums", "both passes"};
+  st.SetLabel(names[kind]);
+}
+BENCHMARK(BM_dense_tail)
+    ->ArgsProduct({{0, 1, 2}, {32, 512, 2048}, {512}})
+    ->ArgNames({"kind", "rows", "cols"})
+    ->UseRealTime();
+
+// ---------------------------------------------------------------------------
 // Softmax cross-entropy with integer labels: loss and gradient in one pass.
 void BM_cross_entropy(benchmark::State& st) {
   const Index rows = st.range(0), cols = st.range(1);
