@@ -1,0 +1,121 @@
+"""The README's performance section, generated from bench/results/*.json (bench/run_all.sh).
+
+Prints markdown: the end-to-end tables (reference, deep, wide), the machine's
+limits measured in the same session, fused Adam against PyTorch and triad,
+peak memory, and the batch-1 bytes-moved bound.
+
+Run: python bench/report.py [--results bench/results]
+"""
+import argparse
+import json
+import os
+
+from nerve.benchmark import table
+
+
+def load(d, name):
+    p = os.path.join(d, name)
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+def kernels(d):
+    """{run_name: benchmark record} of bench_kernels.json (real-time runs)."""
+    data = load(d, "bench_kernels.json")
+    if not data:
+        return {}
+    return {b["run_name"].replace("/real_time", ""): b for b in data["benchmarks"] if b.get("run_type") == "iteration"}
+
+
+def adam_bytes_per_step(sizes, batch=1):
+    """Compulsory bytes of one step at batch 1, the way nerve runs it: forward
+    reads each weight (4 B), dW writes its gradient (4 B), dX reads the
+    weights of every layer but the first (4 B), Adam reads p, g, m, v and
+    writes p, m, v (28 B per parameter, biases included)."""
+    total = 0
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        w = a * b
+        total += 4 * w + 4 * w + (4 * w if i > 0 else 0) + 28 * (w + b)
+    return total
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    a = p.parse_args(argv)
+    d = a.results
+    k = kernels(d)
+    lim = load(d, "machine_limits.json")
+    for name, title in (("train_mlp_ref.json", "Reference MLP 784-512-256-10"),
+                        ("train_mlp_deep.json", "Deep narrow MLP 784-(128 × 20)-10"),
+                        ("train_mlp_wide.json", "Wide MLP 784-2048-2048-10")):
+        r = load(d, name)
+        if not r:
+            continue
+        print(f"**{title}** (ReLU, Adam, cross-entropy, float32; samples/s, medians of {r['meta']['rounds']} "
+              f"interleaved rounds; PyTorch {r['meta'].get('torch', '?')} eager, same thread count):\n")
+        print(table(r["results"], "torch"))
+        print()
+    if lim:
+        print("**Machine limits, same session** (`bench/machine_limits.py`, best of 5):\n")
+        print("| threads | best sgemm GFLOP/s (any shape; numpy OpenBLAS / PyTorch MKL) | sgemm 2048³ numpy / PyTorch |")
+        print("|---|---|---|")
+        for t in ("t1", "t2"):
+            sq = [lim["sgemm"].get(f"{lib}_{t}", {}).get("square 2048") for lib in ("numpy", "torch")]
+            print(f"| {t[1:]} | {lim['best_sgemm'][t]:.1f} | " + " / ".join(f"{v:.1f}" if v else "–" for v in sq) + " |")
+        cpp = lim["bandwidth"].get("cpp_t1", {})
+        if cpp:
+            print("\n| 1 thread, C++ loop | 16K floats (L1/L2) | 500K floats (L3) | 10M floats (DRAM) |")
+            print("|---|---|---|---|")
+            print(f"| triad GB/s (12 B/elem) | {cpp.get('triad/16384', 0):.1f} | {cpp.get('triad/500000', 0):.1f} | "
+                  f"{cpp.get('triad/10000000', 0):.1f} |")
+            print(f"| copy GB/s (8 B/elem) | {cpp.get('copy/16384', 0):.1f} | – | {cpp.get('copy/10000000', 0):.1f} |")
+        print()
+    if k:
+        relu = k.get("BM_act_relu_fwd/16777216")
+        copy = k.get("BM_copy/16777216")
+        if relu and copy:
+            print(f"ReLU forward on 16M floats: {relu['bytes/s'] / 1e9:.1f} GB/s = "
+                  f"{relu['bytes/s'] / copy['bytes/s']:.0%} of copy ({copy['bytes/s'] / 1e9:.1f} GB/s) in the same binary.\n")
+    opt = load(d, "optimizer_step.json")
+    if opt:
+        print("**Fused Adam step** (`bench/optimizer_step.py`; 28 B/parameter):\n")
+        print("| threads | parameters | nerve µs | nerve GB/s | PyTorch Adam(fused=True) µs | nerve / PyTorch fused | nerve / triad (1 thread, same size) |")
+        print("|---|---|---|---|---|---|---|")
+        for r in opt["rows"]:
+            tri = opt["triad"].get(r["set"])
+            tri_s = f"{r['nerve_GBps'] / tri[0]:.0%} ({tri[0]:.1f} GB/s)" if tri and r["threads"] == 1 else "–"
+            print(f"| {r['threads']} | {r['set']} | {r['nerve_us']:.0f} | {r['nerve_GBps']:.1f} | "
+                  f"{r.get('torch_fused_us', float('nan')):.0f} | **{r.get('ratio_vs_fused', float('nan')):.2f}×** | {tri_s} |")
+        print()
+    mem = load(d, "peak_memory.json")
+    if mem:
+        print(f"**Peak memory of one training epoch** (`bench/peak_memory.py`, model {'-'.join(map(str, mem['model']))}, "
+              "increase of peak RSS over the RSS before building the model, separate processes):\n")
+        print("| batch | run | nerve MB | PyTorch MB | nerve / PyTorch |")
+        print("|---|---|---|---|---|")
+        for r in mem["rows"]:
+            t = r["torch_MB"]
+            print(f"| {r['batch']} | {'warm' if r['warm'] else 'cold'} | {r['nerve_MB']:.1f} | "
+                  f"{t:.1f} | {r['nerve_MB'] / t:.2f} |" if t else f"| {r['batch']} | | {r['nerve_MB']:.1f} | – | – |")
+        print()
+    ref = load(d, "train_mlp_ref.json")
+    if ref and lim and lim["bandwidth"].get("cpp_t1"):
+        sizes = ref["meta"]["model"]
+        nbytes = adam_bytes_per_step(sizes)
+        bw = lim["bandwidth"]["cpp_t1"].get("triad/500000")
+        for r in ref["results"]:
+            if r["batch"] == 1:
+                step = 1.0 / r["nerve_samples_per_s"]
+                bound = nbytes / (bw * 1e9)
+                print(f"Batch-1 step, {r['threads']} thread(s): {step * 1e6:.0f} µs; bytes-moved bound "
+                      f"{nbytes / 1e6:.1f} MB / {bw:.1f} GB/s (1-thread triad, L3-resident) = {bound * 1e6:.0f} µs "
+                      f"→ **{step / bound:.2f}× the bound**.")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
