@@ -9,6 +9,7 @@
 // must read and write once (e.g. Adam: read p, g, m, v; write p, m, v = 28 B).
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -123,6 +124,34 @@ void BM_triad(benchmark::State& st) {
   st.counters["bytes/s"] = rate(12.0 * n);
 }
 BENCHMARK(BM_triad)->Arg(1 << 14)->Arg(500'000)->Arg(1 << 24)->Arg(10'000'000)->UseRealTime();
+
+// The same triad split over threads in 32K-float chunks, like the optimizers.
+void BM_triad_threads(benchmark::State& st) {
+  const Index n = st.range(0);
+  const int threads = static_cast<int>(st.range(1));
+  AlignedBuffer a(n), b(n), c(n);
+  fill(b, -1, 1, 5);
+  fill(c, -1, 1, 6);
+  const float s = 0.5f;
+  constexpr Index kChunk = 1 << 15;
+  const Index chunks = (n + kChunk - 1) / kChunk;
+  for (auto _ : st) {
+    nerve::parallel_for(chunks, threads, [&](Index k) {
+      const Index lo = k * kChunk, hi = std::min(n, lo + kChunk);
+      float* __restrict pa = a.data();
+      const float* __restrict pb = b.data();
+      const float* __restrict pc = c.data();
+#pragma omp simd
+      for (Index i = lo; i < hi; ++i) pa[i] = pb[i] + s * pc[i];
+    });
+    benchmark::ClobberMemory();
+  }
+  st.counters["bytes/s"] = rate(12.0 * n);
+}
+BENCHMARK(BM_triad_threads)
+    ->ArgsProduct({{500'000, 10'000'000}, {1, 2}})
+    ->ArgNames({"n", "thr"})
+    ->UseRealTime();
 
 // ---------------------------------------------------------------------------
 // Fused optimizer steps over one span of n parameters.
