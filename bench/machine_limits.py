@@ -10,7 +10,7 @@ same session (DESIGN.md, "Measured, not guessed"):
   GB/s on 10M+ floats with numpy, and with the tight C++ loops of the Google
   Benchmark binary when it is built (bench/README.md).
 
-Each figure is the best of several repeats (a limit, not a typical value), at
+Each figure is the best of 3 repeats of ~0.1 s (a limit, not a typical value), at
 1 and 2 threads (threadpoolctl limits numpy's BLAS; torch.set_num_threads).
 
 Run: python bench/machine_limits.py [--threads 1,2] [--json bench/results/machine_limits.json]
@@ -42,7 +42,7 @@ def gemm_shapes():
     return out
 
 
-def _best_rate(fn, work, seconds=0.15, repeats=5):
+def _best_rate(fn, work, seconds=0.1, repeats=3):
     """Best of `repeats` timings of `fn`, each repeated to last ~`seconds`; work/s."""
     fn()
     t0 = time.perf_counter()
@@ -167,13 +167,14 @@ def main(argv=None):
                                          if k.endswith(f"_t{t}")) for t in threads}
 
     cols = list(result["sgemm"])
-    print("sgemm GFLOP/s (best of 5)")
+    print("sgemm GFLOP/s (best of 3)")
     print("| shape (M x K x N) | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for label, M, K, N, _, _ in shapes:
         print(f"| {label} ({M}x{K}x{N}) | " + " | ".join(f"{result['sgemm'][c][label]:.1f}" for c in cols) + " |")
     print()
-    print("bandwidth GB/s (best of 5; triad counts 12 B/elem, copy 8 B/elem)")
+    print("bandwidth GB/s (numpy: best of 3; C++: median of 3; triad counts 12 B/elem, copy 8 B/elem;\n"
+          "numpy's triad is two passes, a = s*c; a += b)")
     print("| source | test | GB/s |")
     print("|---|---|---|")
     for src, d in result["bandwidth"].items():

@@ -37,6 +37,10 @@ def main(argv=None):
             ax.plot(bs, [r["torch_samples_per_s"] for r in rs], styles.get(t, ":"), marker="s",
                     color="tab:red", label=f"PyTorch {data['meta'].get('torch', '')} eager, {t} thread{'s' if t > 1 else ''}")
     ax.set_xscale("log", base=2)
+    batches = sorted({r["batch"] for r in rows})
+    ax.set_xticks(batches)
+    ax.set_xticklabels([str(b) for b in batches])
+    ax.minorticks_off()
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("training samples / s (Adam step incl.)")

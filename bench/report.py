@@ -59,7 +59,7 @@ def main(argv=None):
         print(table(r["results"], "torch"))
         print()
     if lim:
-        print("**Machine limits, same session** (`bench/machine_limits.py`, best of 5):\n")
+        print("**Machine limits, same session** (`bench/machine_limits.py`, best of 3):\n")
         print("| threads | best sgemm GFLOP/s (any shape; numpy OpenBLAS / PyTorch MKL) | sgemm 2048³ numpy / PyTorch |")
         print("|---|---|---|")
         for t in ("t1", "t2"):
