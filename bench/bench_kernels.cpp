@@ -78,7 +78,7 @@ void BM_gemm(benchmark::State& st) {
 void gemm_args(benchmark::internal::Benchmark* b) {
   const int layers[3][2] = {{784, 512}, {512, 256}, {256, 10}};
   for (int threads : {1, 2})
-    for (int batch : {32, 128, 512, 2048})
+    for (int batch : {1, 32, 128, 512, 2048})  // batch 1: matrix-vector and rank-1 paths
       for (auto& l : layers)
         for (int kind = 0; kind < 3; ++kind) {
           if (kind == 2 && l[0] == 784) continue;  // no dX for the first layer
