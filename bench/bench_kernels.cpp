@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -107,6 +108,20 @@ void BM_copy(benchmark::State& st) {
 }
 BENCHMARK(BM_copy)->Arg(1 << 14)->Arg(1 << 24)->Arg(10'000'000)->UseRealTime();
 
+// The C library's memcpy on the same sizes: the copy reference is the better
+// of the two (glibc may use non-temporal stores for large copies).
+void BM_memcpy(benchmark::State& st) {
+  const Index n = st.range(0);
+  AlignedBuffer a(n), b(n);
+  fill(a, -1, 1, 4);
+  for (auto _ : st) {
+    std::memcpy(b.data(), a.data(), sizeof(float) * static_cast<std::size_t>(n));
+    benchmark::ClobberMemory();
+  }
+  st.counters["bytes/s"] = rate(8.0 * n);
+}
+BENCHMARK(BM_memcpy)->Arg(1 << 14)->Arg(1 << 24)->Arg(10'000'000)->UseRealTime();
+
 void BM_triad(benchmark::State& st) {
   const Index n = st.range(0);
   AlignedBuffer a(n), b(n), c(n);
@@ -186,6 +201,7 @@ BENCHMARK(BM_optimizer)
 // ---------------------------------------------------------------------------
 // Every activation, forward then backward, on n floats (as 1024-wide rows).
 void BM_activation(benchmark::State& st, nerve::Act kind, bool backward) {
+  nerve::set_num_threads(1);  // single-thread figures, whatever ran before
   const Index n = st.range(0), cols = 1024, rows = n / cols;
   const nerve::ActInfo& info = nerve::activation_info(kind);
   nerve::Activation a = nerve::make_activation(info.name, {});
@@ -215,6 +231,7 @@ void BM_activation(benchmark::State& st, nerve::Act kind, bool backward) {
 // kind 0: derivative only; 1: column sums only; 2: both. The cost of 1 is
 // what fusing the reduction into the derivative pass could save at most.
 void BM_dense_tail(benchmark::State& st) {
+  nerve::set_num_threads(1);  // single-thread figures, whatever ran before
   const int kind = static_cast<int>(st.range(0));
   const Index rows = st.range(1), cols = st.range(2), n = rows * cols;
   nerve::Activation relu = nerve::make_activation("relu", {});
@@ -239,6 +256,7 @@ BENCHMARK(BM_dense_tail)
 // ---------------------------------------------------------------------------
 // Softmax cross-entropy with integer labels: loss and gradient in one pass.
 void BM_cross_entropy(benchmark::State& st) {
+  nerve::set_num_threads(1);  // single-thread figures, whatever ran before
   const Index rows = st.range(0), cols = st.range(1);
   nerve::Loss loss = nerve::make_loss("cross_entropy", {}, {});
   AlignedBuffer pred(rows * cols), grad(rows * cols);

@@ -107,7 +107,7 @@ def bandwidth_numpy(n):
 def bandwidth_cpp(binary):
     """Copy/triad GB/s from the Google Benchmark binary (single thread; the
     triad_threads rows split the triad over 1 or 2 threads as the optimizers do)."""
-    cmd = [binary, "--benchmark_filter=BM_(copy|triad|triad_threads)/", "--benchmark_format=json",
+    cmd = [binary, "--benchmark_filter=BM_(copy|memcpy|triad|triad_threads)/", "--benchmark_format=json",
            "--benchmark_repetitions=3", "--benchmark_report_aggregates_only=true"]
     out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     res = {}
