@@ -41,8 +41,10 @@ struct PyNetwork {
     Index cols;
     matrix_shape(x, rows, cols, "x");
     if (x.ndim() == 1) cols = 1;
-    require(x.ndim() == 2 && cols == net.input_dim(),
-            "x: expected shape (batch, " + std::to_string(net.input_dim()) + "), got " + shape_str(x));
+    // The message is built only on failure: a step must not allocate.
+    if (!(x.ndim() == 2 && cols == net.input_dim()))
+      throw ValueError("x: expected shape (batch, " + std::to_string(net.input_dim()) + "), got " +
+                       shape_str(x));
     require(rows > 0, "x is empty");
   }
 };

@@ -13,16 +13,19 @@ Target make_target(const py::object& labels, const py::object& values, Index row
     auto lab = labels.cast<py::array>();
     require(py::isinstance<LabelArray>(lab) && lab.ndim() == 1 && (lab.flags() & py::array::c_style),
             "labels must be a C-contiguous int64 array of shape (batch,)");
-    require(lab.shape(0) == rows, "labels: expected " + std::to_string(rows) + " labels, got " +
-                                      std::to_string(lab.shape(0)));
+    // Messages are built only on failure: a training step must not allocate.
+    if (lab.shape(0) != rows)
+      throw ValueError("labels: expected " + std::to_string(rows) + " labels, got " +
+                       std::to_string(lab.shape(0)));
     t.labels = static_cast<const std::int64_t*>(lab.data());
   }
   if (!values.is_none()) {
     auto val = values.cast<py::array>();
     Index r, c;
     matrix_shape(val, r, c, "target");
-    require(r == rows && c == cols, "target: expected shape (" + std::to_string(rows) + ", " +
-                                        std::to_string(cols) + "), got " + shape_str(val));
+    if (r != rows || c != cols)
+      throw ValueError("target: expected shape (" + std::to_string(rows) + ", " +
+                       std::to_string(cols) + "), got " + shape_str(val));
     t.values = fptr(val);
   }
   return t;

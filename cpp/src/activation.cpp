@@ -360,19 +360,17 @@ void forward_map(const F& f, float* z, const float* bias, float* y, Index rows, 
     const Index n = rows * cols;
     const Index pieces = (n + kChunk - 1) / kChunk;
     const int t = threads_for(work, pieces);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-    for (Index p = 0; p < pieces; ++p) {
+    parallel_for(pieces, t, [&](Index p) {
       const Index b = p * kChunk, e = std::min(n, b + kChunk);
       const float* zp = z + b;
       float* yp = y + b;
 #pragma omp simd
       for (Index i = 0; i < e - b; ++i) yp[i] = f(zp[i]);
-    }
+    });
     return;
   }
   const int t = threads_for(work, rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, t, [&](Index r) {
     float* zr = z + r * cols;
     float* yr = y + r * cols;
     if (store_z) {
@@ -386,7 +384,7 @@ void forward_map(const F& f, float* z, const float* bias, float* y, Index rows, 
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) yr[c] = f(zr[c] + bias[c]);
     }
-  }
+  });
 }
 
 // dz = g(src, dy) elementwise, src = y or z.
@@ -395,15 +393,14 @@ void backward_map(const G& g, const float* src, const float* dy, float* dz, Inde
                   double flops_per_elem) {
   const Index pieces = (n + kChunk - 1) / kChunk;
   const int t = threads_for(flops_per_elem * static_cast<double>(n), pieces);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index p = 0; p < pieces; ++p) {
+  parallel_for(pieces, t, [&](Index p) {
     const Index b = p * kChunk, e = std::min(n, b + kChunk);
     const float* sp = src + b;
     const float* dyp = dy + b;
     float* dzp = dz + b;
 #pragma omp simd
     for (Index i = 0; i < e - b; ++i) dzp[i] = g(sp[i], dyp[i]);
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -507,8 +504,7 @@ template <bool kBackward>
 void rrelu_train_pass(const RreluSlopes& sl, const float* x, const float* dy, float* out, Index n) {
   const Index pieces = (n + kChunk - 1) / kChunk;
   const int t = threads_for(30.0 * static_cast<double>(n), pieces);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index p = 0; p < pieces; ++p) {
+  parallel_for(pieces, t, [&](Index p) {
     const Index e = std::min(n, (p + 1) * kChunk);
     float slope[kRreluGroup];
     for (Index b = p * kChunk; b < e; b += kRreluGroup) {
@@ -525,7 +521,7 @@ void rrelu_train_pass(const RreluSlopes& sl, const float* x, const float* dy, fl
         for (Index j = 0; j < m; ++j) ob[j] = simd::sel(xb[j] > 0.0f, xb[j], xb[j] * slope[j]);
       }
     }
-  }
+  });
 }
 
 void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, Index rows,
@@ -538,12 +534,11 @@ void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, I
   if (bias) {
     // z + bias is the pre-activation backward reads (rrelu's derivative needs x).
     const int t = threads_for(static_cast<double>(rows) * static_cast<double>(cols), rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-    for (Index r = 0; r < rows; ++r) {
+    parallel_for(rows, t, [&](Index r) {
       float* zr = z + r * cols;
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) zr[c] += bias[c];
-    }
+    });
   }
   rrelu_train_pass<false>(rrelu_slopes(a, ctx), z, nullptr, y, rows * cols);
 }
@@ -571,8 +566,7 @@ void rrelu_backward(const Activation& a, const float* z, const float* y, const f
   const int t = threads_for(8.0 * static_cast<double>(n), pieces);
   constexpr float kMinNormal = std::numeric_limits<float>::min();
   constexpr float kMax = std::numeric_limits<float>::max();
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index p = 0; p < pieces; ++p) {
+  parallel_for(pieces, t, [&](Index p) {
     const Index e = std::min(n, (p + 1) * kChunk);
     float slope[kRreluGroup];
     for (Index b = p * kChunk; b < e; b += kRreluGroup) {
@@ -596,7 +590,7 @@ void rrelu_backward(const Activation& a, const float* z, const float* y, const f
         for (Index j = 0; j < m; ++j) ob[j] = simd::sel(xb[j] > 0.0f, gb[j], gb[j] * (yb[j] / xb[j]));
       }
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -606,8 +600,7 @@ void rrelu_backward(const Activation& a, const float* z, const float* y, const f
 
 void crelu_forward(float* z, const float* bias, float* y, Index rows, Index cols) {
   const int t = threads_for(2.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, t, [&](Index r) {
     const float* zr = z + r * cols;
     float* yp = y + r * 2 * cols;
     float* yn = yp + cols;
@@ -626,13 +619,12 @@ void crelu_forward(float* z, const float* bias, float* y, Index rows, Index cols
         yn[c] = simd::max_(-x, 0.0f);
       }
     }
-  }
+  });
 }
 
 void crelu_backward(const float* y, const float* dy, float* dz, Index rows, Index cols) {
   const int t = threads_for(3.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, t, [&](Index r) {
     const float* yp = y + r * 2 * cols;
     const float* yn = yp + cols;
     const float* gp = dy + r * 2 * cols;
@@ -641,7 +633,7 @@ void crelu_backward(const float* y, const float* dy, float* dz, Index rows, Inde
 #pragma omp simd
     for (Index c = 0; c < cols; ++c)
       d[c] = simd::sel(yp[c] > 0.0f, gp[c], 0.0f) - simd::sel(yn[c] > 0.0f, gn[c], 0.0f);
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -661,8 +653,7 @@ NERVE_INLINE float exp_shifted(float x, float m) {
 template <bool kLog>
 void softmax_forward(float* z, const float* bias, float* y, Index rows, Index cols) {
   const int t = threads_for(25.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, t, [&](Index r) {
     const float* zr = z + r * cols;
     float* yr = y + r * cols;
     float m = -std::numeric_limits<float>::infinity();
@@ -718,7 +709,7 @@ void softmax_forward(float* z, const float* bias, float* y, Index rows, Index co
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) yr[c] *= inv;
     }
-  }
+  });
 }
 
 // softmax:     dz = y * (dy - sum(dy * y))
@@ -726,8 +717,7 @@ void softmax_forward(float* z, const float* bias, float* y, Index rows, Index co
 template <bool kLog>
 void softmax_backward(const float* y, const float* dy, float* dz, Index rows, Index cols) {
   const int t = threads_for(25.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, t, [&](Index r) {
     const float* yr = y + r * cols;
     const float* gr = dy + r * cols;
     float* dr = dz + r * cols;
@@ -745,7 +735,7 @@ void softmax_backward(const float* y, const float* dy, float* dz, Index rows, In
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) dr[c] = yr[c] * (gr[c] - sf);
     }
-  }
+  });
 }
 
 }  // namespace

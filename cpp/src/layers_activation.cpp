@@ -37,8 +37,7 @@ void PReLU::forward(const float* x, float* y, Index batch, const StepContext& /*
   const Index cols = in_features;
   const float* a = alpha.value();
   const int t = threads_for(2.0 * static_cast<double>(batch) * cols, batch);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < batch; ++r) {
+  parallel_for(batch, t, [&](Index r) {
     const float* xr = x + r * cols;
     float* yr = y + r * cols;
     if (shared) {
@@ -49,7 +48,7 @@ void PReLU::forward(const float* x, float* y, Index batch, const StepContext& /*
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) yr[c] = simd::sel(xr[c] > 0.0f, xr[c], a[c] * xr[c]);
     }
-  }
+  });
 }
 
 void PReLU::backward(const float* x, const float* /*y*/, float* dy, float* dx, Index batch,
@@ -60,8 +59,7 @@ void PReLU::backward(const float* x, const float* /*y*/, float* dy, float* dx, I
   if (!want_grad) {
     if (!dx) return;
     const int t = threads_for(2.0 * static_cast<double>(batch) * cols, batch);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-    for (Index r = 0; r < batch; ++r) {
+    parallel_for(batch, t, [&](Index r) {
       const float* xr = x + r * cols;
       const float* gr = dy + r * cols;
       float* dr = dx + r * cols;
@@ -70,7 +68,7 @@ void PReLU::backward(const float* x, const float* /*y*/, float* dy, float* dx, I
         const float s = shared ? a[0] : a[c];
         dr[c] = simd::sel(xr[c] > 0.0f, gr[c], s * gr[c]);
       }
-    }
+    });
     return;
   }
   // One pass: dx and the per-column sums of x*dy over x <= 0 (PyTorch's
@@ -79,8 +77,7 @@ void PReLU::backward(const float* x, const float* /*y*/, float* dy, float* dx, I
   const bool acc_out = shared ? false : accumulate;
   const Index blocks = (cols + kColBlock - 1) / kColBlock;
   const int t = threads_for(4.0 * static_cast<double>(batch) * cols, blocks);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index blk = 0; blk < blocks; ++blk) {
+  parallel_for(blocks, t, [&](Index blk) {
     const Index c0 = blk * kColBlock, c1 = std::min(cols, c0 + kColBlock);
     float acc[kColBlock];
     for (Index c = c0; c < c1; ++c) acc[c - c0] = 0.0f;
@@ -99,7 +96,7 @@ void PReLU::backward(const float* x, const float* /*y*/, float* dy, float* dx, I
       for (Index c = c0; c < c1; ++c) acc[c - c0] += simd::sel(xr[c] > 0.0f, 0.0f, xr[c] * gr[c]);
     }
     for (Index c = c0; c < c1; ++c) out[c] = acc_out ? out[c] + acc[c - c0] : acc[c - c0];
-  }
+  });
   if (shared) {
     double s = 0.0;
     for (Index c = 0; c < cols; ++c) s += col_grad_.data()[c];
@@ -127,8 +124,7 @@ void SwishLayer::forward(const float* x, float* y, Index batch, const StepContex
   const Index n = batch * in_features;
   const Index pieces = chunks_of(n);
   const int t = threads_for(20.0 * static_cast<double>(n), pieces);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index p = 0; p < pieces; ++p) {
+  parallel_for(pieces, t, [&](Index p) {
     const Index lo = p * kChunk, hi = std::min(n, lo + kChunk);
     const float* xp = x + lo;
     float* yp = y + lo;
@@ -139,7 +135,7 @@ void SwishLayer::forward(const float* x, float* y, Index batch, const StepContex
       const float h = b * xp[i];
       yp[i] = xp[i] * simd::sigmoid2(h, simd::fma_(b, xp[i], -h));
     }
-  }
+  });
 }
 
 void SwishLayer::backward(const float* x, const float* /*y*/, float* dy, float* dx, Index batch,
@@ -152,8 +148,7 @@ void SwishLayer::backward(const float* x, const float* /*y*/, float* dy, float* 
   if (want_grad) partial_.reserve(2 * pieces);  // allocates only when plan() was skipped
   double* part = reinterpret_cast<double*>(partial_.data());
   const int t = threads_for(30.0 * static_cast<double>(n), pieces);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index p = 0; p < pieces; ++p) {
+  parallel_for(pieces, t, [&](Index p) {
     const Index lo = p * kChunk, len = std::min(n, lo + kChunk) - lo;
     const float* xp = x + lo;
     const float* gp = dy + lo;
@@ -188,7 +183,7 @@ void SwishLayer::backward(const float* x, const float* /*y*/, float* dy, float* 
       }
     }
     if (want_grad) part[p] = acc;
-  }
+  });
   if (want_grad) {
     double s = 0.0;
     for (Index p = 0; p < pieces; ++p) s += part[p];
@@ -221,8 +216,7 @@ void Maxout::forward(const float* x, float* y, Index batch, const StepContext& c
   const Index width = units * pieces;
   const float* z = z_.data();
   const int t = threads_for(static_cast<double>(batch) * width, batch);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < batch; ++r) {
+  parallel_for(batch, t, [&](Index r) {
     const float* zr = z + r * width;
     float* yr = y + r * units;
     for (Index j = 0; j < units; ++j) {
@@ -233,7 +227,7 @@ void Maxout::forward(const float* x, float* y, Index batch, const StepContext& c
         if (g[k] > m || g[k] != g[k]) m = (m != m) ? m : g[k];
       yr[j] = m;
     }
-  }
+  });
 }
 
 void Maxout::backward(const float* x, const float* /*y*/, float* dy, float* dx, Index batch,
@@ -242,8 +236,7 @@ void Maxout::backward(const float* x, const float* /*y*/, float* dy, float* dx, 
   const float* z = z_.data();
   float* dz = dz_.data();
   const int t = threads_for(2.0 * static_cast<double>(batch) * width, batch);
-#pragma omp parallel for num_threads(t) if (t > 1) schedule(static)
-  for (Index r = 0; r < batch; ++r) {
+  parallel_for(batch, t, [&](Index r) {
     const float* zr = z + r * width;
     const float* gr = dy + r * units;
     float* dr = dz + r * width;
@@ -261,7 +254,7 @@ void Maxout::backward(const float* x, const float* /*y*/, float* dy, float* dx, 
       for (Index k = 0; k < pieces; ++k) d[k] = 0.0f;
       d[best] = gr[j];
     }
-  }
+  });
   inner->trainable = trainable;
   inner->backward(x, z, dz, dx, batch, ctx, accumulate);
 }

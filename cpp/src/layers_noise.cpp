@@ -88,8 +88,7 @@ void masked_map(const RandomKey& key, float rate, const float* in, float* out, I
                 float dropped) {
   const Index pieces = (n + kPiece - 1) / kPiece;
   const int threads = threads_for(40.0 * n, pieces);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (Index p = 0; p < pieces; ++p) {
+  parallel_for(pieces, threads, [&](Index p) {
     const Index begin = p * kPiece, end = std::min(n, begin + kPiece);
     Index i = begin;
     std::uint32_t w8[4][8];
@@ -109,7 +108,7 @@ void masked_map(const RandomKey& key, float rate, const float* in, float* out, I
       for (Index k = 0; k < m; ++k)
         out[i + k] = simd::sel(RandomKey::to_unit_float(w[k]) >= rate, kept(in[i + k]), dropped);
     }
-  }
+  });
 }
 
 void check_rate(const char* name, double rate) {
@@ -231,8 +230,7 @@ void GaussianNoise::forward(const float* x, float* y, Index batch, const StepCon
   const float sd = static_cast<float>(stddev);
   const Index pieces = (n + kPiece - 1) / kPiece;
   const int threads = threads_for(40.0 * n, pieces);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (Index p = 0; p < pieces; ++p) {
+  parallel_for(pieces, threads, [&](Index p) {
     const Index begin = p * kPiece, end = std::min(n, begin + kPiece);
     // Element i takes normal i % 4 of Philox block i / 4 (pairs from words
     // (0, 1) and (2, 3)). Words for 64 blocks first, then the math as one
@@ -256,7 +254,7 @@ void GaussianNoise::forward(const float* x, float* y, Index batch, const StepCon
 #pragma omp simd
       for (Index k = 0; k < m; ++k) y[i + k] = x[i + k] + sd * z[k];
     }
-  }
+  });
 }
 
 void GaussianNoise::backward(const float* /*x*/, const float* /*y*/, float* dy, float* dx, Index batch,

@@ -25,13 +25,12 @@ template <class Term>
 void column_reduce(Index batch, Index F, double* partial, double* out, Term&& term) {
   const Index chunks = chunks_of(batch);
   const int threads = threads_for(4.0 * batch * F, chunks);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (Index c = 0; c < chunks; ++c) {
+  parallel_for(chunks, threads, [&](Index c) {
     double* acc = partial + c * F;
     std::fill(acc, acc + F, 0.0);
     const Index end = std::min(batch, (c + 1) * kRowChunk);
     for (Index r = c * kRowChunk; r < end; ++r) term(r, acc);
-  }
+  });
   for (Index f = 0; f < F; ++f) {
     double s = 0.0;
     for (Index c = 0; c < chunks; ++c) s += partial[c * F + f];
@@ -44,11 +43,10 @@ template <class Body>
 void for_rows(Index batch, Index F, Body&& body) {
   const Index chunks = chunks_of(batch);
   const int threads = threads_for(3.0 * batch * F, chunks);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (Index c = 0; c < chunks; ++c) {
+  parallel_for(chunks, threads, [&](Index c) {
     const Index end = std::min(batch, (c + 1) * kRowChunk);
     for (Index r = c * kRowChunk; r < end; ++r) body(r);
-  }
+  });
 }
 
 }  // namespace

@@ -120,12 +120,11 @@ void ParamArena::apply_mask() {
   constexpr Index kPiece = 1 << 16;
   const Index pieces = (n + kPiece - 1) / kPiece;
   const int threads = threads_for(2.0 * n, pieces);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (Index c = 0; c < pieces; ++c) {
+  parallel_for(pieces, threads, [&](Index c) {
     const Index end = std::min(n, (c + 1) * kPiece);
 #pragma omp simd
     for (Index i = c * kPiece; i < end; ++i) p[i] = m[i] != 0.0f ? p[i] : 0.0f;
-  }
+  });
 }
 
 }  // namespace nerve

@@ -774,11 +774,15 @@ Loss make_loss(const std::string& name, const std::map<std::string, double>& par
 }
 
 void validate_target(const Loss& loss, const Target& target, Index rows, Index cols) {
-  const std::string name = loss_name(loss.kind);
-  require(rows >= 1, "loss '" + name + "': batch must have at least one row, got " +
-                         std::to_string(rows));
-  require(cols >= 1, "loss '" + name + "': predictions must have at least one column, got " +
-                         std::to_string(cols));
+  // std::string only on failure (long names would heap-allocate every step).
+  const char* const name = loss_name(loss.kind);
+  // Messages are built only on failure: a training step must not allocate.
+  if (rows < 1)
+    throw ValueError(std::string("loss '") + name + "': batch must have at least one row, got " +
+                     std::to_string(rows));
+  if (cols < 1)
+    throw ValueError(std::string("loss '") + name + "': predictions must have at least one column, got " +
+                     std::to_string(cols));
   const bool has_values = target.values != nullptr, has_labels = target.labels != nullptr;
   switch (loss.kind) {
     case LossKind::CrossEntropy:
@@ -795,16 +799,16 @@ void validate_target(const Loss& loss, const Target& target, Index rows, Index c
               "loss 'distillation' needs teacher logits (rows x cols) and integer class labels");
       break;
     default:
-      require(has_values && !has_labels,
-              "loss '" + name + "' needs float targets of the prediction's shape (rows x " +
-                  std::to_string(cols) + "), not integer labels");
+      if (!(has_values && !has_labels))
+        throw ValueError(std::string("loss '") + name + "' needs float targets of the prediction's shape (rows x " +
+                         std::to_string(cols) + "), not integer labels");
       break;
   }
   if (has_labels) {
     for (Index i = 0; i < rows; ++i) {
       const std::int64_t y = target.labels[i];
       if (y < 0 || y >= cols)
-        throw ValueError("loss '" + name + "': label " + std::to_string(y) + " at row " +
+        throw ValueError(std::string("loss '") + name + "': label " + std::to_string(y) + " at row " +
                          std::to_string(i) + " is out of range; labels must be in [0, " +
                          std::to_string(cols) + ")");
     }
@@ -820,9 +824,10 @@ void validate_target(const Loss& loss, const Target& target, Index rows, Index c
     }
   }
   if (!loss.class_weight.empty())
-    require(static_cast<Index>(loss.class_weight.size()) == cols,
-            "loss '" + name + "': class weight has " + std::to_string(loss.class_weight.size()) +
-                " entries but predictions have " + std::to_string(cols) + " columns");
+    if (static_cast<Index>(loss.class_weight.size()) != cols)
+      throw ValueError(std::string("loss '") + name + "': class weight has " +
+                       std::to_string(loss.class_weight.size()) + " entries but predictions have " +
+                       std::to_string(cols) + " columns");
 }
 
 // The hot path trusts validate_target (called once per batch by the caller):

@@ -26,6 +26,12 @@ Network::Network(Index input_dim, std::vector<std::shared_ptr<Layer>> layers)
         arenas_.push_back(p->arena.get());
   }
   outputs_.resize(layers_.size());
+  // Layer::params() builds a vector: ask once here, not in every backward.
+  for (auto& layer : layers_) {
+    bool any = false;
+    for (ParamRef* p : layer->params()) any = any || p->size > 0;
+    has_params_.push_back(any);
+  }
 }
 
 void Network::plan(Index capacity) {
@@ -69,7 +75,7 @@ void Network::backward(const float* dout, Index batch, bool accumulate, float* d
   // Lowest layer whose gradient anyone needs.
   std::size_t lowest = layers_.size();
   for (std::size_t i = 0; i < layers_.size(); ++i)
-    if (layers_[i]->has_trainable_params()) {
+    if (layers_[i]->trainable && has_params_[i]) {  // = has_trainable_params(), without allocating
       lowest = i;
       break;
     }

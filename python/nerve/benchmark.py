@@ -5,8 +5,10 @@ both frameworks on the same random batches, one optimizer step per call, and
 reports samples/s per batch size and thread count as medians over rounds that
 alternate between the two, with the nerve/PyTorch ratio measured in the same
 run. Also reports the achieved GFLOP/s of the step (6·params-ish FLOPs per
-sample: forward 2, backward 4 per weight) so large batches can be compared
-with the machine's sgemm rate (bench/machine_limits.py).
+sample: forward 2, backward 4 per weight) and, for batches >= 512, that rate
+against the best sgemm GFLOP/s (numpy's BLAS or PyTorch's, 2048³) measured in
+the same run at the same thread count (bench/machine_limits.py has the
+per-shape table).
 
 Run: python bench/train_mlp.py [--against torch] [--threads 1,2] [--model ref]
 or:  nerve bench --against torch
@@ -65,6 +67,34 @@ def _torch_model(sizes, weights, lr, fused):
     return model, opt
 
 
+def sgemm_roof(torch=None, n=2048, seconds=0.3):
+    """Best sgemm GFLOP/s of this process's BLAS libraries on an n x n x n
+    product at the current thread count: numpy's (OpenBLAS) and PyTorch's (MKL)
+    when given. The roof that the whole-step GFLOP/s at large batches is held
+    against (issue 6: >= 90%). Returns {"numpy": .., "torch": ..}."""
+    r = np.random.default_rng(0)
+    a = r.standard_normal((n, n)).astype(np.float32)
+    b = r.standard_normal((n, n)).astype(np.float32)
+    c = np.empty((n, n), np.float32)
+    libs = {"numpy": lambda: np.matmul(a, b, out=c)}
+    if torch is not None:
+        ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+        libs["torch"] = lambda: torch.mm(ta, tb, out=tc)
+    out = {}
+    for name, fn in libs.items():
+        fn()
+        best = float("inf")
+        t_end = time.perf_counter() + seconds
+        while True:
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+            if time.perf_counter() > t_end:
+                break
+        out[name] = 2.0 * n ** 3 / best / 1e9
+    return out
+
+
 def _init_weights(sizes, seed=0):
     r = np.random.default_rng(seed)
     out = []
@@ -75,7 +105,7 @@ def _init_weights(sizes, seed=0):
     return out
 
 
-def run(sizes, batches, threads, rounds, against, seconds, fused, log=print):
+def run(sizes, batches, threads, rounds, against, seconds, fused, log=print, roof=True):
     import nerve as nv
 
     torch = None
@@ -88,6 +118,15 @@ def run(sizes, batches, threads, rounds, against, seconds, fused, log=print):
         nv.set_num_threads(t)
         if torch is not None:
             torch.set_num_threads(t)
+        # numpy's BLAS pool follows too, so the roof is measured at t threads.
+        limiter = None
+        try:
+            from threadpoolctl import threadpool_limits
+
+            limiter = threadpool_limits(limits=t, user_api="blas")
+        except ImportError:
+            pass
+        first_row = len(results)
         for batch in batches:
             r = np.random.default_rng(batch)
             pool = max(4, min(64, (1 << 22) // (batch * sizes[0]) + 1))
@@ -142,20 +181,40 @@ def run(sizes, batches, threads, rounds, against, seconds, fused, log=print):
             if torch is not None:
                 msg += f", torch {row['torch_samples_per_s']:,.0f}/s, ratio {row['ratio']:.2f}x"
             log(msg)
+        # The roof is measured after this thread count's rows: numpy's BLAS
+        # threads spin for a while after a call and would steal cycles from
+        # the timings that follow.
+        if roof and any(b >= 512 for b in batches):
+            roof_gf = sgemm_roof(torch)
+            for row in results[first_row:]:
+                row["sgemm_roof"] = roof_gf
+                row["nerve_vs_best_sgemm"] = row["nerve_gflops"] / max(roof_gf.values())
+        if limiter is not None:
+            limiter.restore_original_limits()
     return results
 
 
 def table(results, against):
+    roof = any("sgemm_roof" in r for r in results)
     head = "| threads | batch | nerve samples/s | nerve GFLOP/s |"
     sep = "|---|---|---|---|"
     if against:
         head += " PyTorch samples/s | PyTorch GFLOP/s | nerve / PyTorch |"
         sep += "---|---|---|"
+    if roof:
+        head += " best sgemm GFLOP/s | nerve step / best sgemm |"
+        sep += "---|---|"
     lines = [head, sep]
     for r in results:
         line = f"| {r['threads']} | {r['batch']} | {r['nerve_samples_per_s']:,.0f} | {r['nerve_gflops']:.1f} |"
         if against:
             line += f" {r['torch_samples_per_s']:,.0f} | {r['torch_gflops']:.1f} | **{r['ratio']:.2f}×** |"
+        if roof:
+            if "sgemm_roof" in r and r["batch"] >= 512:
+                best = max(r["sgemm_roof"], key=r["sgemm_roof"].get)
+                line += f" {r['sgemm_roof'][best]:.1f} ({best}) | {r['nerve_vs_best_sgemm']:.0%} |"
+            else:
+                line += " | |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -170,13 +229,14 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=0.25, help="target duration of one measurement")
     p.add_argument("--torch-fused", action="store_true", help="PyTorch Adam(fused=True) instead of its default")
     p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--no-roof", action="store_true", help="skip the sgemm roof measurement (batches >= 512)")
     a = p.parse_args(argv)
     import nerve as nv
 
     sizes = MODELS[a.model]
     batches = [int(b) for b in a.batches.split(",")]
     threads = [int(t) for t in a.threads.split(",")]
-    results = run(sizes, batches, threads, a.rounds, a.against, a.seconds, a.torch_fused)
+    results = run(sizes, batches, threads, a.rounds, a.against, a.seconds, a.torch_fused, roof=not a.no_roof)
     meta = {"model": sizes, "nerve": nv.build_info(), "machine": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "rounds": a.rounds, "torch_fused": a.torch_fused}
     if a.against == "torch":

@@ -23,5 +23,10 @@ struct ValueError : std::invalid_argument {
 inline void require(bool ok, const std::string& message) {
   if (!ok) throw ValueError(message);
 }
+// A literal message builds no std::string unless the check fails: checks on
+// the training-step path must not allocate (tests/test_alloc.py).
+inline void require(bool ok, const char* message) {
+  if (!ok) throw ValueError(message);
+}
 
 }  // namespace nerve

@@ -1,12 +1,16 @@
-// Matrix products for the layers, on top of Eigen's single-threaded GEMM.
+// Matrix products for the layers, on top of Eigen's single-threaded GEMM kernel.
 //
 // Threads split the output C into tiles whose shape depends only on (M, N, K),
-// never on the thread count; each tile is one single-threaded Eigen product.
-// Every element of C therefore sees the same sequence of floating-point
-// operations whatever the number of threads: training is bit-reproducible on
-// 1 or 2 (or 64) threads. Eigen's own threading chooses its k-blocking from the
-// thread count, which would break that, so it is compiled out
-// (EIGEN_DONT_PARALLELIZE).
+// never on the thread count; each tile is one single-threaded product. Every
+// element of C therefore sees the same sequence of floating-point operations
+// whatever the number of threads: training is bit-reproducible on 1 or 2 (or
+// 64) threads. Eigen's own threading chooses its k-blocking from the thread
+// count, which would break that, so it is compiled out (EIGEN_DONT_PARALLELIZE).
+//
+// Per tile: one row or column -> Eigen's matrix-vector product; depth K <= 4
+// (dW at batch 1-4) -> a single-pass rank-K update; otherwise Eigen's GEMM
+// kernel called directly with this thread's packing buffers (grown once,
+// kept), so a product allocates nothing. See bench/README.md, "Levers".
 #pragma once
 #include "nerve/common.hpp"
 

@@ -63,6 +63,7 @@ class Network {
   std::vector<ParamArena*> arenas_;     // every arena a layer's parameters live in
   Index capacity_ = 0;
   std::vector<AlignedBuffer> outputs_;  // outputs_[i]: output of layer i
+  std::vector<bool> has_params_;        // layer i has parameters (of nonzero size)
   AlignedBuffer grad_a_, grad_b_;       // ping-pong buffers for dL/dy, dL/dx
   const float* input_ = nullptr;        // x of the last forward
   bool last_training_ = false;

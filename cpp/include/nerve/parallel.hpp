@@ -28,4 +28,18 @@ inline int threads_for(double work, Index pieces) {
   return static_cast<int>(t < pieces ? t : pieces);
 }
 
+// body(i) for i in [0, count), split statically over `threads` threads. One
+// thread runs the plain loop and never enters an OpenMP region: libgomp
+// mallocs and frees a team for every single-thread region (it caches only
+// multi-thread teams), which would be the only heap traffic of a training step.
+template <class F>
+inline void parallel_for(Index count, int threads, F&& body) {
+  if (threads <= 1) {
+    for (Index i = 0; i < count; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (Index i = 0; i < count; ++i) body(i);
+}
+
 }  // namespace nerve

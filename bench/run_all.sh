@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Every benchmark behind bench/README.md's figures, in one session, into
+# bench/results/ (JSON + the printed tables in run_all.log). Assumes the
+# module is built into python/nerve and bench_kernels into build/dev (see
+# bench/README.md). Takes ~10 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=python
+out=bench/results
+mkdir -p "$out"
+bin=build/dev/bench/bench_kernels
+{
+  echo "# $(date -u) $(uname -n) load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  python3 -c "import nerve; print(nerve.build_info())"
+  python3 bench/machine_limits.py --json "$out/machine_limits.json"
+  if [ -x "$bin" ]; then
+    "$bin" --benchmark_min_time=0.1 --benchmark_out="$out/bench_kernels.json" \
+      --benchmark_out_format=json --benchmark_counters_tabular=false
+  fi
+  python3 bench/train_mlp.py --against torch --threads 1,2 --json "$out/train_mlp_ref.json"
+  python3 bench/train_mlp.py --against torch --threads 1,2 --model deep --json "$out/train_mlp_deep.json"
+  python3 bench/train_mlp.py --against torch --threads 1,2 --model wide --batches 1,32,128,512 \
+    --rounds 3 --json "$out/train_mlp_wide.json"
+  python3 bench/optimizer_step.py --json "$out/optimizer_step.json"
+  python3 bench/peak_memory.py --json "$out/peak_memory.json"
+  python3 bench/fit_loop.py
+  python3 bench/plot_throughput.py "$out/train_mlp_ref.json" --out docs/throughput.png
+  echo "# done $(date -u) load: $(cut -d' ' -f1-3 /proc/loadavg)"
+} 2>&1 | tee "$out/run_all.log"

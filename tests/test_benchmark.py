@@ -1,0 +1,32 @@
+"""nerve.benchmark: FLOP accounting and a tiny end-to-end run (no PyTorch needed)."""
+import json
+
+import numpy as np
+
+from nerve import benchmark
+
+
+def test_flops_per_sample_counts_forward_and_backward():
+    # 784-512-10: first layer forward 2 + dW 2 (no dX); second layer 2 + 2 + 2.
+    assert benchmark.flops_per_sample([784, 512, 10]) == 4 * 784 * 512 + 6 * 512 * 10
+
+
+def test_run_and_table_on_a_tiny_model(tmp_path):
+    rows = benchmark.run([8, 16, 3], batches=[1, 4], threads=[1], rounds=1, against=None,
+                         seconds=0.01, fused=False, log=lambda *_: None, roof=False)
+    assert [(r["threads"], r["batch"]) for r in rows] == [(1, 1), (1, 4)]
+    for r in rows:
+        assert r["nerve_samples_per_s"] > 0
+        assert np.isclose(r["nerve_gflops"], r["nerve_samples_per_s"] * benchmark.flops_per_sample([8, 16, 3]) / 1e9)
+    text = benchmark.table(rows, None)
+    assert text.count("\n") == 3 and "| 1 | 4 |" in text
+    out = tmp_path / "r.json"
+    assert benchmark.main(["--model", "deep", "--batches", "2", "--threads", "1", "--rounds", "1",
+                           "--seconds", "0.01", "--no-roof", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["model"] == benchmark.MODELS["deep"] and len(data["results"]) == 1
+
+
+def test_sgemm_roof_is_a_positive_rate():
+    roof = benchmark.sgemm_roof(None, n=64, seconds=0.01)
+    assert set(roof) == {"numpy"} and roof["numpy"] > 0
