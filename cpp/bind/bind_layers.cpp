@@ -178,7 +178,7 @@ void bind_layers(py::module_& m) {
       .def_readonly("stddev", &GaussianNoise::stddev);
   py::class_<Residual, Layer, std::shared_ptr<Residual>>(m, "Residual")
       .def(py::init<std::vector<std::shared_ptr<Layer>>>(), py::arg("layers"))
-      .def_readonly("layers", &Residual::layers);
+      .def_property_readonly("layers", [](Residual& r) { return r.body.layers; });
 
   // Learnable activations (layers_activation.cpp).
   py::class_<PReLU, Layer, std::shared_ptr<PReLU>>(m, "PReLU")

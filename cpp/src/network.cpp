@@ -8,28 +8,19 @@
 namespace nerve {
 
 Network::Network(Index input_dim, std::vector<std::shared_ptr<Layer>> layers)
-    : input_dim_(input_dim), layers_(std::move(layers)) {
+    : input_dim_(input_dim) {
   require(input_dim > 0, "input_dim must be positive, got " + std::to_string(input_dim));
-  Index width = input_dim;
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
-    require(layers_[i] != nullptr, "layer " + std::to_string(i) + " is null");
-    require(layers_[i]->in_features == width,
-            "layer " + std::to_string(i) + " (" + layers_[i]->type() + ") expects " +
-                std::to_string(layers_[i]->in_features) + " input features, but the previous layer gives " +
-                std::to_string(width));
-    for (ParamRef* p : layers_[i]->params())
+  stack_ = LayerStack(std::move(layers), input_dim, "model");
+  for (std::size_t i = 0; i < stack_.layers.size(); ++i) {
+    Layer& layer = *stack_.layers[i];
+    bool any = false;  // Layer::params() builds a vector: ask once here, not in every backward
+    for (ParamRef* p : layer.params()) {
       require(p->size == 0 || p->bound(),
-              "layer " + std::to_string(i) + " (" + layers_[i]->type() + ") has unbound parameters");
-    width = layers_[i]->out_features;
-    for (ParamRef* p : layers_[i]->params())
+              "layer " + std::to_string(i) + " (" + layer.type() + ") has unbound parameters");
+      any = any || p->size > 0;
       if (p->bound() && std::find(arenas_.begin(), arenas_.end(), p->arena.get()) == arenas_.end())
         arenas_.push_back(p->arena.get());
-  }
-  outputs_.resize(layers_.size());
-  // Layer::params() builds a vector: ask once here, not in every backward.
-  for (auto& layer : layers_) {
-    bool any = false;
-    for (ParamRef* p : layer->params()) any = any || p->size > 0;
+    }
     has_params_.push_back(any);
   }
 }
@@ -37,80 +28,44 @@ Network::Network(Index input_dim, std::vector<std::shared_ptr<Layer>> layers)
 void Network::plan(Index capacity) {
   require(capacity > 0, "batch size must be positive");
   if (capacity <= capacity_) return;
-  Index widest = input_dim_;
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
-    layers_[i]->plan(capacity);
-    outputs_[i].reserve(capacity * layers_[i]->out_features);
-    widest = std::max(widest, layers_[i]->out_features);
-  }
-  grad_a_.reserve(capacity * widest);
-  grad_b_.reserve(capacity * widest);
+  stack_.plan(capacity);
   capacity_ = capacity;
 }
 
-void Network::check_batch(Index batch, bool training) const {
-  for (auto& layer : layers_) layer->check_batch(batch, training && layer->trainable);
-}
+void Network::check_batch(Index batch, bool training) const { stack_.check_batch(batch, training); }
 
 const float* Network::forward(const float* x, Index batch, bool training) {
   check_batch(batch, training);
   plan(batch);
-  StepContext ctx{training, seed, step};
-  const float* in = x;
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
-    // A frozen layer runs as in evaluation (e.g. frozen batch norm uses its running statistics).
-    ctx.training = training && layers_[i]->trainable;
-    layers_[i]->forward(in, outputs_[i].data(), batch, ctx);
-    in = outputs_[i].data();
-  }
+  const float* y = stack_.forward(x, batch, StepContext{training, seed, step});
   input_ = x;
   last_training_ = training;
   last_batch_ = batch;
-  return in;
+  return y;
 }
 
 void Network::backward(const float* dout, Index batch, bool accumulate, float* dx) {
   if (input_ == nullptr || batch != last_batch_)
     throw ValueError("backward: call forward on a batch of " + std::to_string(batch) + " rows first");
-  // Lowest layer whose gradient anyone needs.
-  std::size_t lowest = layers_.size();
-  for (std::size_t i = 0; i < layers_.size(); ++i)
-    if (layers_[i]->trainable && has_params_[i]) {  // = has_trainable_params(), without allocating
+  // Below the lowest layer with trainable parameters nobody needs a gradient
+  // (frozen prefixes cost nothing), unless the caller asks for dL/dx.
+  std::size_t lowest = stack_.layers.size();
+  for (std::size_t i = 0; i < stack_.layers.size(); ++i)
+    if (stack_.layers[i]->trainable && has_params_[i]) {  // = has_trainable_params(), without allocating
       lowest = i;
       break;
     }
   if (dx) lowest = 0;
-  const Index out_width = output_dim();
-  float* cur = grad_a_.data();
-  float* other = grad_b_.data();
-  if (dout != cur) std::copy(dout, dout + batch * out_width, cur);
-  if (layers_.empty()) {
-    if (dx) std::copy(cur, cur + batch * out_width, dx);
-    return;
-  }
-  StepContext ctx{last_training_, seed, step};
-  for (std::size_t i = layers_.size(); i-- > lowest;) {
-    const float* x = i == 0 ? input_ : outputs_[i - 1].data();
-    float* dxi = i > lowest ? other : (i == 0 ? dx : nullptr);
-    ctx.training = last_training_ && layers_[i]->trainable;
-    layers_[i]->backward(x, outputs_[i].data(), cur, dxi, batch, ctx, accumulate);
-    std::swap(cur, other);
-  }
+  stack_.backward(input_, dout, dx, batch, StepContext{last_training_, seed, step}, accumulate, lowest);
 }
 
-double Network::regularize(bool add_grad) {
-  double total = 0.0;
-  for (auto& layer : layers_) total += layer->regularize(add_grad);
-  return total;
-}
+double Network::regularize(bool add_grad) { return stack_.regularize(add_grad); }
 
 void Network::apply_masks() {
   for (ParamArena* a : arenas_) a->apply_mask();
 }
 
-void Network::apply_constraints() {
-  for (auto& layer : layers_) layer->apply_constraints();
-}
+void Network::apply_constraints() { stack_.apply_constraints(); }
 
 void Network::check_finite(const float* x, Index rows, Index cols, const char* what) const {
   Index r = 0, c = 0;

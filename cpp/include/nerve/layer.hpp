@@ -208,28 +208,66 @@ class GaussianNoise : public Layer {
   double stddev;
 };
 
-// y = x + f(x), f a stack of layers mapping d features to d (He et al., 2016).
-// Sub-layer outputs and gradients live in buffers planned here.
+// A chain of layers and the buffers between them: the body of a Network and
+// of a Residual block. Layer i reads the output of layer i - 1 (the input x
+// for layer 0); backward walks the chain down with two ping-pong gradient
+// buffers. A frozen layer runs as in evaluation (ctx.training is cleared for
+// it), so a frozen batch norm uses its running statistics.
+class LayerStack {
+ public:
+  LayerStack() = default;
+  // Checks that each layer takes the previous one's width; `owner` starts
+  // the error messages ("layer 2 (Dense) of Residual expects ...").
+  LayerStack(std::vector<std::shared_ptr<Layer>> layers, Index in_features, const std::string& owner);
+
+  std::vector<std::shared_ptr<Layer>> layers;
+  Index in_features = 0;
+  Index out_features = 0;
+
+  // Sizes every buffer for batches of up to `capacity` rows (no allocation
+  // later for any batch <= capacity).
+  void plan(Index capacity);
+  void check_batch(Index batch, bool training) const;
+  // Runs the chain on x; returns the last output (x itself when empty).
+  const float* forward(const float* x, Index batch, const StepContext& ctx);
+  // Back-propagates dout (copied unless it already is grad_buffer()) through
+  // the layers above `lowest`; layer `lowest` writes dx only when it is layer 0.
+  void backward(const float* x, const float* dout, float* dx, Index batch, const StepContext& ctx,
+                bool accumulate, std::size_t lowest = 0);
+  // Where a caller may write dL/d(output) directly (saves the copy).
+  float* grad_buffer() { return grad_a_.data(); }
+
+  double regularize(bool add_grad);
+  void apply_constraints();
+  std::vector<ParamRef*> params();
+  std::vector<AlignedBuffer*> buffers();
+
+ private:
+  Index capacity_ = 0;
+  std::vector<AlignedBuffer> outputs_;  // outputs_[i]: output of layer i
+  AlignedBuffer grad_a_, grad_b_;
+};
+
+// A residual block y = x + f(x) (He et al., 2016), f a LayerStack mapping
+// d features back to d (checked when built).
 class Residual : public Layer {
  public:
   explicit Residual(std::vector<std::shared_ptr<Layer>> layers);
   std::string type() const override { return "Residual"; }
-  std::vector<ParamRef*> params() override;
-  std::vector<AlignedBuffer*> buffers() override;
-  void check_batch(Index batch, bool training) const override;
-  void plan(Index capacity) override;
+  std::vector<ParamRef*> params() override { return body.params(); }
+  std::vector<AlignedBuffer*> buffers() override { return body.buffers(); }
+  void check_batch(Index batch, bool training) const override { body.check_batch(batch, training); }
+  void plan(Index capacity) override { body.plan(capacity); }
   void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
   void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
                 const StepContext& ctx, bool accumulate) override;
   double regularize(bool add_grad) override;
   void apply_constraints() override;
 
-  std::vector<std::shared_ptr<Layer>> layers;
+  LayerStack body;  // f
 
  private:
   void set_streams();
-  std::vector<AlignedBuffer> outputs_;
-  AlignedBuffer grad_a_, grad_b_;
 };
 
 // ---------------------------------------------------------------------------

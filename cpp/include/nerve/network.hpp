@@ -20,8 +20,8 @@ class Network {
   Network(Index input_dim, std::vector<std::shared_ptr<Layer>> layers);
 
   Index input_dim() const { return input_dim_; }
-  Index output_dim() const { return layers_.empty() ? input_dim_ : layers_.back()->out_features; }
-  const std::vector<std::shared_ptr<Layer>>& layers() const { return layers_; }
+  Index output_dim() const { return stack_.out_features; }
+  const std::vector<std::shared_ptr<Layer>>& layers() const { return stack_.layers; }
 
   // Sizes every buffer for batches of up to `capacity` rows. Steps with
   // batch <= capacity allocate nothing.
@@ -59,18 +59,16 @@ class Network {
 
  private:
   Index input_dim_;
-  std::vector<std::shared_ptr<Layer>> layers_;
+  LayerStack stack_;                    // the layers and the buffers between them
   std::vector<ParamArena*> arenas_;     // every arena a layer's parameters live in
   Index capacity_ = 0;
-  std::vector<AlignedBuffer> outputs_;  // outputs_[i]: output of layer i
   std::vector<bool> has_params_;        // layer i has parameters (of nonzero size)
-  AlignedBuffer grad_a_, grad_b_;       // ping-pong buffers for dL/dy, dL/dx
   const float* input_ = nullptr;        // x of the last forward
   bool last_training_ = false;
   Index last_batch_ = 0;
 
  public:
-  float* loss_grad() { return grad_a_.data(); }
+  float* loss_grad() { return stack_.grad_buffer(); }
 };
 
 }  // namespace nerve
