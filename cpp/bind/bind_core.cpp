@@ -111,7 +111,25 @@ void bind_core(py::module_& m) {
     d["openmp"] = have_openmp();
     d["eigen"] = std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) +
                  "." + std::to_string(EIGEN_MINOR_VERSION);
-    d["eigen_simd"] = std::string(Eigen::SimdInstructionSetsInUse());
+    // Eigen's own SimdInstructionSetsInUse() reports "AVX" for AVX2 builds;
+    // its feature macros tell what its kernels really use.
+    std::string eigen_simd;
+#if defined(EIGEN_VECTORIZE_AVX512)
+    eigen_simd += "avx512 ";
+#endif
+#if defined(EIGEN_VECTORIZE_AVX2)
+    eigen_simd += "avx2 ";
+#endif
+#if defined(EIGEN_VECTORIZE_FMA)
+    eigen_simd += "fma ";
+#endif
+#if defined(EIGEN_VECTORIZE_AVX)
+    eigen_simd += "avx ";
+#endif
+#if defined(EIGEN_VECTORIZE_SSE4_2)
+    eigen_simd += "sse4.2 ";
+#endif
+    d["eigen_simd"] = eigen_simd.empty() ? std::string("none") : eigen_simd.substr(0, eigen_simd.size() - 1);
     d["threads"] = num_threads();
     return d;
   });
