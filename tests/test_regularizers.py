@@ -96,8 +96,7 @@ def test_regularized_loss_gradient_numeric():
     for p in m.parameters():
         p.grad[...] = 0
     out = m.forward(x, training=True)
-    m.backward(lf.backward(out, y))
-    m._net.regularize(True)  # adds the penalty gradients, as train_step does
+    m.backward(lf.backward(out, y))  # adds the penalty gradients too, as train_step does
     grads = [p.grad.copy() for p in m.parameters()]
     directional_grad_check(lambda: m.evaluate(x, y)["loss"], [p.value for p in m.parameters()], grads,
                            eps=1e-3)

@@ -85,7 +85,7 @@ void bind_loss(py::module_& m) {
 
   m.def(
       "count_correct",
-      [](py::array pred, py::object labels, py::object values) {
+      [](py::array pred, py::object labels, py::object values, bool logits) {
         Index rows, cols;
         matrix_shape(pred, rows, cols, "pred");
         Target t = make_target(labels, values, rows, cols);
@@ -95,9 +95,11 @@ void bind_loss(py::module_& m) {
                     "label " + std::to_string(t.labels[i]) + " at row " + std::to_string(i) +
                         " is outside [0, " + std::to_string(std::max<Index>(cols, 2)) + ")");
         }
-        return count_correct(fptr(pred), t, rows, cols);
+        return logits ? count_correct_logit_threshold(fptr(pred), t, rows, cols)
+                      : count_correct(fptr(pred), t, rows, cols);
       },
-      py::arg("pred"), py::arg("labels"), py::arg("values"));
+      py::arg("pred"), py::arg("labels"), py::arg("values"), py::arg("logits") = false,
+      "Rows classified correctly; logits=True: one output column is a logit (threshold 0)");
 }
 
 }  // namespace nerve::bind

@@ -87,7 +87,11 @@ StepResult Network::train_step(const float* x, Index batch, const Target& target
   const float* y = forward(x, batch, true);
   StepResult result;
   result.loss = loss_forward_backward(loss, y, target, batch, out, loss_grad());
-  if (count) result.correct = count_correct(y, target, batch, out);
+  if (count)
+    // One logit column (trained with BCE-with-logits) is decided at 0, not 0.5.
+    result.correct = loss.kind == LossKind::BinaryCrossEntropyWithLogits
+                         ? count_correct_logit_threshold(y, target, batch, out)
+                         : count_correct(y, target, batch, out);
   backward(loss_grad(), batch, false, nullptr);
   result.loss += regularize(true);
   opt.step();

@@ -255,11 +255,15 @@ def clone(layer):
 
 
 class Activation(Layer):
-    """An activation as its own layer: ``Activation("leaky_relu", alpha=0.1)``."""
+    """An activation as its own layer: ``Activation("leaky_relu", alpha=0.1)``.
 
-    def __init__(self, activation="identity", trainable=True, name=None, **params):
-        super().__init__(trainable=trainable, name=name)
-        self.activation = activations.get(activation, **params)
+    As API.md: the first argument, ``name``, is the activation's name (or an
+    nv.activations object); the layer's own name is ``layer_name``.
+    ``activation=`` is accepted as a synonym of ``name``."""
+
+    def __init__(self, name="identity", trainable=True, layer_name=None, activation=None, **params):
+        super().__init__(trainable=trainable, name=layer_name)
+        self.activation = activations.get(activation if activation is not None else name, **params)
 
     @property
     def deterministic_in_training(self):
@@ -270,6 +274,8 @@ class Activation(Layer):
 
     def get_config(self):
         cfg = super().get_config()
+        if "name" in cfg:
+            cfg["layer_name"] = cfg.pop("name")
         cfg["activation"] = self.activation.get_config()
         return cfg
 
@@ -426,6 +432,10 @@ class Residual(Layer):
             if l.param_size() and not l._params:
                 offset = l._bind(arena, offset, init)
         self._params = [p for l in self.layers for p in l.parameters()]
+        if self._pending is not None:  # a copy(): the sub-layers take the original's weights
+            for p, value in zip(self._params, self._pending):
+                p.value = value
+            self._pending = None
         return offset
 
     @Layer.trainable.setter

@@ -81,7 +81,11 @@ def split_target(name, shape, target):
     t = np.asarray(target)
     if t.dtype.kind not in "fiub":
         raise ValueError(f"target must be numeric, got dtype {t.dtype}")
-    if name in _LABEL_LOSSES and t.ndim == 1 and cols > 1:
+    if name in _LABEL_LOSSES and t.ndim == 1:
+        if cols < 2:
+            # A softmax over one column is constantly 1: the loss would be 0 and nothing would train.
+            raise ValueError(f"{name} needs at least 2 output columns (one per class), the predictions have "
+                             f"{cols}; for binary labels with one output use binary_cross_entropy_with_logits")
         return _labels(t, rows, cols), None
     values = np.ascontiguousarray(t, dtype=np.float32)
     if values.shape != (rows, cols):
@@ -158,16 +162,20 @@ class Metric:
         key = resolve("metric", name, _METRICS)
         self.name = "zero_one" if _METRICS[key] else "accuracy"
 
-    def correct(self, pred2, target):
+    def correct(self, pred2, target, logits=False):
+        """Rows classified correctly. logits=True: a single output column is a
+        logit, so its decision threshold is 0 instead of 0.5."""
+        if isinstance(target, (tuple, list)) and len(target) == 2:
+            target = target[1]  # distillation: (teacher_logits, labels)
         t = np.asarray(target)
         if t.ndim == 1 and t.dtype.kind in "iu":
-            return _core.count_correct(pred2, _labels(t, pred2.shape[0], max(pred2.shape[1], 2)), None)
+            return _core.count_correct(pred2, _labels(t, pred2.shape[0], max(pred2.shape[1], 2)), None, logits)
         _, values = split_target("mse", pred2.shape, target)
-        return _core.count_correct(pred2, None, values)
+        return _core.count_correct(pred2, None, values, logits)
 
-    def forward(self, pred, target):
+    def forward(self, pred, target, logits=False):
         pred2 = _pred_2d(pred)
-        acc = self.correct(pred2, target) / pred2.shape[0]
+        acc = self.correct(pred2, target, logits) / pred2.shape[0]
         return 1.0 - acc if self.name == "zero_one" else acc
 
     __call__ = forward

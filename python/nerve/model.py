@@ -4,6 +4,7 @@ import io as _io
 import json
 import os
 import tempfile
+import weakref
 import zipfile
 
 import numpy as np
@@ -135,24 +136,27 @@ class Sequential:
         return [p for layer in self.layers if layer.trainable for p in layer.parameters() if p.trainable]
 
     def get_weights(self):
-        """Copies of every parameter value, in layer order (Keras get_weights)."""
-        return [p.value.copy() for p in self.parameters()]
+        """Copies of every parameter value in layer order, then every layer
+        buffer (BatchNorm running statistics), as Keras's get_weights includes
+        non-trainable weights."""
+        return [p.value.copy() for p in self.parameters()] + [b.copy() for b in self.buffers()]
 
     def set_weights(self, weights):
         """Writes values from get_weights() back (shapes checked first; nothing
         changes when one does not match)."""
-        params = self.parameters()
+        targets = [p.value for p in self.parameters()] + self.buffers()
         weights = list(weights)
-        if len(weights) != len(params):
-            raise ValueError(f"set_weights: the model has {len(params)} parameter arrays, got {len(weights)}")
+        if len(weights) != len(targets):
+            raise ValueError(f"set_weights: the model has {len(targets)} weight arrays (parameters and "
+                             f"buffers), got {len(weights)}")
         arrays = [np.asarray(w) for w in weights]
-        for i, (p, w) in enumerate(zip(params, arrays)):
-            if w.shape != p.shape:
-                raise ValueError(f"set_weights: array {i} must have shape {p.shape}, got {w.shape}")
+        for i, (t, w) in enumerate(zip(targets, arrays)):
+            if w.shape != t.shape:
+                raise ValueError(f"set_weights: array {i} must have shape {t.shape}, got {w.shape}")
             if not np.all(np.isfinite(w)):
                 raise ValueError(f"set_weights: array {i} contains NaN or Inf")
-        for p, w in zip(params, arrays):
-            p.value = w
+        for t, w in zip(targets, arrays):
+            t[...] = w
 
     def count_params(self):
         return sum(p.size for p in self.parameters())
@@ -183,6 +187,9 @@ class Sequential:
         if signature != self._opt_signature:
             self.optimizer._attach(params)
             self._opt_signature = signature
+        # The manual loop (forward, backward, optimizer.step) then behaves as
+        # train_step: step() rebinds after freezing and applies constraints.
+        self.optimizer._model = weakref.ref(self)
 
     def _ready(self, x):
         if self.optimizer is None or self.loss is None:
@@ -190,6 +197,10 @@ class Sequential:
         if not self.built:
             self.build(x.shape[1])
         self._bind_optimizer()
+
+    def _logit_outputs(self):
+        """True when a single output column is a logit (decided at 0 by accuracy)."""
+        return self.loss is not None and self.loss.name == "binary_cross_entropy_with_logits"
 
     def _split_y(self, y, rows):
         return _losses.split_target(self.loss.name, (rows, self.output_dim), y)
@@ -223,7 +234,11 @@ class Sequential:
         g = np.ascontiguousarray(grad, dtype=np.float32)
         if g.ndim == 1 and self.output_dim == 1:
             g = g.reshape(-1, 1)
-        return self._net.backward(g, True, bool(return_input_grad))
+        dx = self._net.backward(g, True, bool(return_input_grad))
+        # Weight penalties belong to the loss: their gradients join the data
+        # gradients here, as inside train_step.
+        self._net.regularize(True)
+        return dx
 
     def predict(self, x, batch_size=256):
         """Outputs for x (evaluation mode), computed in batches."""
@@ -237,10 +252,14 @@ class Sequential:
         if self.loss is None:
             raise RuntimeError("call model.compile(...) before evaluate")
         x = _as_x(x, self.input_dim)
+        _, values = self._split_y(y, x.shape[0])
+        if values is not None and not np.all(np.isfinite(values)):
+            row = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+            raise ValueError(f"y contains NaN or Inf at row {row}")
         pred = self.predict(x, batch_size)
         logs = {"loss": self.loss.forward(pred, y) + self._net.regularize(False)}
         for m in self.metrics:
-            logs[m.name] = m.forward(pred, y)
+            logs[m.name] = m.forward(pred, y, self._logit_outputs())
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         return logs
@@ -280,9 +299,11 @@ class Sequential:
             n_val = int(round(n * validation_split))
             if n_val == 0 or n_val == n:
                 raise ValueError(f"validation_split={validation_split} leaves no training or validation rows")
-            y_arr = y if isinstance(y, tuple) else np.asarray(y)
+            # Distillation targets are a (teacher_logits, labels) pair: split both.
+            paired = self.loss.name == "distillation" and isinstance(y, (tuple, list))
+            y_arr = tuple(y) if paired else np.asarray(y)
             split = (lambda a: (a[: n - n_val], a[n - n_val:]))
-            if isinstance(y_arr, tuple):
+            if paired:
                 parts = [split(np.asarray(a)) for a in y_arr]
                 y, y_val = tuple(p[0] for p in parts), tuple(p[1] for p in parts)
             else:
@@ -297,7 +318,9 @@ class Sequential:
             x_val = _as_x(validation_data[0], self.input_dim, "validation x")
             if not np.all(np.isfinite(x_val)):
                 raise ValueError("validation x contains NaN or Inf")
-            self._split_y(validation_data[1], x_val.shape[0])  # checks shapes and labels now
+            _, val_values = self._split_y(validation_data[1], x_val.shape[0])  # checks shapes and labels now
+            if val_values is not None and not np.all(np.isfinite(val_values)):
+                raise ValueError("validation y contains NaN or Inf")
             validation_data = (x_val, validation_data[1])
 
         if augment is not None:
@@ -456,7 +479,7 @@ class Sequential:
         pred = net.predict(x, int(batch_size))
         logs = {"loss": self.loss.forward(pred, y) + self._net.regularize(False)}
         for m in self.metrics:
-            logs[m.name] = m.forward(pred, y)
+            logs[m.name] = m.forward(pred, y, self._logit_outputs())
         return logs
 
     def _train_logs(self, loss_sum, correct, seen, count):
@@ -514,6 +537,7 @@ class Sequential:
                 [p._arena.mask(p._offset, p.size) if p._arena.has_mask else np.ones(p.size, np.float32)
                  for p in self.parameters()])
         if self.optimizer is not None:
+            self._bind_optimizer()  # state for exactly the tensors the saved config marks trainable
             state = self.optimizer.state_dict()
             config["compile"] = {
                 "optimizer": {"class": state["class"], "config": state["config"]},
@@ -549,6 +573,19 @@ def _atomic_savez(path, arrays):
 _MAX_CONFIG_BYTES = 16 << 20
 
 
+def _npy_shape(archive, name):
+    """The shape an .npy member declares, read from its header only."""
+    with archive.zip.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, _ = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, _ = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"array {name!r} has an unsupported .npy version {version}")
+    return tuple(shape)
+
+
 def _read_array(archive, name, max_values):
     info = archive.zip.getinfo(f"{name}.npy")
     if info.file_size > max_values * 4 + 4096:
@@ -577,7 +614,8 @@ def load_model(path, compile=True):
         try:
             return _load(archive, compile)
         except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError,
-                zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as e:
+                zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, MemoryError,
+                RecursionError) as e:
             raise ValueError(f"{path}: corrupt or incompatible nerve model file: {e}") from None
 
 
@@ -603,7 +641,21 @@ def _load(archive, compile):
         if not isinstance(entry["config"], dict):
             raise ValueError("layer config must be a mapping")
         layers.append(cls.from_config(dict(entry["config"])))
-    model = Sequential(layers, input_dim=int(mcfg["input_dim"]), name=mcfg.get("name"))
+    model = Sequential(layers, name=mcfg.get("name"))
+    # Build the layers (no parameter memory yet) and check the weights record
+    # holds exactly their parameter count before the arena is allocated, so a
+    # file claiming huge layers fails fast instead of allocating first.
+    input_dim = mcfg["input_dim"]
+    if isinstance(input_dim, bool) or not isinstance(input_dim, int) or input_dim <= 0:
+        raise ValueError(f"input_dim must be a positive int, got {input_dim!r}")
+    width = input_dim
+    for layer in layers:
+        width = layer.build(width)
+    expected = sum(layer.param_size() for layer in layers)
+    declared = _npy_shape(archive, "params")
+    if declared != (expected,):
+        raise ValueError(f"array 'params' has shape {declared}, the architecture needs ({expected},)")
+    model.build(input_dim)
     params = model.parameters()
     total = sum(p.size for p in params)
     flat = _read_array(archive, "params", total)

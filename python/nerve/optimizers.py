@@ -82,6 +82,7 @@ class Optimizer:
                     raise ValueError(f"{arg} must be > 0, got {v}")
                 setattr(h, arg, v)
         self._core = _core.Optimizer(self._kind, h)
+        self._model = None  # weak reference to the model compiled with this optimizer
         self.params = []
         self._arenas = []
         if params is not None:
@@ -100,6 +101,12 @@ class Optimizer:
         for p in params:
             if not isinstance(p, Parameter):
                 raise ValueError(f"optimizers take nv.Parameter objects, got {type(p).__name__}")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("a parameter appears more than once in the optimizer's parameter list")
+        # Rebinding (a layer frozen or unfrozen, compile called again) keeps the
+        # state of every tensor that stays, and the step count: the trajectory
+        # of the remaining parameters continues as if nothing had happened.
+        kept = self._state_by_param() if self.params else None
         self.params = params
         # Adjacent tensors of one arena are merged into long runs for the
         # kernel, except with clipnorm, which is per tensor (Keras).
@@ -107,6 +114,31 @@ class Optimizer:
         self._core.bind([p._slice(self._decays(p)) for p in params], merge)
         # Arenas whose pruning masks step() re-applies (nv.pruning), distinct, in order.
         self._arenas = list({id(p._arena): p._arena for p in params}.values())
+        if kept is not None:
+            slots, iterations, mu_product = kept
+            for k, view in enumerate(self._slot_views()):
+                for p, v in zip(params, view):
+                    if id(p) in slots:
+                        v[...] = slots[id(p)][k]
+            self._core.iterations = iterations
+            self._core.nadam_mu_product = mu_product
+
+    def _slot_views(self):
+        """Per slot, the views of each parameter's part: the state layout is the
+        parameters' concatenation in list order (merged spans keep that order)."""
+        views = []
+        for i in range(len(self._core.slot_names)):
+            flat, offset, parts = self._core.slot(i), 0, []
+            for p in self.params:
+                parts.append(flat[offset: offset + p.size])
+                offset += p.size
+            views.append(parts)
+        return views
+
+    def _state_by_param(self):
+        per_slot = self._slot_views()
+        slots = {id(p): [per_slot[k][j].copy() for k in range(len(per_slot))] for j, p in enumerate(self.params)}
+        return slots, self._core.iterations, self._core.nadam_mu_product
 
     # -- the torch.optim interface -----------------------------------------
     @property
@@ -133,6 +165,9 @@ class Optimizer:
 
     def step(self):
         """One update of every parameter from its .grad."""
+        model = self._model() if self._model is not None else None
+        if model is not None:
+            model._bind_optimizer()  # a layer frozen or unfrozen since the last step
         if not self.params:
             raise RuntimeError("this optimizer has no parameters: pass them or compile a model with it")
         self._before_step()
@@ -140,9 +175,14 @@ class Optimizer:
         for arena in self._arenas:  # pruned weights stay exactly zero (as in the fused step)
             if arena.has_mask:
                 arena.apply_mask()
+        if model is not None:
+            model._net.apply_constraints()  # max-norm after the update, as the fused step does
 
     def zero_grad(self):
-        for p in self.params:
+        """Zeroes the gradients (of every parameter of the compiled model,
+        frozen ones included, so a layer unfrozen later starts clean)."""
+        model = self._model() if self._model is not None else None
+        for p in (model.parameters() if model is not None else self.params):
             p.grad.fill(0.0)
 
     def state_dict(self):

@@ -1,0 +1,195 @@
+"""Regression tests for bugs found in review: each reproduces a user-visible failure."""
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import nerve as nv
+
+X = np.random.default_rng(0).random((16, 4)).astype(np.float32)
+Y = np.random.default_rng(1).integers(0, 3, 16)
+
+
+def two_layer(opt="adam", loss="cross_entropy", metrics=None, **dense):
+    nv.manual_seed(0)
+    m = nv.Sequential([nv.layers.Dense(5, activation="tanh", **dense), nv.layers.Dense(3)], input_dim=4)
+    m.compile(opt, loss, metrics)
+    return m
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "focal"])
+def test_softmax_losses_refuse_one_output_column(loss):
+    with pytest.raises(ValueError, match="at least 2 output columns.*binary_cross_entropy_with_logits"):
+        nv.losses.get(loss).forward(np.random.rand(5, 1), np.array([0, 1, 1, 0, 1]))
+    m = nv.Sequential([nv.layers.Dense(1)], input_dim=4)
+    m.compile("sgd", loss)
+    with pytest.raises(ValueError, match="at least 2 output columns"):
+        m.train_step(X, (X[:, 0] > 0.5).astype(np.int64))
+
+
+def test_freeze_then_save_loads(tmp_path):
+    m = two_layer()
+    m.train_step(X, Y)
+    m.layers[0].trainable = False
+    m.save(tmp_path / "f.nerve")
+    m2 = nv.load_model(tmp_path / "f.nerve")
+    assert not m2.layers[0].trainable
+    np.testing.assert_array_equal(m2.predict(X), m.predict(X))
+    assert m2.train_step(X, Y) == m.train_step(X, Y)
+
+
+def test_freezing_keeps_optimizer_state_and_step_count():
+    sched = nv.schedules.ExponentialDecay(initial=0.1, decay_steps=1, decay_rate=0.5)
+    m = two_layer(opt=nv.optimizers.Adam(schedule=sched))
+    for _ in range(5):
+        m.train_step(X, Y)
+    head = m.layers[1].parameters()
+    before = {id(p): [view[j].copy() for view in m.optimizer._slot_views()]
+              for j, p in enumerate(m.optimizer.params) if any(p is h for h in head)}
+    m.layers[0].trainable = False
+    m._bind_optimizer()
+    # The head's Adam moments and the step count survive the rebinding ...
+    assert m.optimizer.iterations == 5
+    views = m.optimizer._slot_views()
+    assert [id(p) for p in m.optimizer.params] == [id(p) for p in head]
+    for j, p in enumerate(m.optimizer.params):
+        for k, view in enumerate(views):
+            np.testing.assert_array_equal(view[j], before[id(p)][k])
+    # ... so the schedule continues where it was (step t uses schedule(t)).
+    m.train_step(X, Y)
+    assert m.optimizer.iterations == 6 and m.optimizer.lr == pytest.approx(sched(5))
+    m.compile(m.optimizer, "cross_entropy", ["accuracy"])  # recompiling keeps the state too
+    assert m.optimizer.iterations == 6
+
+
+@pytest.mark.parametrize("dense", [{"kernel_regularizer": nv.regularizers.L1L2(0.01, 0.1)},
+                                   {"kernel_constraint": nv.constraints.MaxNorm(0.3)}])
+def test_manual_loop_equals_train_step_with_penalties_and_constraints(dense):
+    a = two_layer(opt=nv.optimizers.SGD(lr=0.5), **dense)
+    b = two_layer(opt=nv.optimizers.SGD(lr=0.5), **dense)
+    lf = nv.losses.get("cross_entropy")
+    for _ in range(3):
+        a.train_step(X, Y)
+        out = b.forward(X, training=True)
+        b.backward(lf.backward(out, Y))
+        b.optimizer.step()
+        b.optimizer.zero_grad()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(pa.value, pb.value)
+
+
+def test_manual_loop_respects_freezing():
+    m = two_layer(opt=nv.optimizers.AdamW(weight_decay=0.5))
+    lf = nv.losses.get("cross_entropy")
+    m.train_step(X, Y)
+    m.layers[0].trainable = False
+    frozen = m.layers[0].kernel.value.copy()
+    out = m.forward(X, training=True)
+    m.backward(lf.backward(out, Y))
+    m.optimizer.step()
+    np.testing.assert_array_equal(m.layers[0].kernel.value, frozen)
+
+
+def test_accuracy_of_one_logit_column_uses_zero_threshold():
+    m = nv.Sequential([nv.layers.Dense(1, kernel_initializer="zeros",
+                                       bias_initializer=nv.initializers.get("constant", value=0.3))], input_dim=2)
+    m.compile("sgd", "binary_cross_entropy_with_logits", ["accuracy"])
+    x = np.zeros((4, 2), np.float32)
+    assert m.evaluate(x, np.array([1, 1, 1, 1]))["accuracy"] == 1.0
+    hist = m.fit(x, np.ones((4, 1), np.float32), epochs=1, batch_size=4, verbose=0)
+    assert hist.history["accuracy"][0] == 1.0
+
+
+def test_distillation_with_accuracy_and_validation_split():
+    m = nv.Sequential([nv.layers.Dense(3)], input_dim=4)
+    m.compile("adam", "distillation", ["accuracy"])
+    t = np.random.default_rng(2).random((16, 3)).astype(np.float32)
+    logs = m.evaluate(X, (t, Y))
+    assert 0.0 <= logs["accuracy"] <= 1.0
+    hist = m.fit(X, [t, Y], validation_split=0.25, epochs=1, verbose=0)
+    assert "val_accuracy" in hist.history
+
+
+def test_residual_copy_keeps_weights():
+    nv.manual_seed(0)
+    r = nv.layers.Residual([nv.layers.Dense(4, activation="tanh"), nv.layers.Dense(4)])
+    y0 = r.forward(X)
+    np.testing.assert_array_equal(r.copy().forward(X), y0)
+    m = nv.Sequential([r.copy()], input_dim=4)
+    np.testing.assert_array_equal(m.predict(X), y0)
+
+
+def _rewrite_config(path, mutate):
+    with np.load(path, allow_pickle=False) as f:
+        cfg = json.loads(f["config"].tobytes())
+        members = {n: f[n] for n in f.files}
+    mutate(cfg)
+    members["config"] = np.frombuffer(json.dumps(cfg).encode(), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **members)
+
+
+def test_hostile_sizes_fail_before_allocating(tmp_path):
+    m = two_layer()
+    path = tmp_path / "m.nerve"
+    m.save(path)
+    _rewrite_config(path, lambda c: c["model"]["layers"][0]["config"].__setitem__("units", 2 ** 31 + 5))
+    with pytest.raises(ValueError, match="architecture needs"):
+        nv.load_model(path)
+
+
+def test_deeply_nested_config_is_a_value_error(tmp_path):
+    m = two_layer()
+    path = tmp_path / "m.nerve"
+    m.save(path)
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    deep = "[" * 100000 + "]" * 100000
+    import io
+    buf = io.BytesIO()
+    np.save(buf, np.frombuffer(deep.encode(), dtype=np.uint8))
+    members["config.npy"] = buf.getvalue()
+    with zipfile.ZipFile(path, "w") as z:
+        for n, d in members.items():
+            z.writestr(n, d)
+    with pytest.raises(ValueError):
+        nv.load_model(path)
+
+
+def test_early_stopping_restores_batch_norm_statistics():
+    nv.manual_seed(0)
+    m = nv.Sequential([nv.layers.Dense(6), nv.layers.BatchNorm(), nv.layers.Dense(3)], input_dim=4)
+    m.compile("adam", "cross_entropy")
+    w = m.get_weights()
+    assert len(w) == len(m.parameters()) + 2  # running mean and variance
+    m.fit(X, Y, epochs=2, batch_size=8, verbose=0)
+    m.set_weights(w)
+    np.testing.assert_array_equal(m.layers[1].running_mean, w[-2])
+    np.testing.assert_array_equal(m.layers[1].running_var, w[-1])
+
+
+def test_nan_targets_rejected_in_evaluate_and_validation():
+    m = two_layer(loss="mse")
+    y = np.random.default_rng(3).random((16, 3)).astype(np.float32)
+    bad = y.copy()
+    bad[5, 1] = np.nan
+    with pytest.raises(ValueError, match="row 5"):
+        m.evaluate(X, bad)
+    with pytest.raises(ValueError, match="validation y"):
+        m.fit(X, y, validation_data=(X, bad), epochs=1, verbose=0)
+
+
+def test_duplicate_parameters_rejected():
+    p = nv.Parameter(np.ones(3))
+    with pytest.raises(ValueError, match="more than once"):
+        nv.optimizers.Adam([p, p])
+
+
+def test_activation_layer_name_is_the_activation():
+    layer = nv.layers.Activation(name="elu", alpha=0.5)
+    assert layer.activation.name == "elu" and layer.activation.params == {"alpha": 0.5}
+    named = nv.layers.Activation("tanh", layer_name="squash")
+    assert named.name == "squash"
+    again = nv.layers.Activation.from_config(named.get_config())
+    assert again.name == "squash" and again.activation.name == "tanh"
