@@ -193,3 +193,9 @@ def test_activation_layer_name_is_the_activation():
     assert named.name == "squash"
     again = nv.layers.Activation.from_config(named.get_config())
     assert again.name == "squash" and again.activation.name == "tanh"
+
+
+@pytest.mark.parametrize("bad", [X.astype(np.complex64), X.astype(object), X.astype(str)])
+def test_layer_forward_rejects_non_real_input(bad):
+    with pytest.raises(ValueError, match="real numeric"):
+        nv.layers.Dense(2).forward(bad)

@@ -144,7 +144,10 @@ class Layer:
         return list(self._core.buffers()) if self._core is not None else []
 
     def forward(self, x, training=False):
-        """y = layer(x) for a (batch, features) float32 array."""
+        """y = layer(x) for a (batch, features) float32 array (other real dtypes are converted)."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiub":  # as Sequential: bool and integers convert to 0/1 floats
+            raise ValueError(f"{self.describe()}: x must be a real numeric array, got dtype {x.dtype}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2:
             raise ValueError(f"{self.describe()}: expected a 2-D (batch, features) input, got shape {x.shape}")
