@@ -435,7 +435,7 @@ def test_model_with_batchnorm_dropout_saves_and_loads(tmp_path):
                        nv.layers.Dense(2)], input_dim=8)
     m.compile(optimizer="adam", loss="cross_entropy")
     m.fit(x, y, epochs=3, batch_size=20, verbose=0)
-    assert len(m.buffers()) == 4 and not np.all(m.layers[1].running_mean == 0)
+    assert len(m.buffers()) == 6 and not np.all(m.layers[1].running_mean == 0)
     path = tmp_path / "m.nerve"
     m.save(path)
     m2 = nv.load_model(path)
@@ -556,3 +556,25 @@ def test_train_step_equals_manual_loop_with_batchnorm_and_dropout():
         assert la == pytest.approx(lf.forward(out, yb), rel=1e-6)
     for pa, pb in zip(a.parameters() + a.buffers(), b.parameters() + b.buffers()):
         np.testing.assert_array_equal(getattr(pa, "value", pa), getattr(pb, "value", pb))
+
+
+def test_batch_norm_momentum_none_is_the_cumulative_average():
+    """PyTorch's momentum=None: running statistics = mean over the batches seen."""
+    r = np.random.default_rng(7)
+    batches = [r.standard_normal((8, 5)).astype(np.float32) * (i + 1) + i for i in range(4)]
+    bn = nv.layers.BatchNorm(momentum=None)
+    for b in batches:
+        bn.forward(b, training=True)
+    mean = np.mean([b.astype(np.float64).mean(axis=0) for b in batches], axis=0)
+    var = np.mean([b.astype(np.float64).var(axis=0, ddof=1) for b in batches], axis=0)
+    np.testing.assert_allclose(bn.running_mean, mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.running_var, var, rtol=1e-5)
+    assert bn.buffers()[2][0] == 4  # num_batches_tracked
+    again = nv.layers.BatchNorm.from_config(bn.get_config())
+    assert again.momentum is None
+    torch = pytest.importorskip("torch")
+    tb = torch.nn.BatchNorm1d(5, momentum=None)
+    for b in batches:
+        tb(torch.from_numpy(b))
+    np.testing.assert_allclose(bn.running_mean, tb.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.running_var, tb.running_var.numpy(), rtol=1e-5)

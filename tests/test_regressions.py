@@ -162,11 +162,11 @@ def test_early_stopping_restores_batch_norm_statistics():
     m = nv.Sequential([nv.layers.Dense(6), nv.layers.BatchNorm(), nv.layers.Dense(3)], input_dim=4)
     m.compile("adam", "cross_entropy")
     w = m.get_weights()
-    assert len(w) == len(m.parameters()) + 2  # running mean and variance
+    assert len(w) == len(m.parameters()) + 3  # running mean, variance, batches tracked
     m.fit(X, Y, epochs=2, batch_size=8, verbose=0)
     m.set_weights(w)
-    np.testing.assert_array_equal(m.layers[1].running_mean, w[-2])
-    np.testing.assert_array_equal(m.layers[1].running_var, w[-1])
+    np.testing.assert_array_equal(m.layers[1].running_mean, w[-3])
+    np.testing.assert_array_equal(m.layers[1].running_var, w[-2])
 
 
 def test_nan_targets_rejected_in_evaluate_and_validation():

@@ -54,12 +54,13 @@ void for_rows(Index batch, Index F, Body&& body) {
 BatchNorm::BatchNorm(Index features, double momentum_, double eps_)
     : momentum(momentum_), eps(eps_) {
   require(features > 0, "BatchNorm: features must be positive, got " + std::to_string(features));
-  require(momentum_ >= 0.0 && momentum_ <= 1.0,
-          "BatchNorm: momentum must be in [0, 1], got " + std::to_string(momentum_));
+  require(momentum_ == -1.0 || (momentum_ >= 0.0 && momentum_ <= 1.0),
+          "BatchNorm: momentum must be in [0, 1] (or -1: cumulative average), got " + std::to_string(momentum_));
   require(eps_ > 0.0, "BatchNorm: eps must be > 0, got " + std::to_string(eps_));
   in_features = out_features = features;
   running_mean.resize(features, 0.0f);
   running_var.resize(features, 1.0f);
+  num_batches_tracked.resize(1, 0.0f);
   mean_.assign(features, 0.0);
   invstd_.assign(features, 1.0);
   work_.assign(4 * features, 0.0);
@@ -121,11 +122,13 @@ void BatchNorm::forward(const float* x, float* y, Index batch, const StepContext
   const double unbias = static_cast<double>(batch) / static_cast<double>(batch - 1);
   float* rm = running_mean.data();
   float* rv = running_var.data();
+  num_batches_tracked.data()[0] += 1.0f;
+  const double factor = momentum < 0.0 ? 1.0 / num_batches_tracked.data()[0] : momentum;
   for (Index f = 0; f < F; ++f) {
     const double var = invstd[f] / static_cast<double>(batch);  // biased, for normalizing
     invstd[f] = 1.0 / std::sqrt(var + eps);
-    rm[f] = static_cast<float>((1.0 - momentum) * rm[f] + momentum * mean[f]);
-    rv[f] = static_cast<float>((1.0 - momentum) * rv[f] + momentum * var * unbias);
+    rm[f] = static_cast<float>((1.0 - factor) * rm[f] + factor * mean[f]);
+    rv[f] = static_cast<float>((1.0 - factor) * rv[f] + factor * var * unbias);
   }
   for_rows(batch, F, [&](Index r) {
     const float* xr = x + r * F;

@@ -306,12 +306,16 @@ class BatchNorm(Layer):
     ``trainable=False``): ``y = γ·(x − running_mean)/√(running_var + eps) + β``.
     γ (kind "scale", init 1) and β (kind "bias", init 0) are trainable;
     ``running_mean`` (init 0) and ``running_var`` (init 1) are buffers saved
-    with the model. A training batch of one row raises ValueError, as PyTorch.
+    with the model, with ``num_batches_tracked``; ``momentum=None`` makes the
+    running statistics the cumulative average over the batches seen (factor
+    1/num_batches_tracked), as PyTorch. A training batch of one row raises
+    ValueError, as PyTorch.
     """
 
     def __init__(self, momentum=0.1, eps=1e-5, trainable=True, name=None):
         super().__init__(trainable=trainable, name=name)
-        self.momentum = _number("BatchNorm", "momentum", momentum, 0.0, 1.0)
+        # momentum=None: cumulative average of the batch statistics (PyTorch).
+        self.momentum = None if momentum is None else _number("BatchNorm", "momentum", momentum, 0.0, 1.0)
         self.eps = _number("BatchNorm", "eps", eps, 0.0)
         if self.eps <= 0:
             raise ValueError(f"BatchNorm: eps must be > 0, got {eps!r}")
@@ -319,7 +323,7 @@ class BatchNorm(Layer):
         self.beta = None
 
     def _make_core(self, input_dim):
-        return _core.BatchNorm(input_dim, self.momentum, self.eps)
+        return _core.BatchNorm(input_dim, -1.0 if self.momentum is None else self.momentum, self.eps)
 
     def _param_specs(self):
         return [("gamma", (self.input_dim,), "scale", initializers.get("ones")),

@@ -151,7 +151,7 @@ class BatchNorm : public Layer {
   BatchNorm(Index features, double momentum, double eps);
   std::string type() const override { return "BatchNorm"; }
   std::vector<ParamRef*> params() override { return {&gamma, &beta}; }
-  std::vector<AlignedBuffer*> buffers() override { return {&running_mean, &running_var}; }
+  std::vector<AlignedBuffer*> buffers() override { return {&running_mean, &running_var, &num_batches_tracked}; }
   void check_batch(Index batch, bool training) const override;
   void plan(Index capacity) override;
   void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
@@ -161,6 +161,10 @@ class BatchNorm : public Layer {
   double momentum, eps;
   ParamRef gamma, beta;
   AlignedBuffer running_mean, running_var;
+  // Training batches seen (one float, as PyTorch's num_batches_tracked; exact
+  // up to 2^24). momentum < 0 means PyTorch's momentum=None: the running
+  // statistics are then the cumulative average, factor 1/num_batches_tracked.
+  AlignedBuffer num_batches_tracked;
 
  private:
   std::vector<double> mean_, invstd_;          // of the last forward, per feature
