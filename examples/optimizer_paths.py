@@ -17,36 +17,25 @@ import numpy as np
 
 import nerve as nv
 
-# label -> (class name, hyper-parameters). The learning rates are tuned per
-# surface by hand to show each method's behaviour (not to win a race):
-# gradients on Beale reach ~50 at the start, ~150 on Rosenbrock.
+# label -> (class name, hyper-parameters). The learning rates are tuned by
+# hand to show each method's behaviour (not to win a race): gradients on Beale
+# reach ~50 at the start, ~150 on Rosenbrock; one table serves both.
+_STEEP_SURFACES = {
+    "SGD": ("SGD", dict(lr=1e-3)),
+    "Momentum": ("SGD", dict(lr=1e-3, momentum=0.9)),
+    "Nesterov": ("SGD", dict(lr=1e-3, momentum=0.9, nesterov=True)),
+    "Adagrad": ("Adagrad", dict(lr=0.5)),
+    "RMSprop": ("RMSprop", dict(lr=0.01)),
+    "RMSprop+Nesterov": ("RMSprop", dict(lr=2e-3, momentum=0.9, nesterov=True)),
+    "Adadelta": ("Adadelta", dict(lr=1.0)),
+    "Adam": ("Adam", dict(lr=0.05)),
+    "Adamax": ("Adamax", dict(lr=0.05)),
+    "NAdam": ("NAdam", dict(lr=0.05)),
+    "Ftrl": ("Ftrl", dict(lr=0.5)),
+}
 OPTIMIZERS = {
-    "beale": {
-        "SGD": ("SGD", dict(lr=1e-3)),
-        "Momentum": ("SGD", dict(lr=1e-3, momentum=0.9)),
-        "Nesterov": ("SGD", dict(lr=1e-3, momentum=0.9, nesterov=True)),
-        "Adagrad": ("Adagrad", dict(lr=0.5)),
-        "RMSprop": ("RMSprop", dict(lr=0.01)),
-        "RMSprop+Nesterov": ("RMSprop", dict(lr=2e-3, momentum=0.9, nesterov=True)),
-        "Adadelta": ("Adadelta", dict(lr=1.0)),
-        "Adam": ("Adam", dict(lr=0.05)),
-        "Adamax": ("Adamax", dict(lr=0.05)),
-        "NAdam": ("NAdam", dict(lr=0.05)),
-        "Ftrl": ("Ftrl", dict(lr=0.5)),
-    },
-    "rosenbrock": {
-        "SGD": ("SGD", dict(lr=1e-3)),
-        "Momentum": ("SGD", dict(lr=1e-3, momentum=0.9)),
-        "Nesterov": ("SGD", dict(lr=1e-3, momentum=0.9, nesterov=True)),
-        "Adagrad": ("Adagrad", dict(lr=0.5)),
-        "RMSprop": ("RMSprop", dict(lr=0.01)),
-        "RMSprop+Nesterov": ("RMSprop", dict(lr=2e-3, momentum=0.9, nesterov=True)),
-        "Adadelta": ("Adadelta", dict(lr=1.0)),
-        "Adam": ("Adam", dict(lr=0.05)),
-        "Adamax": ("Adamax", dict(lr=0.05)),
-        "NAdam": ("NAdam", dict(lr=0.05)),
-        "Ftrl": ("Ftrl", dict(lr=0.5)),
-    },
+    "beale": _STEEP_SURFACES,
+    "rosenbrock": _STEEP_SURFACES,
     "saddle": {
         "SGD": ("SGD", dict(lr=0.01)),
         "Momentum": ("SGD", dict(lr=0.01, momentum=0.9)),
@@ -61,7 +50,7 @@ OPTIMIZERS = {
         "Ftrl": ("Ftrl", dict(lr=0.1)),
     },
 }
-OPTIMIZERS["himmelblau"] = OPTIMIZERS["beale"]
+OPTIMIZERS["himmelblau"] = _STEEP_SURFACES
 OPTIMIZERS["ravine"] = {k: (c, dict(h, lr=h["lr"] * (4 if c == "SGD" else 2))) for k, (c, h) in
                         OPTIMIZERS["saddle"].items()}
 STEPS = {"beale": 600, "rosenbrock": 2000, "himmelblau": 600, "saddle": 300, "ravine": 600}

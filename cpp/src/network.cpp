@@ -51,7 +51,7 @@ void Network::backward(const float* dout, Index batch, bool accumulate, float* d
   // (frozen prefixes cost nothing), unless the caller asks for dL/dx.
   std::size_t lowest = stack_.layers.size();
   for (std::size_t i = 0; i < stack_.layers.size(); ++i)
-    if (stack_.layers[i]->trainable && has_params_[i]) {  // = has_trainable_params(), without allocating
+    if (stack_.layers[i]->trainable && has_params_[i]) {
       lowest = i;
       break;
     }

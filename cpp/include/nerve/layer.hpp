@@ -66,12 +66,6 @@ class Layer {
   std::uint64_t stream = 0;  // distinguishes this layer's random draws
 
   virtual std::vector<ParamRef*> params() { return {}; }
-  bool has_trainable_params() {
-    if (!trainable) return false;
-    for (ParamRef* p : params())
-      if (p->size > 0) return true;
-    return false;
-  }
 
   // Non-trainable state saved with the model (batch norm's running statistics).
   virtual std::vector<AlignedBuffer*> buffers() { return {}; }

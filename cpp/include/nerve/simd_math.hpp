@@ -260,7 +260,8 @@ NERVE_INLINE float sigmoid(float x) {
 // (4-wide, still vectorized) so neither the rounding of t nor the Horner
 // rounding reaches the float result; z^2 = x^2/2 is split hi + lo exactly so
 // the exp argument loses nothing in the far tail.
-NERVE_INLINE float normal_tail(float x) {
+// The two factors of Phi(-|x|) = tq * e: tq = t Q(t) / 2 and e = exp(-x^2/2).
+NERVE_INLINE void normal_tail_factors(float x, float& tq, float& e) {
   float ax = abs_(x);
   // t = 1/den in double: a float reciprocal refined by one Newton step
   // (relative error ~1e-14) is much cheaper than a 4-wide double division.
@@ -283,40 +284,24 @@ NERVE_INLINE float normal_tail(float x) {
   q = q * t + 0.24683181441749985;
   q = q * t + 0.28209480638688417;
   q = q * t + 0.28209479174296287;
-  float tq = static_cast<float>(0.5 * t * q);
+  tq = static_cast<float>(0.5 * t * q);
   float hx = 0.5f * ax;
   float hi = hx * ax;
   float lo = fma_(hx, ax, -hi);
-  return tq * exp_sum(-hi, -lo);
+  e = exp_sum(-hi, -lo);
+}
+
+NERVE_INLINE float normal_tail(float x) {
+  float tq, e;
+  normal_tail_factors(x, tq, e);
+  return tq * e;
 }
 
 // normal_tail(x) and normal_pdf(x) together: both are a factor times the
 // same exp(-x^2/2), which is computed once (gelu's backward needs both).
 NERVE_INLINE void normal_tail_pdf(float x, float& tail, float& pdf) {
-  float ax = abs_(x);
-  double den = 1.0 + 0.35355339059327376 * static_cast<double>(min_(ax, 1.0e4f));
-  double t0 = static_cast<double>(1.0f / static_cast<float>(den));
-  double t = t0 * (2.0 - den * t0);
-  double q = 0.024570381898957532;
-  q = q * t - 0.15022442123745372;
-  q = q * t + 0.36115572388834377;
-  q = q * t - 0.37591516787058232;
-  q = q * t + 0.018486686654449355;
-  q = q * t + 0.30924255326009492;
-  q = q * t - 0.21586968416661401;
-  q = q * t + 0.040570168374865379;
-  q = q * t - 0.082850247173508043;
-  q = q * t + 0.00024081726234828627;
-  q = q * t + 0.083228750336653529;
-  q = q * t + 0.17634302633897486;
-  q = q * t + 0.24683181441749985;
-  q = q * t + 0.28209480638688417;
-  q = q * t + 0.28209479174296287;
-  float tq = static_cast<float>(0.5 * t * q);
-  float hx = 0.5f * ax;
-  float hi = hx * ax;
-  float lo = fma_(hx, ax, -hi);
-  float e = exp_sum(-hi, -lo);
+  float tq, e;
+  normal_tail_factors(x, tq, e);
   tail = tq * e;
   pdf = 0.39894228040143268f * e;
 }
