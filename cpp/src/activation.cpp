@@ -20,6 +20,7 @@
 #include <cmath>
 #include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "nerve/parallel.hpp"
 #include "nerve/rng.hpp"
@@ -152,6 +153,90 @@ struct FStep {
     return simd::sel(x < 0.0f, 0.0f, simd::sel(x >= 0.0f, 1.0f, x));
   }
 };
+#if defined(__AVX2__) && defined(__FMA__)
+// exp(hi + lo) on 8 lanes, |lo| tiny beside hi, for hi in [-86, 0] (so the
+// result is a normal float): exp_nonpos_sum's reduction and polynomial, but
+// the 2^n scaling is one integer add into the exponent field instead of
+// pow2_split's two multiplies (which only matter for subnormal results).
+// Same bits as the scalar function on these inputs.
+inline __m256 exp_sum8_normal(__m256 hi, __m256 lo) {
+  const __m256 magic = _mm256_set1_ps(simd::kRoundMagic);
+  const __m256 t = _mm256_fmadd_ps(_mm256_add_ps(hi, lo), _mm256_set1_ps(simd::kLog2e), magic);
+  const __m256 nf = _mm256_sub_ps(t, magic);
+  const __m256i ni = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
+  __m256 r = _mm256_fnmadd_ps(nf, _mm256_set1_ps(simd::kLn2Hi), hi);
+  r = _mm256_add_ps(r, lo);
+  r = _mm256_fnmadd_ps(nf, _mm256_set1_ps(simd::kLn2Lo), r);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 5040.0f), r, _mm256_set1_ps(1.0f / 720.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  const __m256 tail = _mm256_fmadd_ps(r2, _mm256_set1_ps(0.5f), _mm256_mul_ps(_mm256_mul_ps(r2, r), p));
+  const __m256 mant = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(r, tail));
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(mant), _mm256_slli_epi32(ni, 23)));
+}
+
+// exp_shifted on 8 lanes whose hi = x - m >= -86: the same two-sum, then
+// exp_sum8_normal.
+inline __m256 exp_shifted8(__m256 x, __m256 hi, __m256 neg_m) {
+  const __m256 bv = _mm256_sub_ps(hi, x);
+  const __m256 lo = _mm256_add_ps(_mm256_sub_ps(x, _mm256_sub_ps(hi, bv)), _mm256_sub_ps(neg_m, bv));
+  return exp_sum8_normal(hi, lo);
+}
+
+// gelu (exact) on 8 lanes, in float: Phi(-a) = f(a) exp(-a^2/2), a = |x|, with
+// f(a) = erfcx(a/sqrt 2)/2 from piecewise degree-8 polynomials on the 8
+// intervals [0, .5) [.5, 1) [1, 2) [2, 3) [3, 5) [5, 7) [7, 11) [11, 15)
+// (the halves of the octaves of a + 1, so the interval index is the exponent
+// and top mantissa bit of a + 1), looked up per lane with vpermps. The
+// constant term is split hi + lo. tools/fit_gelu_tail.py made the tables and
+// emulates this arithmetic against float64:
+// relative fit error 3.1e-09; emulated float gelu: max 2.81 ulp
+// (measured on the kernel by tests/test_activations.py). The scalar functor
+// (double t-polynomial, slower) serves lanes with |x| > 13 (exp would leave
+// the fast normal range), NaN, and builds without AVX2.
+alignas(32) constexpr float kGeluCentre[8] = {2.500000000e-01f, 7.500000000e-01f, 1.500000000e+00f, 2.500000000e+00f, 4.000000000e+00f, 6.000000000e+00f, 9.000000000e+00f, 1.300000000e+01f};
+alignas(32) constexpr float kGeluCoef[10][8] = {
+    {4.140321016e-01f, 3.002324700e-01f, 2.057806700e-01f, 1.413313299e-01f, 9.441064298e-02f, 6.477931142e-02f, 4.379878938e-02f, 3.050941415e-02f},
+    {1.316261322e-09f, -7.695656556e-09f, -3.074623889e-09f, 1.438514974e-09f, -1.688990614e-09f, 2.905714336e-09f, -5.137699155e-10f, 3.439137031e-10f},
+    {-2.954342663e-01f, -1.737679392e-01f, -9.027127922e-02f, -4.561395198e-02f, -2.129971422e-02f, -1.026639435e-02f, -4.753179848e-03f, -2.319891937e-03f},
+    {1.700867712e-01f, 8.495325595e-02f, 3.518687561e-02f, 1.364822593e-02f, 4.605890252e-03f, 1.590473810e-03f, 5.100818817e-04f, 1.754094847e-04f},
+    {-8.430421352e-02f, -3.668433428e-02f, -1.249704137e-02f, -3.831134411e-03f, -9.587383829e-04f, -2.411848545e-04f, -5.414987027e-05f, -1.318960858e-05f},
+    {3.725267574e-02f, 1.436000131e-02f, 4.110346083e-03f, 1.017600996e-03f, 1.927564736e-04f, 3.584271326e-05f, 5.688046713e-06f, 9.863659898e-07f},
+    {-1.499688812e-02f, -5.182549823e-03f, -1.265555620e-03f, -2.573494567e-04f, -3.746695802e-05f, -5.222174877e-06f, -5.895680033e-07f, -7.330849883e-08f},
+    {5.583791994e-03f, 1.745446119e-03f, 3.683906980e-04f, 6.232862506e-05f, 7.089061000e-06f, 7.477178201e-07f, 6.071232406e-08f, 5.424356964e-09f},
+    {-1.971225720e-03f, -5.601304583e-04f, -1.058592970e-04f, -1.491496641e-05f, -1.402485282e-06f, -1.098481519e-07f, -6.806475827e-09f, -4.193754788e-10f},
+    {6.429546629e-04f, 1.676911634e-04f, 2.773070082e-05f, 3.332491588e-06f, 2.494918192e-07f, 1.515645032e-08f, 6.849814604e-10f, 3.067924387e-11f},
+};
+
+// Branch-free; `fast` is false when some lane is outside the fast range (its
+// result is then meaningless and the caller recomputes the vector).
+inline __m256 gelu_erf8(__m256 x, bool& fast) {
+  const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+  fast = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(13.0f), _CMP_LE_OQ)) == 0xFF;
+  const __m256i bits = _mm256_castps_si256(_mm256_add_ps(a, _mm256_set1_ps(1.0f)));
+  const __m256i idx = _mm256_sub_epi32(_mm256_srli_epi32(bits, 22), _mm256_set1_epi32(127 << 1));
+  auto table = [&](const float* row) { return _mm256_permutevar8x32_ps(_mm256_load_ps(row), idx); };
+  const __m256 s = _mm256_sub_ps(a, table(kGeluCentre));
+  // Horner, the order tools/fit_gelu_tail.py emulates. (Estrin's scheme
+  // measured no faster: the loop is bound by the FMA pipes, not latency.)
+  __m256 r = table(kGeluCoef[9]);
+  for (int k = 8; k >= 2; --k) r = _mm256_fmadd_ps(r, s, table(kGeluCoef[k]));
+  const __m256 f = _mm256_add_ps(_mm256_fmadd_ps(r, s, table(kGeluCoef[1])), table(kGeluCoef[0]));
+  // exp(-a^2/2) with a^2/2 = hi + lo exactly.
+  const __m256 ha = _mm256_mul_ps(a, _mm256_set1_ps(0.5f));
+  const __m256 hi = _mm256_mul_ps(ha, a);
+  const __m256 lo = _mm256_fmsub_ps(ha, a, hi);
+  const __m256 neg = _mm256_set1_ps(-0.0f);
+  const __m256 tail = _mm256_mul_ps(f, exp_sum8_normal(_mm256_xor_ps(hi, neg), _mm256_xor_ps(lo, neg)));
+  const __m256 upper = _mm256_sub_ps(_mm256_set1_ps(1.0f), tail);
+  const __m256 phi = _mm256_blendv_ps(upper, tail, x);  // sign bit of x set: the tail
+  return _mm256_mul_ps(x, phi);
+}
+#endif
+
+
 // gelu (exact): x * Phi(x); the negative side uses the erfc tail directly so
 // gelu(-5) keeps full relative precision instead of 1 - (1 - tiny).
 struct FGeluErf {
@@ -160,6 +245,10 @@ struct FGeluErf {
     float phi = simd::sel(x >= 0.0f, 1.0f - tail, tail);
     return x * phi;
   }
+#if defined(__AVX2__) && defined(__FMA__)
+  // The float kernel for 8 lanes; ok = false leaves the vector to operator().
+  __m256 v8(__m256 x, bool& ok) const { return gelu_erf8(x, ok); }
+#endif
 };
 // gelu (tanh form): 0.5 x (1 + tanh(u)) = x * sigmoid(2u),
 // u = sqrt(2/pi) (x + 0.044715 x^3). The sigmoid form avoids 1 + tanh
@@ -349,6 +438,58 @@ struct BHardSwish {
 // large enough to amortise scheduling, fixed so results never depend on threads.
 constexpr Index kChunk = 1 << 14;
 
+// Functors with an explicit 8-lane kernel (`__m256 v8(__m256 x, bool& ok)`).
+template <class F, class = void>
+struct HasV8 : std::false_type {};
+template <class F>
+struct HasV8<F, std::void_t<decltype(&F::v8)>> : std::true_type {};
+
+// y[i] = f(x[i] + bias[i]) for i < n (no bias: f(x[i])); when zout is given
+// it receives x[i] + bias[i] (it may be x itself).
+template <class F>
+NERVE_INLINE void map_span(const F& f, const float* x, const float* bias, float* zout, float* y,
+                           Index n) {
+  Index i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (HasV8<F>::value) {
+    // Two vectors per iteration: their long dependency chains (polynomial,
+    // exp) then overlap instead of leaving the FP units idle.
+    for (; i + 16 <= n; i += 16) {
+      __m256 v[2];
+      for (int h = 0; h < 2; ++h) {
+        v[h] = _mm256_loadu_ps(x + i + 8 * h);
+        if (bias) v[h] = _mm256_add_ps(v[h], _mm256_loadu_ps(bias + i + 8 * h));
+        if (zout) _mm256_storeu_ps(zout + i + 8 * h, v[h]);
+      }
+      bool ok[2];
+      const __m256 out0 = f.v8(v[0], ok[0]), out1 = f.v8(v[1], ok[1]);
+      _mm256_storeu_ps(y + i, out0);
+      _mm256_storeu_ps(y + i + 8, out1);
+      for (int h = 0; h < 2; ++h) {
+        if (ok[h]) continue;
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, v[h]);
+        for (int l = 0; l < 8; ++l) y[i + 8 * h + l] = f(lanes[l]);
+      }
+    }
+  }
+#endif
+  if (!bias) {
+#pragma omp simd
+    for (Index j = i; j < n; ++j) y[j] = f(x[j]);
+  } else if (zout) {
+#pragma omp simd
+    for (Index j = i; j < n; ++j) {
+      const float v = x[j] + bias[j];
+      zout[j] = v;
+      y[j] = f(v);
+    }
+  } else {
+#pragma omp simd
+    for (Index j = i; j < n; ++j) y[j] = f(x[j] + bias[j]);
+  }
+}
+
 // y = f(z + bias) over the matrix; `store_z` writes z + bias back into z.
 template <class F>
 void forward_map(const F& f, float* z, const float* bias, float* y, Index rows, Index cols,
@@ -362,28 +503,14 @@ void forward_map(const F& f, float* z, const float* bias, float* y, Index rows, 
     const int t = threads_for(work, pieces);
     parallel_for(pieces, t, [&](Index p) {
       const Index b = p * kChunk, e = std::min(n, b + kChunk);
-      const float* zp = z + b;
-      float* yp = y + b;
-#pragma omp simd
-      for (Index i = 0; i < e - b; ++i) yp[i] = f(zp[i]);
+      map_span(f, z + b, nullptr, nullptr, y + b, e - b);
     });
     return;
   }
   const int t = threads_for(work, rows);
   parallel_for(rows, t, [&](Index r) {
     float* zr = z + r * cols;
-    float* yr = y + r * cols;
-    if (store_z) {
-#pragma omp simd
-      for (Index c = 0; c < cols; ++c) {
-        const float x = zr[c] + bias[c];
-        zr[c] = x;
-        yr[c] = f(x);
-      }
-    } else {
-#pragma omp simd
-      for (Index c = 0; c < cols; ++c) yr[c] = f(zr[c] + bias[c]);
-    }
+    map_span(f, zr, bias, store_z ? zr : nullptr, y + r * cols, cols);
   });
 }
 
@@ -650,60 +777,132 @@ NERVE_INLINE float exp_shifted(float x, float m) {
   return simd::exp_nonpos_sum(hi, lo);  // hi = x - m <= 0
 }
 
+// Returns sum_c exp(src[c] - m) in double and, when dst is not null, stores
+// each term (float) in dst[c]; m finite. A vector with a lane below -86 (a
+// subnormal or zero term, -inf, NaN) goes through the scalar functor. The sum
+// is kept in two registers of doubles: lane l adds the terms c = l mod 8, an
+// order that depends only on n.
+double exp_shifted_sum(const float* src, float m, float* dst, Index n) {
+  Index c = 0;
+  double sum = 0.0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256 vm = _mm256_set1_ps(m), neg_m = _mm256_set1_ps(-m);
+  const __m256 fast_floor = _mm256_set1_ps(-86.0f);
+  __m256d sum_lo = _mm256_setzero_pd(), sum_hi = _mm256_setzero_pd();
+  for (; c + 8 <= n; c += 8) {
+    const __m256 x = _mm256_loadu_ps(src + c);
+    const __m256 hi = _mm256_sub_ps(x, vm);
+    __m256 e;
+    if (_mm256_movemask_ps(_mm256_cmp_ps(hi, fast_floor, _CMP_GE_OQ)) == 0xFF) {
+      e = exp_shifted8(x, hi, neg_m);
+    } else {
+      alignas(32) float terms[8];
+      for (int l = 0; l < 8; ++l) terms[l] = exp_shifted(src[c + l], m);
+      e = _mm256_load_ps(terms);
+    }
+    if (dst) _mm256_storeu_ps(dst + c, e);
+    sum_lo = _mm256_add_pd(sum_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    sum_hi = _mm256_add_pd(sum_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  alignas(32) double lanes[8];
+  _mm256_store_pd(lanes, sum_lo);
+  _mm256_store_pd(lanes + 4, sum_hi);
+  for (double v : lanes) sum += v;
+#endif
+  for (; c < n; ++c) {
+    const float e = exp_shifted(src[c], m);
+    if (dst) dst[c] = e;
+    sum += static_cast<double>(e);
+  }
+  return sum;
+}
+
+// Row maximum over four AVX2 registers of running maxima: one accumulator
+// would chain every compare to the previous one, and this pass then cost as
+// much as the exponentials. NaN elements are skipped here (vmaxps returns its
+// second operand, the running maximum, for an unordered pair); they still make
+// the row NaN through exp and the sum, as in PyTorch.
+float row_max(const float* x, Index n) {
+  float m = -std::numeric_limits<float>::infinity();
+  Index c = 0;
+#if defined(__AVX2__)
+  if (n >= 32) {
+    __m256 m0 = _mm256_set1_ps(m), m1 = m0, m2 = m0, m3 = m0;
+    for (; c + 32 <= n; c += 32) {
+      m0 = _mm256_max_ps(_mm256_loadu_ps(x + c), m0);
+      m1 = _mm256_max_ps(_mm256_loadu_ps(x + c + 8), m1);
+      m2 = _mm256_max_ps(_mm256_loadu_ps(x + c + 16), m2);
+      m3 = _mm256_max_ps(_mm256_loadu_ps(x + c + 24), m3);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
+    for (float v : lanes) m = v > m ? v : m;
+  }
+#endif
+  for (; c < n; ++c) m = x[c] > m ? x[c] : m;
+  return m;
+}
+
+// Sum of n floats in double over 16 running sums (four AVX2 registers of
+// doubles), for the same reason: a single vector accumulator made this
+// latency-bound (one dependent add per 4 elements). Lane l sums elements
+// l, l + 16, ...; the order depends only on n.
+double sum_in_double(const float* x, Index n) {
+  constexpr Index kLanes = 16;
+  double acc[kLanes] = {};
+  Index c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+#pragma omp simd
+    for (Index l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(x[c + l]);
+  }
+  for (; c < n; ++c) acc[0] += static_cast<double>(x[c]);
+  double sum = 0.0;
+  for (Index l = 0; l < kLanes; ++l) sum += acc[l];
+  return sum;
+}
+
+// Dot product in double, with the lanes of sum_in_double.
+double dot_in_double(const float* x, const float* y, Index n) {
+  constexpr Index kLanes = 16;
+  double acc[kLanes] = {};
+  Index c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+#pragma omp simd
+    for (Index l = 0; l < kLanes; ++l)
+      acc[l] += static_cast<double>(x[c + l]) * static_cast<double>(y[c + l]);
+  }
+  for (; c < n; ++c) acc[0] += static_cast<double>(x[c]) * static_cast<double>(y[c]);
+  double sum = 0.0;
+  for (Index l = 0; l < kLanes; ++l) sum += acc[l];
+  return sum;
+}
+
 template <bool kLog>
 void softmax_forward(float* z, const float* bias, float* y, Index rows, Index cols) {
   const int t = threads_for(25.0 * static_cast<double>(rows) * static_cast<double>(cols), rows);
   parallel_for(rows, t, [&](Index r) {
     const float* zr = z + r * cols;
     float* yr = y + r * cols;
-    float m = -std::numeric_limits<float>::infinity();
     if (bias) {
-#pragma omp simd reduction(max : m)
-      for (Index c = 0; c < cols; ++c) {
-        const float x = zr[c] + bias[c];
-        yr[c] = x;
-        m = std::max(m, x);
-      }
-    } else {
-      // Eight running maxima: GCC does not vectorize the single-accumulator
-      // std::max reduction here (it left this pass scalar and latency-bound,
-      // the slowest part of a 1024-wide row).
-      float mv[8];
-      for (int l = 0; l < 8; ++l) mv[l] = -std::numeric_limits<float>::infinity();
-      Index c = 0;
-      for (; c + 8 <= cols; c += 8) {
 #pragma omp simd
-        for (int l = 0; l < 8; ++l) mv[l] = simd::max_(mv[l], zr[c + l]);
-      }
-      for (; c < cols; ++c) mv[0] = simd::max_(mv[0], zr[c]);
-      for (int l = 0; l < 8; ++l) m = simd::max_(m, mv[l]);
+      for (Index c = 0; c < cols; ++c) yr[c] = zr[c] + bias[c];
     }
     const float* xr = bias ? yr : zr;
+    float m = row_max(xr, cols);
     // A row of all -inf (or +inf) has no meaningful max shift; using 0 then
     // yields the IEEE result (NaN) rather than hiding it.
     if (!std::isfinite(m)) m = 0.0f;
-    // The exponentials are computed in blocks into float storage (y for
-    // softmax, a stack block for log_softmax, where y may alias x) and summed
-    // in double by a second loop: a loop mixing the float exp with the double
-    // sum is vectorized 4 lanes wide, this way the exp runs 8 wide.
-    constexpr Index kBlock = 256;
-    float tmp[kBlock];
-    double sum = 0.0;
-    for (Index c0 = 0; c0 < cols; c0 += kBlock) {
-      const Index len = std::min(kBlock, cols - c0);
-      const float* src = xr + c0;
-      float* dst = kLog ? tmp : yr + c0;
-#pragma omp simd
-      for (Index c = 0; c < len; ++c) dst[c] = exp_shifted(src[c], m);
-#pragma omp simd reduction(+ : sum)
-      for (Index c = 0; c < len; ++c) sum += static_cast<double>(dst[c]);
-    }
+    // softmax keeps the terms in y to normalise them; log_softmax only needs their sum.
+    const double sum = exp_shifted_sum(xr, m, kLog ? nullptr : yr, cols);
     if (kLog) {
-      // x - m is exact in double, so y is rounded once.
+      // y = x - shift with shift = m + log(sum) carried as two floats: y is
+      // within ~1 ulp, and the pass stays 8-wide (subtracting in double took
+      // a 4-wide pass with conversions, ~15% of the kernel).
       const double shift = static_cast<double>(m) + std::log(sum);
+      const float shift_hi = static_cast<float>(shift);
+      const float shift_lo = static_cast<float>(shift - static_cast<double>(shift_hi));
 #pragma omp simd
-      for (Index c = 0; c < cols; ++c)
-        yr[c] = static_cast<float>(static_cast<double>(xr[c]) - shift);
+      for (Index c = 0; c < cols; ++c) yr[c] = (xr[c] - shift_hi) - shift_lo;
     } else {
       const float inv = static_cast<float>(1.0 / sum);
 #pragma omp simd
@@ -721,17 +920,12 @@ void softmax_backward(const float* y, const float* dy, float* dz, Index rows, In
     const float* yr = y + r * cols;
     const float* gr = dy + r * cols;
     float* dr = dz + r * cols;
-    double s = 0.0;
     if (kLog) {
-#pragma omp simd reduction(+ : s)
-      for (Index c = 0; c < cols; ++c) s += static_cast<double>(gr[c]);
-      const float sf = static_cast<float>(s);
+      const float sf = static_cast<float>(sum_in_double(gr, cols));
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) dr[c] = simd::fma_(-simd::exp(yr[c]), sf, gr[c]);
     } else {
-#pragma omp simd reduction(+ : s)
-      for (Index c = 0; c < cols; ++c) s += static_cast<double>(gr[c]) * yr[c];
-      const float sf = static_cast<float>(s);
+      const float sf = static_cast<float>(dot_in_double(gr, yr, cols));
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) dr[c] = yr[c] * (gr[c] - sf);
     }
