@@ -190,7 +190,7 @@ inline __m256 exp_shifted8(__m256 x, __m256 hi, __m256 neg_m) {
 // intervals [0, .5) [.5, 1) [1, 2) [2, 3) [3, 5) [5, 7) [7, 11) [11, 15)
 // (the halves of the octaves of a + 1, so the interval index is the exponent
 // and top mantissa bit of a + 1), looked up per lane with vpermps. The
-// constant term is split hi + lo. tools/fit_gelu_tail.py made the tables and
+// constant term is split hi + lo. cpp/tools/fit_gelu_tail.py made the tables and
 // emulates this arithmetic against float64:
 // relative fit error 3.1e-09; emulated float gelu: max 2.81 ulp
 // (measured on the kernel by tests/test_activations.py). The scalar functor
@@ -219,7 +219,7 @@ inline __m256 gelu_erf8(__m256 x, bool& fast) {
   const __m256i idx = _mm256_sub_epi32(_mm256_srli_epi32(bits, 22), _mm256_set1_epi32(127 << 1));
   auto table = [&](const float* row) { return _mm256_permutevar8x32_ps(_mm256_load_ps(row), idx); };
   const __m256 s = _mm256_sub_ps(a, table(kGeluCentre));
-  // Horner, the order tools/fit_gelu_tail.py emulates. (Estrin's scheme
+  // Horner, the order cpp/tools/fit_gelu_tail.py emulates. (Estrin's scheme
   // measured no faster: the loop is bound by the FMA pipes, not latency.)
   __m256 r = table(kGeluCoef[9]);
   for (int k = 8; k >= 2; --k) r = _mm256_fmadd_ps(r, s, table(kGeluCoef[k]));

@@ -1,7 +1,7 @@
 """Fits the piecewise polynomials of nerve's float gelu (cpp/src/activation.cpp,
 GeluErf8) and checks the float pipeline against float64.
 
-    python tools/fit_gelu_tail.py          # prints the C++ tables and the error
+    python cpp/tools/fit_gelu_tail.py          # prints the C++ tables and the error
 
 gelu(x) = x * Phi(x); for a = |x|, Phi(-a) = f(a) * exp(-a^2/2) with
 f(a) = erfcx(a / sqrt 2) / 2, a smooth function from 0.5 (a = 0) to ~1/(a sqrt(2 pi)).
