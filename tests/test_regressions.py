@@ -199,3 +199,26 @@ def test_activation_layer_name_is_the_activation():
 def test_layer_forward_rejects_non_real_input(bad):
     with pytest.raises(ValueError, match="real numeric"):
         nv.layers.Dense(2).forward(bad)
+
+
+@pytest.mark.parametrize("make", [lambda: nv.optimizers.Ftrl(weight_decay=0.1),
+                                  lambda: nv.optimizers.Adam(lrr=0.1),
+                                  lambda: nv.optimizers.get("sgd", momentun=0.9)])
+def test_unknown_optimizer_parameter_is_a_value_error_with_a_suggestion(make):
+    # These raised KeyError from the field table.
+    with pytest.raises(ValueError, match="unknown parameter"):
+        make()
+
+
+def test_gelu_of_an_element_does_not_depend_on_its_neighbours():
+    # The AVX2 gelu recomputes only the lanes outside its fast range, so an
+    # element's result is the same alone, beside |x| > 13 or NaN, or at a
+    # ragged end (masked last vector).
+    g = nv.activations.get("gelu")
+    x = (np.random.default_rng(1).standard_normal(1003) * 5).astype(np.float32)
+    x[::7] = 40.0
+    x[3] = np.nan
+    x[10] = -14.0
+    y = g.forward(x.reshape(1, -1)).ravel()
+    alone = np.array([g.forward(np.array([[v]], np.float32))[0, 0] for v in x])
+    assert np.array_equal(y, alone, equal_nan=True)

@@ -210,11 +210,11 @@ alignas(32) constexpr float kGeluCoef[10][8] = {
     {6.429546629e-04f, 1.676911634e-04f, 2.773070082e-05f, 3.332491588e-06f, 2.494918192e-07f, 1.515645032e-08f, 6.849814604e-10f, 3.067924387e-11f},
 };
 
-// Branch-free; `fast` is false when some lane is outside the fast range (its
-// result is then meaningless and the caller recomputes the vector).
-inline __m256 gelu_erf8(__m256 x, bool& fast) {
+// Branch-free; `slow` gets the lanes outside the fast range |x| <= 13 (and
+// NaN), whose results are meaningless here.
+inline __m256 gelu_erf8(__m256 x, int& slow) {
   const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
-  fast = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(13.0f), _CMP_LE_OQ)) == 0xFF;
+  slow = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(13.0f), _CMP_NLE_UQ));
   const __m256i bits = _mm256_castps_si256(_mm256_add_ps(a, _mm256_set1_ps(1.0f)));
   const __m256i idx = _mm256_sub_epi32(_mm256_srli_epi32(bits, 22), _mm256_set1_epi32(127 << 1));
   auto table = [&](const float* row) { return _mm256_permutevar8x32_ps(_mm256_load_ps(row), idx); };
@@ -246,8 +246,8 @@ struct FGeluErf {
     return x * phi;
   }
 #if defined(__AVX2__) && defined(__FMA__)
-  // The float kernel for 8 lanes; ok = false leaves the vector to operator().
-  __m256 v8(__m256 x, bool& ok) const { return gelu_erf8(x, ok); }
+  // The float kernel for 8 lanes (see HasV8).
+  __m256 v8(__m256 x, int& slow) const { return gelu_erf8(x, slow); }
 #endif
 };
 // gelu (tanh form): 0.5 x (1 + tanh(u)) = x * sigmoid(2u),
@@ -438,55 +438,85 @@ struct BHardSwish {
 // large enough to amortise scheduling, fixed so results never depend on threads.
 constexpr Index kChunk = 1 << 14;
 
-// Functors with an explicit 8-lane kernel (`__m256 v8(__m256 x, bool& ok)`).
+// Functors with an explicit 8-lane kernel, `__m256 v8(__m256 x, int& slow)`:
+// `slow` is a bitmask of lanes outside the kernel's range, which operator()
+// recomputes. Every element's result then depends on its own value only
+// (never on its neighbours or its position), like the scalar loop.
 template <class F, class = void>
 struct HasV8 : std::false_type {};
 template <class F>
 struct HasV8<F, std::void_t<decltype(&F::v8)>> : std::true_type {};
+
+#if defined(__AVX2__) && defined(__FMA__)
+// Lanes [0, len) of a vector, len in [1, 8]: loads zeros beyond, stores nothing beyond.
+inline __m256i lane_mask(Index len) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(len)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// One vector of up to 8 elements through f.v8, patching the slow lanes. Only
+// a partial vector uses masked loads and stores (vmaskmovps stores are
+// microcoded on Zen).
+template <class F>
+NERVE_INLINE void map_vector(const F& f, const float* x, const float* bias, float* zout, float* y,
+                             Index len) {
+  const bool full = len == 8;
+  const __m256i mask = lane_mask(len);
+  auto load = [&](const float* p) { return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask); };
+  auto store = [&](float* p, __m256 v) {
+    if (full)
+      _mm256_storeu_ps(p, v);
+    else
+      _mm256_maskstore_ps(p, mask, v);
+  };
+  __m256 v = load(x);
+  if (bias) v = _mm256_add_ps(v, load(bias));
+  if (zout) store(zout, v);
+  int slow = 0;
+  store(y, f.v8(v, slow));
+  slow &= (1 << len) - 1;
+  if (slow) {
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, v);
+    for (int l = 0; l < 8; ++l)
+      if (slow & (1 << l)) y[l] = f(lanes[l]);
+  }
+}
+#endif
 
 // y[i] = f(x[i] + bias[i]) for i < n (no bias: f(x[i])); when zout is given
 // it receives x[i] + bias[i] (it may be x itself).
 template <class F>
 NERVE_INLINE void map_span(const F& f, const float* x, const float* bias, float* zout, float* y,
                            Index n) {
-  Index i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
   if constexpr (HasV8<F>::value) {
+    auto at = [](const float* p, Index i) { return p ? p + i : nullptr; };
+    Index i = 0;
     // Two vectors per iteration: their long dependency chains (polynomial,
-    // exp) then overlap instead of leaving the FP units idle.
+    // exp) overlap instead of leaving the FP units idle.
     for (; i + 16 <= n; i += 16) {
-      __m256 v[2];
-      for (int h = 0; h < 2; ++h) {
-        v[h] = _mm256_loadu_ps(x + i + 8 * h);
-        if (bias) v[h] = _mm256_add_ps(v[h], _mm256_loadu_ps(bias + i + 8 * h));
-        if (zout) _mm256_storeu_ps(zout + i + 8 * h, v[h]);
-      }
-      bool ok[2];
-      const __m256 out0 = f.v8(v[0], ok[0]), out1 = f.v8(v[1], ok[1]);
-      _mm256_storeu_ps(y + i, out0);
-      _mm256_storeu_ps(y + i + 8, out1);
-      for (int h = 0; h < 2; ++h) {
-        if (ok[h]) continue;
-        alignas(32) float lanes[8];
-        _mm256_store_ps(lanes, v[h]);
-        for (int l = 0; l < 8; ++l) y[i + 8 * h + l] = f(lanes[l]);
-      }
+      map_vector(f, x + i, at(bias, i), zout ? zout + i : nullptr, y + i, 8);
+      map_vector(f, x + i + 8, at(bias, i + 8), zout ? zout + i + 8 : nullptr, y + i + 8, 8);
     }
+    for (; i < n; i += 8)
+      map_vector(f, x + i, at(bias, i), zout ? zout + i : nullptr, y + i, std::min<Index>(8, n - i));
+    return;
   }
 #endif
   if (!bias) {
 #pragma omp simd
-    for (Index j = i; j < n; ++j) y[j] = f(x[j]);
+    for (Index j = 0; j < n; ++j) y[j] = f(x[j]);
   } else if (zout) {
 #pragma omp simd
-    for (Index j = i; j < n; ++j) {
+    for (Index j = 0; j < n; ++j) {
       const float v = x[j] + bias[j];
       zout[j] = v;
       y[j] = f(v);
     }
   } else {
 #pragma omp simd
-    for (Index j = i; j < n; ++j) y[j] = f(x[j] + bias[j]);
+    for (Index j = 0; j < n; ++j) y[j] = f(x[j] + bias[j]);
   }
 }
 

@@ -1,6 +1,10 @@
 #include <algorithm>
 #include <cmath>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "nerve/gemm.hpp"
 #include "nerve/layer.hpp"
 #include "nerve/parallel.hpp"
@@ -15,6 +19,87 @@ ActContext act_context(const StepContext& ctx, std::uint64_t stream) {
   a.stream = stream;
   a.step = ctx.step;
   return a;
+}
+
+// Up to this batch, backward makes one pass over the rows of W for dW and dX;
+// larger batches use GEMM. At batch 1 this is a memory-bound step's largest
+// pass after the optimizer's: one read of W serves dX, and dW is written once.
+constexpr Index kMaxRowBatch = 4;
+// Elements of W per block of that pass. The boundaries depend on the shape
+// alone, so threads split the blocks without changing any result; 8K
+// elements per block amortise the scheduling.
+constexpr Index kRowBlockElems = 8192;
+// The dot products of dX run U independent 8-lane FMA chains per batch row
+// (enough to hide the FMA latency: 4 at batch 1-2; 2 at 3-4, where the batch
+// rows give the parallelism and registers run short). The lanes are then
+// added in a fixed tree, so the result depends on the shape alone.
+template <int B>
+constexpr int kChains = B <= 2 ? 4 : 2;
+
+// sum of lanes[0 .. 8U): the U vectors pairwise, then 8 -> 4 -> 2 -> 1.
+template <int U>
+float lane_sum(const float* lanes) {
+  float v[8];
+  for (int l = 0; l < 8; ++l) {
+    if constexpr (U == 4) v[l] = (lanes[l] + lanes[8 + l]) + (lanes[16 + l] + lanes[24 + l]);
+    else v[l] = lanes[l] + lanes[8 + l];
+  }
+  const float h0 = v[0] + v[4], h1 = v[1] + v[5], h2 = v[2] + v[6], h3 = v[3] + v[7];
+  return (h0 + h2) + (h1 + h3);
+}
+
+// For rows [r0, r1) of W (in x units) and a batch of B rows:
+//   dx[b, i] = sum_j dz[b, j] W[i, j]                         (when dx)
+//   g[i, j] = (accumulate ? g[i, j] : 0) + x[0, i] dz[0, j] + ... + x[B-1, i] dz[B-1, j]
+//                                                             (when g; FMA in that order)
+// One read of each row of W serves the whole batch's dX.
+template <int B>
+void gradient_rows(const float* x, Index in, const float* dz, Index units, const float* w, float* g, float* dx,
+                   Index r0, Index r1, bool accumulate) {
+  constexpr int U = kChains<B>, kLanes = 8 * U;
+  const Index vec_end = units / kLanes * kLanes;
+  for (Index i = r0; i < r1; ++i) {
+    const float* __restrict wi = w + i * units;
+    if (dx) {
+      alignas(32) float lanes[B][kLanes];
+#if defined(__AVX2__) && defined(__FMA__)
+      __m256 acc[B][U];
+      for (int b = 0; b < B; ++b)
+        for (int u = 0; u < U; ++u) acc[b][u] = _mm256_setzero_ps();
+      for (Index j = 0; j < vec_end; j += kLanes) {
+        __m256 wv[U];
+        for (int u = 0; u < U; ++u) wv[u] = _mm256_loadu_ps(wi + j + 8 * u);
+        for (int b = 0; b < B; ++b)
+          for (int u = 0; u < U; ++u)
+            acc[b][u] = _mm256_fmadd_ps(_mm256_loadu_ps(dz + b * units + j + 8 * u), wv[u], acc[b][u]);
+      }
+      for (int b = 0; b < B; ++b)
+        for (int u = 0; u < U; ++u) _mm256_store_ps(lanes[b] + 8 * u, acc[b][u]);
+#else  // the same operations one lane at a time
+      for (int b = 0; b < B; ++b)
+        for (int l = 0; l < kLanes; ++l) lanes[b][l] = 0.0f;
+      for (Index j = 0; j < vec_end; j += kLanes)
+        for (int b = 0; b < B; ++b)
+          for (int l = 0; l < kLanes; ++l) lanes[b][l] = std::fma(dz[b * units + j + l], wi[j + l], lanes[b][l]);
+#endif
+      for (int b = 0; b < B; ++b) {
+        float sum = lane_sum<U>(lanes[b]);
+        for (Index j = vec_end; j < units; ++j) sum = std::fma(dz[b * units + j], wi[j], sum);
+        dx[b * in + i] = sum;
+      }
+    }
+    if (g) {
+      float xi[B];
+      for (int b = 0; b < B; ++b) xi[b] = x[b * in + i];
+      float* __restrict gi = g + i * units;
+#pragma omp simd
+      for (Index j = 0; j < units; ++j) {
+        float acc = accumulate ? gi[j] : 0.0f;  // never 0 * g: g may hold NaN garbage
+        for (int b = 0; b < B; ++b) acc = std::fma(xi[b], dz[b * units + j], acc);
+        gi[j] = acc;
+      }
+    }
+  }
 }
 }  // namespace
 
@@ -57,14 +142,36 @@ void Dense::backward(const float* x, const float* y, float* dy, float* dx, Index
   float* dz = info.width_factor == 1 ? dy : dz_.data();
   activation_backward(act, keeps_z_ ? z_.data() : nullptr, y, dy, dz, batch, units,
                       act_context(ctx, stream));
-  if (trainable) {
-    if (use_bias) column_sums(dz, batch, units, bias.grad(), accumulate);
+  if (trainable && use_bias) column_sums(dz, batch, units, bias.grad(), accumulate);
+  if (batch <= kMaxRowBatch) {
+    small_batch_backward(x, dz, dx, batch, accumulate);
+    return;
+  }
+  if (trainable)
     gemm(true, false, in_features, units, batch, x, in_features, dz, units, kernel.grad(), units,
          accumulate);
-  }
   if (dx)
     gemm(false, true, batch, in_features, units, dz, units, kernel.value(), units, dx, in_features,
          false);
+}
+
+void Dense::small_batch_backward(const float* x, const float* dz, float* dx, Index batch,
+                                 bool accumulate) {
+  float* g = trainable ? kernel.grad() : nullptr;
+  if (!g && !dx) return;
+  const float* w = kernel.value();
+  const Index rows_per_block = std::max<Index>(1, kRowBlockElems / units);
+  const Index blocks = (in_features + rows_per_block - 1) / rows_per_block;
+  const double work = 4.0 * static_cast<double>(in_features) * units * batch;
+  parallel_for(blocks, threads_for(work, blocks), [&](Index blk) {
+    const Index r0 = blk * rows_per_block, r1 = std::min(in_features, r0 + rows_per_block);
+    switch (batch) {
+      case 1: gradient_rows<1>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
+      case 2: gradient_rows<2>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
+      case 3: gradient_rows<3>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
+      default: gradient_rows<4>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
+    }
+  });
 }
 
 namespace {

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _core
 from . import schedules as _schedules
-from ._names import resolve
+from ._names import check_params, resolve
 from .parameter import Parameter
 
 
@@ -48,6 +48,9 @@ class Optimizer:
         self.schedule = schedule
         if schedule is not None and not callable(schedule):
             raise ValueError("schedule must be callable: schedule(step) -> learning rate")
+        allowed = ["lr", *self._fields, "clipnorm", "clipvalue", "global_clipnorm", "schedule",
+                   "exclude_from_weight_decay"]
+        check_params("optimizer", type(self).__name__, hyper, allowed)
         self._config = {"lr": lr, **hyper}
         self._clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
         if isinstance(exclude_from_weight_decay, str):

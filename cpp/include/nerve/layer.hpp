@@ -116,6 +116,10 @@ class Dense : public Layer {
   int max_norm_axis = 0;
 
  private:
+  // Batches of 1 to 4: dW and dX in one pass over the rows of W.
+  void small_batch_backward(const float* x, const float* dz, float* dx, Index batch,
+                            bool accumulate);
+
   bool keeps_z_ = false;   // the activation's derivative needs the pre-activation
   AlignedBuffer z_;        // pre-activation, when kept
   AlignedBuffer dz_;       // dL/dz, when the activation changes the width (crelu)
