@@ -87,6 +87,23 @@ def test_gemm_strided_leading_dimensions(M, N, K, trans_a, trans_b):
     assert np.all(out[:, 0] == 7.0) and np.all(out[:, N + 1:] == 7.0)
 
 
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("M,N,K", [(11, 520, 300), (800, 515, 389)])
+def test_gemm_packs_rows_a_multiple_of_4kb_apart(M, N, K, trans_b):
+    """A row-major op(A) whose rows lie 1024 floats apart, on a tile of >= 512
+    columns (one tile; 4 row tiles of full width), takes the kernel's packed-A
+    route instead of being read in place."""
+    rng = np.random.default_rng(M + K)
+    a = rng.uniform(-1, 1, (M, 1024)).astype(np.float32)[:, :K]
+    _, b = _operands(M, N, K, False, trans_b, rng)
+    c = np.full((M, N), np.nan, np.float32)
+    _gemm(a, b, c, False, trans_b, False)
+    _check(c, _expected(a, b, False, trans_b), K)
+    c0 = c.copy()
+    _gemm(a, b, c, False, trans_b, True)
+    _check(c, _expected(a, b, False, trans_b, c0=c0), K)
+
+
 @pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
 def test_gemm_does_not_depend_on_thread_count(trans_a, trans_b):
     rng = np.random.default_rng(11)

@@ -74,9 +74,9 @@ float* workspace(Index n) {
 
 #if defined(__AVX2__) && defined(__FMA__)
 // BLIS-style GEMM for one tile. op(B) is copied into NR-column micro-panels
-// and a transposed op(A) into MR-row micro-panels (zero-padded at the edges)
-// so that the micro-kernel reads them contiguously whatever the transposes; a
-// row-major op(A) is read in place. The micro-kernel keeps a 6 x 16 block of
+// and op(A) into MR-row micro-panels (zero-padded at the edges) so that the
+// micro-kernel reads them contiguously whatever the transposes; a row-major
+// op(A) is mostly read in place (packed_gemm says when). The micro-kernel keeps a 6 x 16 block of
 // C in 12 ymm accumulators (Zen 3: 2 FMA/cycle x 4 cycles of latency needs
 // >= 8 independent chains), with 2 B loads and 6 broadcasts of A per k; it
 // runs at ~100 GFLOP/s on L1-resident panels on the 2-core EPYC. Measured
@@ -125,9 +125,7 @@ inline void transpose8(__m256 r[8]) {
 
 // Packs the mc x kc block of a transposed op(A) (op(A)[i][k] = a[k lda + i])
 // into MR-row micro-panels: panel p holds, for k = 0..kc-1, the MR values
-// op(A)[p MR + r][k], missing rows 0. A non-transposed op(A) is not packed:
-// the micro-kernel broadcasts straight from its rows, which are contiguous in
-// k already (packing them cost ~6% of the forward product's time).
+// op(A)[p MR + r][k], missing rows 0.
 void pack_a_transposed(Index mc, Index kc, const float* a, Index lda, float* dst) {
   const Index panels = ceil_div(mc, kMR), panel_size = kMR * kc;
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -155,6 +153,30 @@ void pack_a_transposed(Index mc, Index kc, const float* a, Index lda, float* dst
         _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), _mm256_extractf128_ps(v, 1));
       }
     }
+  }
+}
+
+// Packs the mc x kc block of a row-major op(A) (op(A)[i][k] = a[i lda + k])
+// into the same micro-panels, 8 k at a time: 6 rows (+2 zero rows) of 8 are
+// transposed and each k's 8 lanes stored at its 6-float slot; the 2 extra
+// lanes land in the next slot, which the next store overwrites. Writes up to
+// 2 floats past the last panel (the caller leaves room).
+void pack_a_rows(Index mc, Index kc, const float* a, Index lda, float* dst) {
+  for (Index i0 = 0; i0 < mc; i0 += kMR, dst += kMR * kc) {
+    const Index rows = std::min(kMR, mc - i0);
+    const float* row = a + i0 * lda;
+    Index k = 0;
+    if (rows == kMR) {
+      for (; k + 8 <= kc; k += 8) {
+        __m256 r[8];
+        for (int i = 0; i < kMR; ++i) r[i] = _mm256_loadu_ps(row + i * lda + k);
+        r[6] = r[7] = _mm256_setzero_ps();
+        transpose8(r);
+        for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (k + t) * kMR, r[t]);
+      }
+    }
+    for (; k < kc; ++k)
+      for (Index r = 0; r < kMR; ++r) dst[k * kMR + r] = r < rows ? row[r * lda + k] : 0.0f;
   }
 }
 
@@ -285,8 +307,17 @@ void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const fl
   const Index kc_max = balanced_block(K, kMaxKC, 1);
   const Index mc_max = balanced_block(m, kMaxMC, kMR);
   const Index nc_max = balanced_block(n, kMaxNC, kNR);
-  // Rounded up to keep B 64-byte aligned.
-  const Index size_a = trans_a ? ceil_div(mc_max * kc_max, 16) * 16 : 0;
+  // A row-major op(A) is read in place (its rows are contiguous in k already;
+  // packing them cost ~6% on the 128-column tiles), unless its rows lie a
+  // multiple of 4 KB apart, so that they share cache sets and the mc x kc
+  // block does not stay in L2, and the tile is wide enough to repay the copy:
+  // measured on 2048^3 (the wide MLP's second layer at batch 2048), packing
+  // gained 2-5% (NN) and 0-3% (NT); on its 128-column tiles at batch 512 it
+  // lost 3-5%.
+  const bool pack_a = trans_a || (lda % 1024 == 0 && n >= 512);
+  // +8: pack_a_rows may write 2 floats past its last panel; the rounding
+  // keeps B 64-byte aligned.
+  const Index size_a = pack_a ? ceil_div(mc_max * kc_max + 8, 16) * 16 : 0;
   float* packed_a = workspace(size_a + kc_max * nc_max);
   float* packed_b = packed_a + size_a;
   for (Index jc = 0; jc < n; jc += nc_max) {
@@ -298,12 +329,15 @@ void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const fl
       const bool add = accumulate || pc > 0;
       for (Index ic = 0; ic < m; ic += mc_max) {
         const Index mc = std::min(mc_max, m - ic);
-        if (trans_a) pack_a_transposed(mc, kc, A + pc * lda + ic, lda, packed_a);
+        if (trans_a)
+          pack_a_transposed(mc, kc, A + pc * lda + ic, lda, packed_a);
+        else if (pack_a)
+          pack_a_rows(mc, kc, A + ic * lda + pc, lda, packed_a);
         for (Index jr = 0; jr < nc; jr += kNR)
           for (Index ir = 0; ir < mc; ir += kMR) {
             float* c = C + (ic + ir) * ldc + jc + jr;
             const Index rows = std::min(kMR, mc - ir), cols = std::min(kNR, nc - jr);
-            if (trans_a)
+            if (pack_a)
               block_product(kc, packed_a + ir * kc, 1, kMR, packed_b + jr * kc, c, ldc, rows, cols, add);
             else
               block_product(kc, A + (ic + ir) * lda + pc, lda, 1, packed_b + jr * kc, c, ldc, rows,
