@@ -85,6 +85,14 @@ void gemm_args(benchmark::internal::Benchmark* b) {
           if (kind == 2 && l[0] == 784) continue;  // no dX for the first layer
           b->Args({kind, batch, l[0], l[1], threads});
         }
+  // The wide MLP's 2048-wide layers (784-2048-2048-10) at batch 512, and the
+  // deep narrow one's 128 x 128 layers (784-(128 x 20)-10) at batch 512 and 2048.
+  for (int threads : {1, 2})
+    for (int kind = 0; kind < 3; ++kind) {
+      if (kind != 2) b->Args({kind, 512, 784, 2048, threads});  // no dX for the first layer
+      b->Args({kind, 512, 2048, 2048, threads});
+      for (int batch : {512, 2048}) b->Args({kind, batch, 128, 128, threads});
+    }
   // A square product: the best rate this GEMM reaches on this machine.
   for (int threads : {1, 2}) b->Args({0, 2048, 2048, 2048, threads});
 }

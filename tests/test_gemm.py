@@ -1,9 +1,9 @@
 """The GEMM paths behind Dense (cpp/src/gemm.cpp) against numpy, shape by shape.
 
 gemm() picks among Eigen's matrix-vector product (one row or column), a
-single-pass rank-K update (depth <= 4: dW at batch 1-4), and Eigen's GEMM
+single-pass rank-K update (depth <= 4: dW at batch 1-4), and the packed GEMM
 kernel on output tiles (balanced row tiles, column tiles), in parallel over
-tiles. Each path is reached here through a Dense layer's forward (Y = X W + b),
+tiles (test_gemm_kernel.py tests that kernel's edges directly). Each path is reached here through a Dense layer's forward (Y = X W + b),
 backward (dW = X^T dZ accumulated, dX = dZ W^T), and checked against float64
 numpy; then the same products on 1 and 2 threads must agree bit for bit.
 """

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common.hpp"
+#include "nerve/gemm.hpp"
 #include "nerve/layer.hpp"
 #include "nerve/parallel.hpp"
 #include "nerve/rng.hpp"
@@ -31,6 +32,21 @@ std::string simd_level() {
 py::array view(float* data, Index offset, Index size, py::handle owner) {
   return py::array_t<float>({static_cast<py::ssize_t>(size)}, {static_cast<py::ssize_t>(sizeof(float))},
                             data + offset, owner);
+}
+
+// A float32 matrix whose rows may lie apart (a column slice of a wider array)
+// but whose columns are contiguous: gemm's operand layout. Returns its row stride.
+Index strided_matrix(const py::array& a, const char* what) {
+  if (!py::isinstance<py::array_t<float>>(a) || a.dtype().kind() != 'f' || a.itemsize() != 4 ||
+      a.ndim() != 2)
+    throw ValueError(std::string(what) + " must be a 2-D float32 array");
+  const Index rows = a.shape(0), cols = a.shape(1);
+  const py::ssize_t row_stride = a.strides(0), col_stride = a.strides(1);
+  require(rows == 0 || cols <= 1 || col_stride == 4, std::string(what) + " must have contiguous rows");
+  if (rows <= 1 || cols == 0) return std::max<Index>(cols, 1);  // the row stride is never used
+  require(row_stride > 0 && row_stride % 4 == 0 && row_stride / 4 >= cols,
+          std::string(what) + " must have rows in order, at least a row apart");
+  return row_stride / 4;
 }
 
 void check_range(const ParamArena& a, Index offset, Index size) {
@@ -92,6 +108,28 @@ void bind_core(py::module_& m) {
       .def_property_readonly("address", [](const ParamArena& a) {
         return reinterpret_cast<std::uintptr_t>(a.values.data());
       });
+
+  m.def(
+      "gemm",
+      [](py::array a, py::array b, py::array c, bool trans_a, bool trans_b, bool accumulate) {
+        const Index lda = strided_matrix(a, "a"), ldb = strided_matrix(b, "b"),
+                    ldc = strided_matrix(c, "c");
+        require(c.writeable(), "c must be writeable");
+        const Index M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+        const Index N = trans_b ? b.shape(0) : b.shape(1);
+        require((trans_b ? b.shape(1) : b.shape(0)) == K && c.shape(0) == M && c.shape(1) == N,
+                "gemm shapes do not match: op(a) " + std::to_string(M) + " x " + std::to_string(K) +
+                    ", b " + shape_str(b) + ", c " + shape_str(c));
+        const float* pa = fptr(a);
+        const float* pb = fptr(b);
+        float* pc = fmut(c);
+        py::gil_scoped_release nogil;
+        gemm(trans_a, trans_b, M, N, K, pa, lda, pb, ldb, pc, ldc, accumulate);
+      },
+      py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a"), py::arg("trans_b"),
+      py::arg("accumulate"),
+      "c (+)= op(a) @ op(b) with the training GEMM (op = transpose when trans_*); "
+      "rows may be strided, columns contiguous. For tests and benchmarks.");
 
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));

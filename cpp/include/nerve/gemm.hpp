@@ -1,16 +1,18 @@
-// Matrix products for the layers, on top of Eigen's single-threaded GEMM kernel.
+// Matrix products for the layers: nerve's own packed AVX2/FMA GEMM kernel
+// (Eigen's in a build without AVX2 + FMA), matrix-vector products from Eigen.
 //
 // Threads split the output C into tiles whose shape depends only on (M, N, K),
-// never on the thread count; each tile is one single-threaded product. Every
-// element of C therefore sees the same sequence of floating-point operations
-// whatever the number of threads: training is bit-reproducible on 1 or 2 (or
-// 64) threads. Eigen's own threading chooses its k-blocking from the thread
-// count, which would break that, so it is compiled out (EIGEN_DONT_PARALLELIZE).
+// never on the thread count; each tile is one single-threaded product whose
+// cache blocking also depends only on the tile's shape. Every element of C
+// therefore sees the same sequence of floating-point operations whatever the
+// number of threads: training is bit-reproducible on 1 or 2 (or 64) threads.
+// Eigen's own threading chooses its k-blocking from the thread count, which
+// would break that, so it is compiled out (EIGEN_DONT_PARALLELIZE).
 //
 // Per tile: one row or column -> Eigen's matrix-vector product; depth K <= 4
-// (dW at batch 1-4) -> a single-pass rank-K update; otherwise Eigen's GEMM
-// kernel called directly with this thread's packing buffers (grown once,
-// kept), so a product allocates nothing. See bench/README.md, "Levers".
+// (dW at batch 1-4) -> a single-pass rank-K update; otherwise a BLIS-style
+// packed GEMM (6 x 16 micro-kernel) with this thread's packing buffer (grown
+// once, kept), so a product allocates nothing. See bench/README.md, "Levers".
 #pragma once
 #include "nerve/common.hpp"
 
