@@ -2,7 +2,7 @@
 # Every benchmark behind bench/README.md's figures, in one session, into
 # bench/results/ (JSON + the printed tables in run_all.log). Assumes the
 # module is built into python/nerve and bench_kernels into build/dev (see
-# bench/README.md). Takes ~10 minutes on 2 cores.
+# bench/README.md). Takes ~15 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=python
@@ -19,11 +19,15 @@ bin=build/dev/bench/bench_kernels
   fi
   python3 bench/train_mlp.py --against torch --threads 1,2 --json "$out/train_mlp_ref.json"
   python3 bench/train_mlp.py --against torch --threads 1,2 --model deep --json "$out/train_mlp_deep.json"
-  python3 bench/train_mlp.py --against torch --threads 1,2 --model wide --batches 1,32,128,512 \
+  python3 bench/train_mlp.py --against torch --threads 1,2 --model wide --batches 1,32,128,512,2048 \
     --rounds 3 --json "$out/train_mlp_wide.json"
   python3 bench/optimizer_step.py --json "$out/optimizer_step.json"
   python3 bench/peak_memory.py --json "$out/peak_memory.json"
   python3 bench/fit_loop.py
+  # Single-threaded on both sides: at 16K floats neither splits the work, and
+  # a thread pool waking on a busy machine would decide the ratio instead.
+  python3 bench/bench_activations.py --threads 1 --rounds 9 --json "$out/activations.json" \
+    --markdown "$out/activations.md"
   python3 bench/plot_throughput.py "$out/train_mlp_ref.json" --out docs/throughput.png
   echo "# done $(date -u) load: $(cut -d' ' -f1-3 /proc/loadavg)"
 } 2>&1 | tee "$out/run_all.log"
