@@ -22,13 +22,21 @@ using MutMap = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
 
 // Tile edges. Rows of C are split when there are many (large batches, or the
 // dW = X^T dZ product with many input features); columns when the rows alone
-// give too few tiles. A tile of ~256 rows re-packs B once per tile, which costs
-// ~1/(2*256) of the tile's flops: negligible. Row tiles are made equal (a
-// multiple of 8 rows) so that they share out evenly: 784 rows become 4 x ~200,
-// not 3 x 256 + 16, which left one of 2 threads idle a third of the time
-// (bench/README.md, "Levers").
-constexpr Index kTileRows = 256;
+// give too few tiles. Each tile packs its own copy of the op(B) columns it
+// needs, and of op(A) when A is transposed (dW); packing is memory-bound
+// (~0.3 ns a float against ~5 ns of arithmetic per float of a 256-row tile),
+// so the tile edges trade that cost against enough tiles for the threads.
+// Products with a row-major A (forward, dX: rows = batch) use row tiles of up
+// to 512 (B packed half as often as with 256: 1-3% faster at batch 512-2048);
+// dW keeps 256-row tiles and splits its columns 256 wide, not 128 (A packed
+// once per row tile instead of twice: dW 512x2048x256 80 -> 85 GFLOP/s).
+// Row tiles are made equal (a multiple of 8 rows) so that they share out
+// evenly: 784 rows become 4 x ~200, not 3 x 256 + 16, which left one of 2
+// threads idle a third of the time (bench/README.md, "Levers").
+constexpr Index kTileRows = 512;
+constexpr Index kTileRowsTransposedA = 256;
 constexpr Index kTileCols = 128;
+constexpr Index kTileColsTransposedA = 256;
 
 struct Tiling {
   Index row_tile, col_tile, row_tiles, col_tiles;
@@ -36,18 +44,20 @@ struct Tiling {
 
 Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 
-Tiling choose_tiling(Index M, Index N, Index K) {
+Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   Tiling t{M, N, 1, 1};
   // Small products stay whole: one tile, no split overhead.
   if (2.0 * static_cast<double>(M) * N * K < 4.0 * kParallelFlops) return t;
-  if (M > kTileRows) {
-    const Index pieces = ceil_div(M, kTileRows);
+  const Index row_cap = trans_a ? kTileRowsTransposedA : kTileRows;
+  if (M > row_cap) {
+    const Index pieces = ceil_div(M, row_cap);
     t.row_tile = ceil_div(ceil_div(M, pieces), 8) * 8;
     t.row_tiles = ceil_div(M, t.row_tile);
   }
-  if (t.row_tiles < 4 && N > kTileCols) {
-    t.col_tile = kTileCols;
-    t.col_tiles = ceil_div(N, kTileCols);
+  const Index col_tile = trans_a ? kTileColsTransposedA : kTileCols;
+  if (t.row_tiles < 4 && N > col_tile) {
+    t.col_tile = col_tile;
+    t.col_tiles = ceil_div(N, col_tile);
   }
   return t;
 }
@@ -475,7 +485,7 @@ void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A,
       for (Index i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
     return;
   }
-  const Tiling t = choose_tiling(M, N, K);
+  const Tiling t = choose_tiling(trans_a, M, N, K);
   const Index tiles = t.row_tiles * t.col_tiles;
   const int threads = threads_for(2.0 * static_cast<double>(M) * N * K, tiles);
   parallel_for(tiles, threads, [&](Index tile) {
