@@ -65,6 +65,9 @@ Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
 // This thread's packing buffer of at least n floats (64-byte aligned), grown
 // on demand and kept for the thread's life. Not an AlignedBuffer: its
 // allocation counter is not atomic, and two threads may grow theirs at once.
+// Slot 0: the tile's own packing; slot 1: op(B) packed once for a whole
+// product by the calling thread (shared_packed_b), which is also a tile worker.
+template <int Slot = 0>
 float* workspace(Index n) {
   struct Buffer {
     float* data = nullptr;
@@ -313,8 +316,18 @@ void block_product(Index kc, const float* a, Index row_stride, Index k_stride, c
       c[i * ldc + j] = add ? c[i * ldc + j] + tmp[i * kNR + j] : tmp[i * kNR + j];
 }
 
+// Where block (jc, pc) of op(B) starts in a whole-product packing: the
+// blocks of one column block are stacked along k, each kc x (nc rounded up
+// to NR) (nc_max is a multiple of NR, so earlier column blocks take K jc).
+Index packed_b_offset(Index K, Index jc, Index pc, Index nc) {
+  return K * jc + pc * ceil_div(nc, kNR) * kNR;
+}
+
+// prepacked_b: all of op(B) (n columns) already packed by pack_whole_b, or
+// null to pack each block here.
 void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const float* A, Index lda,
-                 const float* B, Index ldb, float* C, Index ldc, bool accumulate) {
+                 const float* B, Index ldb, float* C, Index ldc, bool accumulate,
+                 const float* prepacked_b) {
   const Index kc_max = balanced_block(K, kMaxKC, 1);
   const Index mc_max = balanced_block(m, kMaxMC, kMR);
   const Index nc_max = balanced_block(n, kMaxNC, kNR);
@@ -329,13 +342,17 @@ void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const fl
   // +8: pack_a_rows may write 2 floats past its last panel; the rounding
   // keeps B 64-byte aligned.
   const Index size_a = pack_a ? ceil_div(mc_max * kc_max + 8, 16) * 16 : 0;
-  float* packed_a = workspace(size_a + kc_max * nc_max);
-  float* packed_b = packed_a + size_a;
+  float* packed_a = workspace(size_a + (prepacked_b ? 0 : kc_max * nc_max));
+  float* block_b = packed_a + size_a;
   for (Index jc = 0; jc < n; jc += nc_max) {
     const Index nc = std::min(nc_max, n - jc);
     for (Index pc = 0; pc < K; pc += kc_max) {
       const Index kc = std::min(kc_max, K - pc);
-      pack_b(trans_b, kc, nc, trans_b ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, packed_b);
+      const float* packed_b = block_b;
+      if (prepacked_b)
+        packed_b = prepacked_b + packed_b_offset(K, jc, pc, nc);
+      else
+        pack_b(trans_b, kc, nc, trans_b ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, block_b);
       // The first depth block writes C, later ones (and accumulate) add to it.
       const bool add = accumulate || pc > 0;
       for (Index ic = 0; ic < m; ic += mc_max) {
@@ -357,6 +374,25 @@ void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const fl
       }
     }
   }
+}
+
+// Packs all of op(B) (K x n) once, block by block over the threads, for a
+// product whose row tiles all span its n columns: each tile would otherwise
+// pack the same B again (packing is memory-bound: 4 row tiles of a batch-2048
+// forward repacked W four times, ~5% of the product). The blocks and their
+// contents are those packed_gemm packs itself, so the result is the same.
+const float* pack_whole_b(bool trans_b, Index n, Index K, const float* B, Index ldb, int threads) {
+  const Index kc_max = balanced_block(K, kMaxKC, 1);
+  const Index nc_max = balanced_block(n, kMaxNC, kNR);
+  float* dst = workspace<1>(K * ceil_div(n, kNR) * kNR);
+  const Index col_blocks = ceil_div(n, nc_max), depth_blocks = ceil_div(K, kc_max);
+  parallel_for(col_blocks * depth_blocks, threads, [&](Index blk) {
+    const Index jc = (blk / depth_blocks) * nc_max, pc = (blk % depth_blocks) * kc_max;
+    const Index nc = std::min(nc_max, n - jc), kc = std::min(kc_max, K - pc);
+    pack_b(trans_b, kc, nc, trans_b ? B + jc * ldb + pc : B + pc * ldb + jc, ldb,
+           dst + packed_b_offset(K, jc, pc, nc));
+  });
+  return dst;
 }
 #else
 // Eigen's GEMM kernel called directly, with its packing buffers supplied by
@@ -423,8 +459,10 @@ void small_depth(bool trans_a, bool trans_b, Index m, Index n, const float* A, I
   }
 }
 
+// shared_b: op(B) packed once for the whole product (pack_whole_b), or null.
 void gemm_tile(bool trans_a, bool trans_b, Index m, Index n, Index K, const float* A, Index lda,
-               const float* B, Index ldb, float* C, Index ldc, bool accumulate) {
+               const float* B, Index ldb, float* C, Index ldc, bool accumulate,
+               const float* shared_b) {
   if (K <= kSmallDepth && m > 1 && n > 1) {
     switch (K) {
       case 1: small_depth<1>(trans_a, trans_b, m, n, A, lda, B, ldb, C, ldc, accumulate); break;
@@ -459,8 +497,9 @@ void gemm_tile(bool trans_a, bool trans_b, Index m, Index n, Index K, const floa
     return;
   }
 #if defined(__AVX2__) && defined(__FMA__)
-  packed_gemm(trans_a, trans_b, m, n, K, A, lda, B, ldb, C, ldc, accumulate);
+  packed_gemm(trans_a, trans_b, m, n, K, A, lda, B, ldb, C, ldc, accumulate, shared_b);
 #else
+  (void)shared_b;
   if (!accumulate)
     for (Index i = 0; i < m; ++i) std::fill(C + i * ldc, C + i * ldc + n, 0.0f);
   // op(A) = A^T of a row-major K x m A is a column-major m x K matrix with the same stride.
@@ -488,6 +527,13 @@ void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A,
   const Tiling t = choose_tiling(trans_a, M, N, K);
   const Index tiles = t.row_tiles * t.col_tiles;
   const int threads = threads_for(2.0 * static_cast<double>(M) * N * K, tiles);
+  const float* shared_b = nullptr;
+#if defined(__AVX2__) && defined(__FMA__)
+  // Row tiles spanning all columns, on the packed path (gemm_tile's tests
+  // for the other paths fail for every tile here): pack B once for all.
+  if (t.row_tiles > 1 && t.col_tiles == 1 && K > kSmallDepth && N > 1)
+    shared_b = pack_whole_b(trans_b, N, K, B, ldb, threads);
+#endif
   parallel_for(tiles, threads, [&](Index tile) {
     const Index r0 = (tile / t.col_tiles) * t.row_tile;
     const Index c0 = (tile % t.col_tiles) * t.col_tile;
@@ -496,7 +542,8 @@ void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A,
     // Offsets into op(A) rows and op(B) columns.
     const float* a = trans_a ? A + r0 : A + r0 * lda;
     const float* b = trans_b ? B + c0 * ldb : B + c0;
-    gemm_tile(trans_a, trans_b, m, n, K, a, lda, b, ldb, C + r0 * ldc + c0, ldc, accumulate);
+    gemm_tile(trans_a, trans_b, m, n, K, a, lda, b, ldb, C + r0 * ldc + c0, ldc, accumulate,
+              shared_b);
   });
 }
 
