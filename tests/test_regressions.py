@@ -222,3 +222,19 @@ def test_gelu_of_an_element_does_not_depend_on_its_neighbours():
     y = g.forward(x.reshape(1, -1)).ravel()
     alone = np.array([g.forward(np.array([[v]], np.float32))[0, 0] for v in x])
     assert np.array_equal(y, alone, equal_nan=True)
+
+
+def test_bce_float_logs_match_float64_at_the_edges():
+    # The SIMD float logs replaced std::log in double: zeros, ones, subnormal
+    # and tiny probabilities must still give PyTorch's clamped values.
+    p = np.array([[0.0, 1.0, 1e-45, 1e-40, 1e-30, 0.5, 1 - 2**-24, 0.25, 0.9999, 3e-8]], np.float32)
+    t = np.array([[1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.3, 1.0, 0.0]], np.float32)
+    x, y = p.astype(np.float64), t.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        lx = np.maximum(np.log(x), -100.0)
+        l1x = np.maximum(np.log1p(-x), -100.0)
+    ref = np.mean(-(y * lx + (1 - y) * l1x))
+    got, grad = nv.losses.get("binary_cross_entropy").forward_backward(p, t)
+    assert got == pytest.approx(ref, rel=1e-6)
+    ref_grad = (x - y) / np.maximum(x * (1 - x), 1e-12) / p.size
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-5)
