@@ -238,3 +238,18 @@ def test_bce_float_logs_match_float64_at_the_edges():
     assert got == pytest.approx(ref, rel=1e-6)
     ref_grad = (x - y) / np.maximum(x * (1 - x), 1e-12) / p.size
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-5)
+
+
+def test_log_softmax_keeps_relative_precision_where_one_logit_dominates():
+    # y at the maximum is -log1p(rest) ~ -rest; log of the summed exps in
+    # double rounded it to 0 (rest ~ 1e-17 here) or lost digits.
+    x = np.array([[40.0, 0.0, 1.5, -3.0], [30.0, 10.0, 10.0, 9.0], [5.0, 5.0, -80.0, 1.0]], np.float32)
+    y = nv.activations.get("log_softmax").forward(x)
+    xd = x.astype(np.float64)
+    m = xd.max(axis=1, keepdims=True)
+    d = xd - m
+    at_max = d == 0
+    rest = np.where(at_max, 0.0, np.exp(d)).sum(axis=1, keepdims=True)
+    ref = d - np.log1p((at_max.sum(axis=1, keepdims=True) - 1) + rest)
+    assert y[0, 0] < 0.0  # not rounded to 0
+    np.testing.assert_allclose(y, ref, rtol=4 * 2.0**-24, atol=0)

@@ -808,6 +808,16 @@ NERVE_INLINE float exp_shifted(float x, float m) {
 }
 
 // Returns sum_c exp(src[c] - m) in double and, when dst is not null, stores
+// each term (float) in dst[c]; m finite. Without dst (log_softmax, which needs
+// only log of the sum) the rounding of x - m is not carried into exp: a term
+// t = exp(-d) then has an absolute error <= t d 2^-24, and the sum a relative
+// error <= (its term-weighted mean d) 2^-24, which log turns into an absolute
+// error of a few 1e-8 at most: below an ulp of any y = x - m - log(sum) but
+// the few nearest 0, where d and the error vanish together. A vector with a lane below -86 (a
+// subnormal or zero term, -inf, NaN) goes through the scalar functor. The sum
+// is kept in two registers of doubles: lane l adds the terms c = l mod 8, an
+// order that depends only on n.
+// Returns sum_c exp(src[c] - m) in double and, when dst is not null, stores
 // each term (float) in dst[c]; m finite. A vector with a lane below -86 (a
 // subnormal or zero term, -inf, NaN) goes through the scalar functor. The sum
 // is kept in two registers of doubles: lane l adds the terms c = l mod 8, an
@@ -845,6 +855,26 @@ double exp_shifted_sum(const float* src, float m, float* dst, Index n) {
     sum += static_cast<double>(e);
   }
   return sum;
+}
+
+// log(sum_c exp(src[c] - m)) for log_softmax. Where one logit dominates, the
+// sum is 1 + rest with a tiny rest, and y at the maximum is -log1p(rest) ~
+// -rest; log of the double sum would round it to 0 once rest < 1e-16 (and
+// lose digits well before). Such rows (sum < 1 + 2^-20) are summed again
+// with the exact 1s (the maximum and its ties) counted apart: scalar, and
+// rare outside confident classifiers.
+double log_exp_shifted_sum(const float* src, float m, Index n) {
+  const double sum = exp_shifted_sum(src, m, nullptr, n);
+  if (!(sum < 1.0 + 0x1p-20)) return std::log(sum);
+  double ones = 0.0, rest = 0.0;
+  for (Index c = 0; c < n; ++c) {
+    const float e = exp_shifted(src[c], m);
+    if (e == 1.0f)
+      ones += 1.0;
+    else
+      rest += static_cast<double>(e);
+  }
+  return std::log1p((ones - 1.0) + rest);
 }
 
 // Row maximum over four AVX2 registers of running maxima: one accumulator
@@ -922,19 +952,21 @@ void softmax_forward(float* z, const float* bias, float* y, Index rows, Index co
     // A row of all -inf (or +inf) has no meaningful max shift; using 0 then
     // yields the IEEE result (NaN) rather than hiding it.
     if (!std::isfinite(m)) m = 0.0f;
-    // softmax keeps the terms in y to normalise them; log_softmax only needs their sum.
-    const double sum = exp_shifted_sum(xr, m, kLog ? nullptr : yr, cols);
     if (kLog) {
       // y = x - shift with shift = m + log(sum) carried as two floats: y is
       // within ~1 ulp, and the pass stays 8-wide (subtracting in double took
-      // a 4-wide pass with conversions, ~15% of the kernel).
-      const double shift = static_cast<double>(m) + std::log(sum);
-      const float shift_hi = static_cast<float>(shift);
-      const float shift_lo = static_cast<float>(shift - static_cast<double>(shift_hi));
+      // a 4-wide pass with conversions, ~15% of the kernel). The low part is
+      // formed without m + log(sum), which would drop a log(sum) far below
+      // m's ulp (a dominated row's y at the max is then -log(sum) exactly).
+      const double log_sum = log_exp_shifted_sum(xr, m, cols);
+      const float shift_hi = static_cast<float>(static_cast<double>(m) + log_sum);
+      const float shift_lo =
+          static_cast<float>((static_cast<double>(m) - static_cast<double>(shift_hi)) + log_sum);
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) yr[c] = (xr[c] - shift_hi) - shift_lo;
     } else {
-      const float inv = static_cast<float>(1.0 / sum);
+      // The terms go to y, then are normalised in place.
+      const float inv = static_cast<float>(1.0 / exp_shifted_sum(xr, m, yr, cols));
 #pragma omp simd
       for (Index c = 0; c < cols; ++c) yr[c] *= inv;
     }
