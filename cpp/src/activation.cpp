@@ -24,6 +24,7 @@
 
 #include "nerve/parallel.hpp"
 #include "nerve/rng.hpp"
+#include "nerve/rowwise.hpp"
 #include "nerve/simd_math.hpp"
 
 #if defined(__AVX2__)
@@ -247,6 +248,7 @@ struct FGeluErf {
   }
 #if defined(__AVX2__) && defined(__FMA__)
   // The float kernel for 8 lanes (see HasV8).
+  static constexpr bool kHasV8 = true;
   __m256 v8(__m256 x, int& slow) const { return gelu_erf8(x, slow); }
 #endif
 };
@@ -442,10 +444,12 @@ constexpr Index kChunk = 1 << 14;
 // `slow` is a bitmask of lanes outside the kernel's range, which operator()
 // recomputes. Every element's result then depends on its own value only
 // (never on its neighbours or its position), like the scalar loop.
+// (Detected through the kHasV8 flag: naming &F::v8 in a template argument
+// drops __m256's vector attributes, which GCC warns about.)
 template <class F, class = void>
 struct HasV8 : std::false_type {};
 template <class F>
-struct HasV8<F, std::void_t<decltype(&F::v8)>> : std::true_type {};
+struct HasV8<F, std::void_t<decltype(F::kHasV8)>> : std::bool_constant<F::kHasV8> {};
 
 #if defined(__AVX2__) && defined(__FMA__)
 // Lanes [0, len) of a vector, len in [1, 8]: loads zeros beyond, stores nothing beyond.
@@ -877,35 +881,9 @@ double log_exp_shifted_sum(const float* src, float m, Index n) {
   return std::log1p((ones - 1.0) + rest);
 }
 
-// Row maximum over four AVX2 registers of running maxima: one accumulator
-// would chain every compare to the previous one, and this pass then cost as
-// much as the exponentials. NaN elements are skipped here (vmaxps returns its
-// second operand, the running maximum, for an unordered pair); they still make
-// the row NaN through exp and the sum, as in PyTorch.
-float row_max(const float* x, Index n) {
-  float m = -std::numeric_limits<float>::infinity();
-  Index c = 0;
-#if defined(__AVX2__)
-  if (n >= 32) {
-    __m256 m0 = _mm256_set1_ps(m), m1 = m0, m2 = m0, m3 = m0;
-    for (; c + 32 <= n; c += 32) {
-      m0 = _mm256_max_ps(_mm256_loadu_ps(x + c), m0);
-      m1 = _mm256_max_ps(_mm256_loadu_ps(x + c + 8), m1);
-      m2 = _mm256_max_ps(_mm256_loadu_ps(x + c + 16), m2);
-      m3 = _mm256_max_ps(_mm256_loadu_ps(x + c + 24), m3);
-    }
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
-    for (float v : lanes) m = v > m ? v : m;
-  }
-#endif
-  for (; c < n; ++c) m = x[c] > m ? x[c] : m;
-  return m;
-}
-
 // Sum of n floats in double over 16 running sums (four AVX2 registers of
-// doubles), for the same reason: a single vector accumulator made this
-// latency-bound (one dependent add per 4 elements). Lane l sums elements
+// doubles), for the reason row_max keeps four: a single vector accumulator
+// made this latency-bound (one dependent add per 4 elements). Lane l sums elements
 // l, l + 16, ...; the order depends only on n.
 double sum_in_double(const float* x, Index n) {
   constexpr Index kLanes = 16;

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "nerve/parallel.hpp"
+#include "nerve/rowwise.hpp"
 #include "nerve/simd_math.hpp"
 
 #if defined(__AVX2__)
@@ -268,16 +269,16 @@ double diff_loss(const Op& op, const float* p, const float* t, Index n, float* g
 // The logs are nerve's float SIMD log (<= 1 ulp; the scalar double std::log
 // made this loss ~20 ns per element): log x with a subnormal x scaled by 2^24
 // first, log(1 - x) as log of the rounded w = 1 - x plus the exact lost part.
+constexpr float kMinNormal = std::numeric_limits<float>::min();
 NERVE_INLINE float bce_log_x(float x) {
-  constexpr float kTiny = 1.17549435e-38f;  // smallest normal float
-  const bool sub = x < kTiny;
-  const float xs = simd::max_(simd::sel(sub, x * 16777216.0f, x), kTiny);
+  const bool sub = x < kMinNormal;
+  const float xs = simd::max_(simd::sel(sub, x * 16777216.0f, x), kMinNormal);
   return simd::max_(simd::log(xs) - simd::sel(sub, 16.6355324f, 0.0f), -100.0f);  // 24 ln 2
 }
 NERVE_INLINE float bce_log_1mx(float x) {
   const float w = 1.0f - x;
   const float c = -x - (w - 1.0f);
-  const float l = simd::log_corr(simd::max_(w, 1.17549435e-38f), c);
+  const float l = simd::log_corr(simd::max_(w, kMinNormal), c);
   return simd::sel(w > 0.0f, simd::max_(l, -100.0f), -100.0f);
 }
 
@@ -386,22 +387,6 @@ inline double row_exp_sum(const float* x, Index c, double m, float* g) {
   }
   return z;
 #endif
-}
-
-inline float row_max(const float* x, Index c) {
-  // Eight running maxima (one is a latency-bound scalar chain GCC does not
-  // vectorize); same result: the largest non-NaN value, or x[0] when NaN.
-  float mv[8];
-  for (int l = 0; l < 8; ++l) mv[l] = x[0];
-  Index j = 0;
-  for (; j + 8 <= c; j += 8) {
-#pragma omp simd
-    for (int l = 0; l < 8; ++l) mv[l] = x[j + l] > mv[l] ? x[j + l] : mv[l];
-  }
-  for (; j < c; ++j) mv[0] = x[j] > mv[0] ? x[j] : mv[0];
-  float m = mv[0];
-  for (int l = 1; l < 8; ++l) m = mv[l] > m ? mv[l] : m;
-  return m;
 }
 
 // Cross-entropy (torch.nn.CrossEntropyLoss), logits x, log p = log_softmax(x).

@@ -198,6 +198,22 @@ NERVE_INLINE float sigmoid2(float hi, float lo) {
   return num / (1.0f + e);
 }
 
+// 2^ni * e^r for |r| <= ln2/2, the tail of the non-positive exps below:
+// Taylor to r^7 (remainder r^8/8! < 5e-9 relative, far below float
+// rounding), the exact leading terms added last.
+NERVE_INLINE float exp_nonpos_finish(float r, std::int32_t ni) {
+  float p = 1.0f / 5040.0f;
+  p = fma_(p, r, 1.0f / 720.0f);
+  p = fma_(p, r, 1.0f / 120.0f);
+  p = fma_(p, r, 1.0f / 24.0f);
+  p = fma_(p, r, 1.0f / 6.0f);
+  float r2 = r * r;
+  float m = 1.0f + (r + fma_(r2, 0.5f, r2 * r * p));
+  float s1, s2;
+  pow2_split(ni, s1, s2);
+  return m * s1 * s2;
+}
+
 // exp(a + b) for a <= 0 with a small correction b carried separately (as
 // exp_sum): softmax's exp(x - max) with x - max as an exact hi + lo pair.
 NERVE_INLINE float exp_nonpos_sum(float a, float b) {
@@ -209,16 +225,7 @@ NERVE_INLINE float exp_nonpos_sum(float a, float b) {
   float r = fma_(-n, kLn2Hi, a);
   r = r + b;
   r = fma_(-n, kLn2Lo, r);
-  float p = 1.0f / 5040.0f;
-  p = fma_(p, r, 1.0f / 720.0f);
-  p = fma_(p, r, 1.0f / 120.0f);
-  p = fma_(p, r, 1.0f / 24.0f);
-  p = fma_(p, r, 1.0f / 6.0f);
-  float r2 = r * r;
-  float m = 1.0f + (r + fma_(r2, 0.5f, r2 * r * p));
-  float s1, s2;
-  pow2_split(ni, s1, s2);
-  return m * s1 * s2;
+  return exp_nonpos_finish(r, ni);
 }
 
 // exp(a) for a <= 0 (or -inf; NaN propagates), the only case sigmoid needs:
@@ -233,16 +240,7 @@ NERVE_INLINE float exp_nonpos(float a) {
   std::int32_t ni = as_int(t) - as_int(kRoundMagic);
   float r = fma_(-n, kLn2Hi, a);
   r = fma_(-n, kLn2Lo, r);
-  float p = 1.0f / 5040.0f;
-  p = fma_(p, r, 1.0f / 720.0f);
-  p = fma_(p, r, 1.0f / 120.0f);
-  p = fma_(p, r, 1.0f / 24.0f);
-  p = fma_(p, r, 1.0f / 6.0f);
-  float r2 = r * r;
-  float m = 1.0f + (r + fma_(r2, 0.5f, r2 * r * p));
-  float s1, s2;
-  pow2_split(ni, s1, s2);
-  return m * s1 * s2;
+  return exp_nonpos_finish(r, ni);
 }
 
 NERVE_INLINE float sigmoid(float x) {
