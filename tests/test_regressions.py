@@ -211,9 +211,9 @@ def test_unknown_optimizer_parameter_is_a_value_error_with_a_suggestion(make):
 
 
 def test_gelu_of_an_element_does_not_depend_on_its_neighbours():
-    # The AVX2 gelu recomputes only the lanes outside its fast range, so an
-    # element's result is the same alone, beside |x| > 13 or NaN, or at a
-    # ragged end (masked last vector).
+    # The AVX2 gelu (forward and backward) recomputes only the lanes outside
+    # its fast range, so an element's result is the same alone, beside
+    # |x| > 13 or NaN, or at a ragged end (masked last vector).
     g = nv.activations.get("gelu")
     x = (np.random.default_rng(1).standard_normal(1003) * 5).astype(np.float32)
     x[::7] = 40.0
@@ -222,6 +222,11 @@ def test_gelu_of_an_element_does_not_depend_on_its_neighbours():
     y = g.forward(x.reshape(1, -1)).ravel()
     alone = np.array([g.forward(np.array([[v]], np.float32))[0, 0] for v in x])
     assert np.array_equal(y, alone, equal_nan=True)
+    dy = np.linspace(-2, 2, x.size).astype(np.float32)
+    dx = g.backward(x.reshape(1, -1), dy.reshape(1, -1)).ravel()
+    dx_alone = np.array([g.backward(np.array([[v]], np.float32), np.array([[d]], np.float32))[0, 0]
+                         for v, d in zip(x, dy)])
+    assert np.array_equal(dx, dx_alone, equal_nan=True)
 
 
 def test_bce_float_logs_match_float64_at_the_edges():

@@ -186,54 +186,108 @@ inline __m256 exp_shifted8(__m256 x, __m256 hi, __m256 neg_m) {
   return exp_sum8_normal(hi, lo);
 }
 
+// exp(-(sq + sqlo)/2) on 8 lanes for sq + sqlo = a^2 exactly, a <= 13 (so
+// the result is a normal float): gelu's Gaussian factor. Unlike
+// exp_sum8_normal (which must match the scalar softmax exp bit for bit), it is
+// built for latency: the reduction's low parts are summed off the critical
+// path, and a degree-6 minimax polynomial (fit_gelu_tail.py) is evaluated by
+// Estrin's scheme. Relative error of the polynomial 3.1e-9.
+// exp(r) = 1 + r + r^2 q(r) on |r| <= ln2/2 (fit_gelu_tail.py).
+constexpr float kGeluExpQ[5] = {4.999999404e-01f, 1.666652113e-01f, 4.166838899e-02f, 8.368702605e-03f, 1.381453476e-03f};
+inline __m256 exp_neg_half_square8(__m256 sq, __m256 sqlo) {
+  const __m256 magic = _mm256_set1_ps(simd::kRoundMagic);
+  const __m256 t = _mm256_fnmadd_ps(sq, _mm256_set1_ps(0.5f * simd::kLog2e), magic);
+  const __m256 nf = _mm256_sub_ps(t, magic);
+  const __m256i ni = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
+  // r = -sq/2 - sqlo/2 - n ln2, with n ln2hi exact and the two small terms
+  // summed beside the large one.
+  const __m256 r_hi = _mm256_fnmsub_ps(nf, _mm256_set1_ps(simd::kLn2Hi), _mm256_mul_ps(sq, _mm256_set1_ps(0.5f)));
+  const __m256 r_lo = _mm256_fnmsub_ps(nf, _mm256_set1_ps(simd::kLn2Lo), _mm256_mul_ps(sqlo, _mm256_set1_ps(0.5f)));
+  const __m256 r = _mm256_add_ps(r_hi, r_lo);
+  // exp(r) = 1 + r + r^2 q(r)
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  const __m256 q01 = _mm256_fmadd_ps(_mm256_set1_ps(kGeluExpQ[1]), r, _mm256_set1_ps(kGeluExpQ[0]));
+  const __m256 q23 = _mm256_fmadd_ps(_mm256_set1_ps(kGeluExpQ[3]), r, _mm256_set1_ps(kGeluExpQ[2]));
+  const __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(kGeluExpQ[4]), _mm256_mul_ps(r2, r2), _mm256_fmadd_ps(q23, r2, q01));
+  const __m256 mant = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(r2, q, r));
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(mant), _mm256_slli_epi32(ni, 23)));
+}
+
 // gelu (exact) on 8 lanes, in float: Phi(-a) = f(a) exp(-a^2/2), a = |x|, with
-// f(a) = erfcx(a/sqrt 2)/2 from piecewise degree-8 polynomials on the 8
-// intervals [0, .5) [.5, 1) [1, 2) [2, 3) [3, 5) [5, 7) [7, 11) [11, 15)
-// (the halves of the octaves of a + 1, so the interval index is the exponent
-// and top mantissa bit of a + 1), looked up per lane with vpermps. The
-// constant term is split hi + lo. cpp/tools/fit_gelu_tail.py made the tables and
-// emulates this arithmetic against float64:
-// relative fit error 3.1e-09; emulated float gelu: max 2.81 ulp
+// f(a) = erfcx(a/sqrt 2)/2 from piecewise degree-11 polynomials on the 4
+// intervals [0, 1) [1, 3) [3, 7) [7, 15) (the octaves of a + 1, so the
+// interval is the exponent of a + 1), looked up per lane with the in-lane
+// vpermilps (1 uop; the 8-entry vpermps of an 8-interval table is 3 uops on
+// Zen 3 and its lookups dominated). The tables are stored in the order
+// vpermilps reads them: interval i in slot (127 + i) mod 4. The constant term
+// is split hi + lo. f = c0 + s E(s) with E by Estrin's scheme: the loop is
+// bound by the latency of its longest chain (Horner's 11 dependent FMAs
+// cost 8%). gelu = x f e below 0 and x - x f e above, each with one rounding
+// after x f. cpp/tools/fit_gelu_tail.py made the tables and emulates this
+// arithmetic against float64:
+// relative fit error 1.9e-09, exp 3.1e-09; emulated float gelu: max 3.08 ulp
 // (measured on the kernel by tests/test_activations.py). The scalar functor
 // (double t-polynomial, slower) serves lanes with |x| > 13 (exp would leave
 // the fast normal range), NaN, and builds without AVX2.
-alignas(32) constexpr float kGeluCentre[8] = {2.500000000e-01f, 7.500000000e-01f, 1.500000000e+00f, 2.500000000e+00f, 4.000000000e+00f, 6.000000000e+00f, 9.000000000e+00f, 1.300000000e+01f};
-alignas(32) constexpr float kGeluCoef[10][8] = {
-    {4.140321016e-01f, 3.002324700e-01f, 2.057806700e-01f, 1.413313299e-01f, 9.441064298e-02f, 6.477931142e-02f, 4.379878938e-02f, 3.050941415e-02f},
-    {1.316261322e-09f, -7.695656556e-09f, -3.074623889e-09f, 1.438514974e-09f, -1.688990614e-09f, 2.905714336e-09f, -5.137699155e-10f, 3.439137031e-10f},
-    {-2.954342663e-01f, -1.737679392e-01f, -9.027127922e-02f, -4.561395198e-02f, -2.129971422e-02f, -1.026639435e-02f, -4.753179848e-03f, -2.319891937e-03f},
-    {1.700867712e-01f, 8.495325595e-02f, 3.518687561e-02f, 1.364822593e-02f, 4.605890252e-03f, 1.590473810e-03f, 5.100818817e-04f, 1.754094847e-04f},
-    {-8.430421352e-02f, -3.668433428e-02f, -1.249704137e-02f, -3.831134411e-03f, -9.587383829e-04f, -2.411848545e-04f, -5.414987027e-05f, -1.318960858e-05f},
-    {3.725267574e-02f, 1.436000131e-02f, 4.110346083e-03f, 1.017600996e-03f, 1.927564736e-04f, 3.584271326e-05f, 5.688046713e-06f, 9.863659898e-07f},
-    {-1.499688812e-02f, -5.182549823e-03f, -1.265555620e-03f, -2.573494567e-04f, -3.746695802e-05f, -5.222174877e-06f, -5.895680033e-07f, -7.330849883e-08f},
-    {5.583791994e-03f, 1.745446119e-03f, 3.683906980e-04f, 6.232862506e-05f, 7.089061000e-06f, 7.477178201e-07f, 6.071232406e-08f, 5.424356964e-09f},
-    {-1.971225720e-03f, -5.601304583e-04f, -1.058592970e-04f, -1.491496641e-05f, -1.402485282e-06f, -1.098481519e-07f, -6.806475827e-09f, -4.193754788e-10f},
-    {6.429546629e-04f, 1.676911634e-04f, 2.773070082e-05f, 3.332491588e-06f, 2.494918192e-07f, 1.515645032e-08f, 6.849814604e-10f, 3.067924387e-11f},
+alignas(16) constexpr float kGeluCentre[4] = {2.000000000e+00f, 5.000000000e+00f, 1.100000000e+01f, 5.000000000e-01f};
+alignas(16) constexpr float kGeluCoef[13][4] = {
+    {1.681019962e-01f, 7.691930234e-02f, 3.597488999e-02f, 3.496188223e-01f},
+    {5.028032657e-09f, 2.564222168e-09f, -4.388113206e-10f, 1.238396674e-08f},
+    {-6.273827702e-02f, -1.434575580e-02f, -3.218494589e-03f, -2.241328657e-01f},
+    {2.131272294e-02f, 2.595264930e-03f, 2.857249929e-04f, 1.187762022e-01f},
+    {-6.704277359e-03f, -4.564790579e-04f, -2.517437497e-05f, -5.491492152e-02f},
+    {1.976031810e-03f, 7.821357576e-05f, 2.201467851e-06f, 2.282968163e-02f},
+    {-5.504392320e-04f, -1.307845559e-05f, -1.911485299e-07f, -8.700016886e-03f},
+    {1.459039195e-04f, 2.140988499e-06f, 1.653781645e-08f, 3.080001567e-03f},
+    {-3.696263593e-05f, -3.421690167e-07f, -1.415299211e-09f, -1.022860175e-03f},
+    {8.909813914e-06f, 5.177899709e-08f, 1.132824667e-10f, 3.206370457e-04f},
+    {-2.097064908e-06f, -8.010703212e-09f, -9.608078222e-12f, -9.577466699e-05f},
+    {5.498441169e-07f, 1.616238587e-09f, 1.199369163e-12f, 2.882767512e-05f},
+    {-1.175730091e-07f, -2.342270544e-10f, -9.902191914e-14f, -7.752387319e-06f},
 };
 
-// Branch-free; `slow` gets the lanes outside the fast range |x| <= 13 (and
-// NaN), whose results are meaningless here.
-inline __m256 gelu_erf8(__m256 x, int& slow) {
+// f(a) and e = exp(-a^2/2) for a = |x|, so Phi(-a) = f e. Branch-free;
+// `slow` gets the lanes outside the fast range |x| <= 13 (and NaN), whose
+// results are meaningless here.
+NERVE_INLINE void gelu_factors8(__m256 x, __m256& f, __m256& e, int& slow) {
   const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
   slow = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(13.0f), _CMP_NLE_UQ));
-  const __m256i bits = _mm256_castps_si256(_mm256_add_ps(a, _mm256_set1_ps(1.0f)));
-  const __m256i idx = _mm256_sub_epi32(_mm256_srli_epi32(bits, 22), _mm256_set1_epi32(127 << 1));
-  auto table = [&](const float* row) { return _mm256_permutevar8x32_ps(_mm256_load_ps(row), idx); };
+  const __m256i exponent = _mm256_srli_epi32(_mm256_castps_si256(_mm256_add_ps(a, _mm256_set1_ps(1.0f))), 23);
+  auto table = [&](const float* row) {
+    return _mm256_permutevar_ps(_mm256_broadcast_ps(reinterpret_cast<const __m128*>(row)), exponent);
+  };
+  auto c = [&](int k) { return table(kGeluCoef[k + 1]); };  // c(k): s^k, k >= 1
   const __m256 s = _mm256_sub_ps(a, table(kGeluCentre));
-  // Horner, the order cpp/tools/fit_gelu_tail.py emulates. (Estrin's scheme
-  // measured no faster: the loop is bound by the FMA pipes, not latency.)
-  __m256 r = table(kGeluCoef[9]);
-  for (int k = 8; k >= 2; --k) r = _mm256_fmadd_ps(r, s, table(kGeluCoef[k]));
-  const __m256 f = _mm256_add_ps(_mm256_fmadd_ps(r, s, table(kGeluCoef[1])), table(kGeluCoef[0]));
-  // exp(-a^2/2) with a^2/2 = hi + lo exactly.
-  const __m256 ha = _mm256_mul_ps(a, _mm256_set1_ps(0.5f));
-  const __m256 hi = _mm256_mul_ps(ha, a);
-  const __m256 lo = _mm256_fmsub_ps(ha, a, hi);
-  const __m256 neg = _mm256_set1_ps(-0.0f);
-  const __m256 tail = _mm256_mul_ps(f, exp_sum8_normal(_mm256_xor_ps(hi, neg), _mm256_xor_ps(lo, neg)));
-  const __m256 upper = _mm256_sub_ps(_mm256_set1_ps(1.0f), tail);
-  const __m256 phi = _mm256_blendv_ps(upper, tail, x);  // sign bit of x set: the tail
-  return _mm256_mul_ps(x, phi);
+  const __m256 s2 = _mm256_mul_ps(s, s), s4 = _mm256_mul_ps(s2, s2), s8 = _mm256_mul_ps(s4, s4);
+  // E = c1 + c2 s + ... + c11 s^10
+  const __m256 p12 = _mm256_fmadd_ps(c(2), s, c(1)), p34 = _mm256_fmadd_ps(c(4), s, c(3));
+  const __m256 p56 = _mm256_fmadd_ps(c(6), s, c(5)), p78 = _mm256_fmadd_ps(c(8), s, c(7));
+  const __m256 p910 = _mm256_fmadd_ps(c(10), s, c(9));
+  const __m256 q0 = _mm256_fmadd_ps(p34, s2, p12), q1 = _mm256_fmadd_ps(p78, s2, p56);
+  const __m256 q2 = _mm256_fmadd_ps(c(11), s2, p910);
+  const __m256 e_poly = _mm256_fmadd_ps(q2, s8, _mm256_fmadd_ps(q1, s4, q0));
+  f = _mm256_add_ps(_mm256_fmadd_ps(e_poly, s, table(kGeluCoef[1])), table(kGeluCoef[0]));
+  const __m256 sq = _mm256_mul_ps(a, a);
+  e = exp_neg_half_square8(sq, _mm256_fmsub_ps(a, a, sq));
+}
+
+inline __m256 gelu_erf8(__m256 x, int& slow) {
+  __m256 f, e;
+  gelu_factors8(x, f, e, slow);
+  const __m256 xf = _mm256_mul_ps(x, f);
+  const __m256 lower = _mm256_mul_ps(xf, e);      // x Phi(x) = x Phi(-a), x < 0
+  const __m256 upper = _mm256_fnmadd_ps(xf, e, x);  // x (1 - Phi(-a)), x >= 0
+  return _mm256_blendv_ps(upper, lower, x);       // sign bit of x set: lower
+}
+
+// dy gelu'(x) = dy (Phi(x) + x phi(x)), phi(x) = e / sqrt(2 pi).
+inline __m256 gelu_erf_grad8(__m256 x, __m256 dy, int& slow) {
+  __m256 f, e;
+  gelu_factors8(x, f, e, slow);
+  const __m256 tail = _mm256_mul_ps(f, e);
+  const __m256 cdf = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), tail), tail, x);
+  const __m256 pdf = _mm256_mul_ps(e, _mm256_set1_ps(0.39894228040143268f));
+  return _mm256_mul_ps(dy, _mm256_fmadd_ps(x, pdf, cdf));
 }
 #endif
 
@@ -379,6 +433,11 @@ struct BGeluErf {
     float phi = simd::sel(x >= 0.0f, 1.0f - tail, tail);
     return dy * simd::fma_(x, pdf, phi);
   }
+#if defined(__AVX2__) && defined(__FMA__)
+  // The float kernel for 8 lanes (see HasV8).
+  static constexpr bool kHasV8 = true;
+  __m256 v8(__m256 x, __m256 dy, int& slow) const { return gelu_erf_grad8(x, dy, slow); }
+#endif
 };
 // gelu' (tanh form) = s + 2 x s s' u'(x), s = sigmoid(2u), s' = sigmoid(-2u),
 // u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)  (since 1 - tanh(u)^2 = 4 s s').
@@ -559,6 +618,28 @@ void backward_map(const G& g, const float* src, const float* dy, float* dz, Inde
     const float* sp = src + b;
     const float* dyp = dy + b;
     float* dzp = dz + b;
+#if defined(__AVX2__) && defined(__FMA__)
+    if constexpr (HasV8<G>::value) {
+      // Whole vectors through g.v8, the slow lanes patched by g, and the
+      // ragged end as a masked vector: each element's result depends on its
+      // own value only, as in map_vector.
+      for (Index i = 0; i < e - b; i += 8) {
+        const Index len = std::min<Index>(8, e - b - i);
+        const __m256i mask = lane_mask(len);
+        int slow = 0;
+        if (len == 8) {
+          _mm256_storeu_ps(dzp + i, g.v8(_mm256_loadu_ps(sp + i), _mm256_loadu_ps(dyp + i), slow));
+        } else {
+          _mm256_maskstore_ps(dzp + i, mask,
+                              g.v8(_mm256_maskload_ps(sp + i, mask), _mm256_maskload_ps(dyp + i, mask), slow));
+          slow &= (1 << len) - 1;
+        }
+        for (int l = 0; slow; ++l, slow >>= 1)
+          if (slow & 1) dzp[i + l] = g(sp[i + l], dyp[i + l]);
+      }
+      return;
+    }
+#endif
 #pragma omp simd
     for (Index i = 0; i < e - b; ++i) dzp[i] = g(sp[i], dyp[i]);
   });
