@@ -587,7 +587,7 @@ NERVE_INLINE void map_span(const F& f, const float* x, const float* bias, float*
 template <class F>
 void forward_map(const F& f, float* z, const float* bias, float* y, Index rows, Index cols,
                  bool store_z, double flops_per_elem) {
-  const double work = flops_per_elem * static_cast<double>(rows) * static_cast<double>(cols);
+  const double work = stream_work(static_cast<double>(rows) * static_cast<double>(cols), flops_per_elem);
   if (!bias) {
     // No per-column state: split the flat array so tall-skinny and one-row
     // matrices still use every thread.
@@ -612,7 +612,7 @@ template <class G>
 void backward_map(const G& g, const float* src, const float* dy, float* dz, Index n,
                   double flops_per_elem) {
   const Index pieces = (n + kChunk - 1) / kChunk;
-  const int t = threads_for(flops_per_elem * static_cast<double>(n), pieces);
+  const int t = threads_for(stream_work(static_cast<double>(n), flops_per_elem), pieces);
   parallel_for(pieces, t, [&](Index p) {
     const Index b = p * kChunk, e = std::min(n, b + kChunk);
     const float* sp = src + b;

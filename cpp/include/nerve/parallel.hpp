@@ -21,6 +21,16 @@ bool have_openmp();
 // cost more than it saves.
 constexpr double kParallelFlops = 1 << 20;
 
+// Streaming loops (elementwise maps, column sums, finiteness checks) are
+// bound by moving their floats, not by their arithmetic, so each float counts
+// as this many flops of work when deciding whether to split. (Counted by
+// flops alone, the activation tails and bias sums of a 512-wide layer at batch
+// 512, ~260K floats, ran on one thread while the other waited.)
+constexpr double kStreamFlopsPerFloat = 8.0;
+inline double stream_work(double floats, double flops_per_float = 0.0) {
+  return (flops_per_float + kStreamFlopsPerFloat) * floats;
+}
+
 // Threads to use for a loop of `work` flops over `pieces` independent pieces.
 inline int threads_for(double work, Index pieces) {
   if (work < kParallelFlops || pieces < 2) return 1;
