@@ -30,9 +30,12 @@ using MutMap = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
 // to 512 (B packed half as often as with 256: 1-3% faster at batch 512-2048);
 // dW keeps 256-row tiles and splits its columns 256 wide, not 128 (A packed
 // once per row tile instead of twice: dW 512x2048x256 80 -> 85 GFLOP/s).
-// Row tiles are made equal (a multiple of 8 rows) so that they share out
-// evenly: 784 rows become 4 x ~200, not 3 x 256 + 16, which left one of 2
-// threads idle a third of the time (bench/README.md, "Levers").
+// Row tiles are made equal so that they share out evenly: 784 rows become
+// 4 x ~200, not 3 x 256 + 16, which left one of 2 threads idle a third of the
+// time (bench/README.md, "Levers"). They are a multiple of the micro-kernel's
+// 6 rows, not of 8: a partial 6-row panel costs a whole one, and 4 x 200 rows
+// (34 panels each, the last 31) gave the two threads 68 and 65 panels where
+// 3 x 198 + 190 gives 66 and 65.
 constexpr Index kTileRows = 512;
 constexpr Index kTileRowsTransposedA = 256;
 constexpr Index kTileCols = 128;
@@ -46,6 +49,10 @@ struct Tiling {
 
 Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 
+// Row-tile edge: up to a whole number of micro-kernel rows (kMR below).
+constexpr Index kRowQuantum = 6;
+Index round_rows(Index rows) { return ceil_div(rows, kRowQuantum) * kRowQuantum; }
+
 Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   Tiling t{M, N, 1, 1};
   const double flops = 2.0 * static_cast<double>(M) * N * K;
@@ -55,7 +62,7 @@ Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   // Two row tiles, whatever the thread count, so results never depend on it.
   if (N <= kNarrowCols && M >= 2 * kNarrowMinRows && flops >= kParallelFlops &&
       M <= (trans_a ? kTileRowsTransposedA : kTileRows)) {
-    t.row_tile = ceil_div(ceil_div(M, 2), 8) * 8;
+    t.row_tile = round_rows(ceil_div(M, 2));
     t.row_tiles = ceil_div(M, t.row_tile);
     return t;
   }
@@ -64,7 +71,7 @@ Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   const Index row_cap = trans_a ? kTileRowsTransposedA : kTileRows;
   if (M > row_cap) {
     const Index pieces = ceil_div(M, row_cap);
-    t.row_tile = ceil_div(ceil_div(M, pieces), 8) * 8;
+    t.row_tile = round_rows(ceil_div(M, pieces));
     t.row_tiles = ceil_div(M, t.row_tile);
   }
   const Index col_tile = trans_a ? kTileColsTransposedA : kTileCols;
@@ -111,7 +118,7 @@ float* workspace(Index n) {
 // of 5 interleaved runs): 1.03-1.11x on the MLPs' products with 128 or more
 // columns, 1.2-1.35x on their 10-column ones, tie on dW of the deep model's
 // 128 x 128 layers at batch 2048.
-constexpr Index kMR = 6, kNR = 16;
+constexpr Index kMR = kRowQuantum, kNR = 16;
 // Cache blocks for Zen 3 (32 KB L1d, 512 KB L2 per core). A kc x NR
 // micro-panel of B (24 KB at kc = 384) stays in L1 while the micro-kernel
 // sweeps the mc rows of A past it; the mc x kc block of A (108 KB) stays in
