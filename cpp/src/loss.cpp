@@ -849,8 +849,7 @@ void validate_target(const Loss& loss, const Target& target, Index rows, Index c
       const std::int64_t y = target.labels[i];
       if (y < 0 || y >= cols)
         throw ValueError(std::string("loss '") + name + "': label " + std::to_string(y) + " at row " +
-                         std::to_string(i) + " is out of range; labels must be in [0, " +
-                         std::to_string(cols) + ")");
+                         std::to_string(i) + " is outside [0, " + std::to_string(cols) + ")");
     }
   }
   if (loss.kind == LossKind::BinaryCrossEntropy) {

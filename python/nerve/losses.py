@@ -53,7 +53,7 @@ def _pred_2d(pred):
     return arr.reshape(-1, 1) if arr.ndim == 1 else arr
 
 
-def _labels(t, rows, classes):
+def _labels(t, rows, classes, check_range=True):
     if t.ndim != 1 or t.shape[0] != rows:
         raise ValueError(f"labels: expected shape ({rows},), got {t.shape}")
     if t.dtype.kind not in "iu":
@@ -61,15 +61,17 @@ def _labels(t, rows, classes):
             raise ValueError(f"labels must be an integer array (got {t.dtype}); use y.astype(np.int64)")
         raise ValueError(f"labels must be integers, got dtype {t.dtype}")
     lab = np.ascontiguousarray(t, dtype=np.int64)
-    if lab.size and (lab.min() < 0 or lab.max() >= classes):
+    if check_range and lab.size and (lab.min() < 0 or lab.max() >= classes):
         bad = int(np.flatnonzero((lab < 0) | (lab >= classes))[0])
         raise ValueError(f"label {int(lab[bad])} at row {bad} is outside [0, {classes})")
     return lab
 
 
-def split_target(name, shape, target):
+def split_target(name, shape, target, check_label_range=True):
     """(labels or None, values or None) as the C++ kernels take them, for
-    predictions of `shape` = (rows, cols)."""
+    predictions of `shape` = (rows, cols). check_label_range=False leaves the
+    range of class labels to the C++ step, which checks it (same message)
+    before changing anything: two numpy reductions, ~2.5 µs of a batch-1 step."""
     rows, cols = shape
     if name == "distillation":
         if not (isinstance(target, (tuple, list)) and len(target) == 2):
@@ -77,7 +79,7 @@ def split_target(name, shape, target):
         teacher = np.ascontiguousarray(target[0], dtype=np.float32)
         if teacher.shape != (rows, cols):
             raise ValueError(f"teacher logits: expected shape {(rows, cols)}, got {teacher.shape}")
-        return _labels(np.asarray(target[1]), rows, cols), teacher
+        return _labels(np.asarray(target[1]), rows, cols, check_label_range), teacher
     t = np.asarray(target)
     if t.dtype.kind not in "fiub":
         raise ValueError(f"target must be numeric, got dtype {t.dtype}")
@@ -86,7 +88,7 @@ def split_target(name, shape, target):
             # A softmax over one column is constantly 1: the loss would be 0 and nothing would train.
             raise ValueError(f"{name} needs at least 2 output columns (one per class), the predictions have "
                              f"{cols}; for binary labels with one output use binary_cross_entropy_with_logits")
-        return _labels(t, rows, cols), None
+        return _labels(t, rows, cols, check_label_range), None
     values = np.ascontiguousarray(t, dtype=np.float32)
     if values.shape != (rows, cols):
         if values.ndim == 1 and values.size == rows and cols == 1:

@@ -202,8 +202,8 @@ class Sequential:
         """True when a single output column is a logit (decided at 0 by accuracy)."""
         return self.loss is not None and self.loss.name == "binary_cross_entropy_with_logits"
 
-    def _split_y(self, y, rows):
-        return _losses.split_target(self.loss.name, (rows, self.output_dim), y)
+    def _split_y(self, y, rows, check_label_range=True):
+        return _losses.split_target(self.loss.name, (rows, self.output_dim), y, check_label_range)
 
     # -- training ----------------------------------------------------------------
     def train_step(self, x, y):
@@ -212,7 +212,7 @@ class Sequential:
         batch raises ValueError and changes nothing."""
         x = _as_x(x, self.input_dim)
         self._ready(x)
-        labels, values = self._split_y(y, x.shape[0])
+        labels, values = self._split_y(y, x.shape[0], check_label_range=False)  # the C++ step checks
         self.optimizer._before_step()
         loss, _ = self._net.train_step(x, labels, values, self.loss._spec, self.optimizer._core, False)
         return float(loss)
