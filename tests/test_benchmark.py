@@ -18,6 +18,7 @@ def test_run_and_table_on_a_tiny_model(tmp_path):
     for r in rows:
         assert r["nerve_samples_per_s"] > 0
         assert np.isclose(r["nerve_gflops"], r["nerve_samples_per_s"] * benchmark.flops_per_sample([8, 16, 3]) / 1e9)
+        assert r["nerve_best_gflops"] >= r["nerve_gflops"]  # best round vs median round
     text = benchmark.table(rows, None)
     assert text.count("\n") == 3 and "| 1 | 4 |" in text
     out = tmp_path / "r.json"
@@ -30,3 +31,9 @@ def test_run_and_table_on_a_tiny_model(tmp_path):
 def test_sgemm_roof_is_a_positive_rate():
     roof = benchmark.sgemm_roof(None, n=64, seconds=0.01)
     assert set(roof) == {"numpy"} and roof["numpy"] > 0
+
+
+def test_roof_share_shows_the_median_and_the_best_round():
+    r = {"nerve_vs_best_sgemm": 0.874, "nerve_best_vs_best_sgemm": 0.912}
+    assert benchmark.roof_share(r) == "87% (best round 91%)"
+    assert benchmark.roof_share({"nerve_vs_best_sgemm": 0.9}) == "90%"  # older results: median only

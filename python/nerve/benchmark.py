@@ -178,6 +178,9 @@ def run(sizes, batches, threads, rounds, against, seconds, fused, log=print, roo
             for name, vals in rates.items():
                 row[f"{name}_samples_per_s"] = statistics.median(vals)
                 row[f"{name}_gflops"] = statistics.median(vals) * fps / 1e9
+            # The roof below is a best-of-calls figure; the step's best round
+            # is the like-for-like companion of its median on a shared machine.
+            row["nerve_best_gflops"] = max(rates["nerve"]) * fps / 1e9
             if torch is not None:
                 ratios = [a / b for a, b in zip(rates["nerve"], rates["torch"])]
                 row["ratio"] = statistics.median(ratios)
@@ -194,9 +197,19 @@ def run(sizes, batches, threads, rounds, against, seconds, fused, log=print, roo
             for row in results[first_row:]:
                 row["sgemm_roof"] = roof_gf
                 row["nerve_vs_best_sgemm"] = row["nerve_gflops"] / max(roof_gf.values())
+                row["nerve_best_vs_best_sgemm"] = row["nerve_best_gflops"] / max(roof_gf.values())
         if limiter is not None:
             limiter.restore_original_limits()
     return results
+
+
+def roof_share(r):
+    """'89%' (median round against the best sgemm), with the best round's share
+    when the run recorded it: '89% (best round 91%)'."""
+    text = f"{r['nerve_vs_best_sgemm']:.0%}"
+    if "nerve_best_vs_best_sgemm" in r:
+        text += f" (best round {r['nerve_best_vs_best_sgemm']:.0%})"
+    return text
 
 
 def table(results, against):
@@ -217,7 +230,7 @@ def table(results, against):
         if roof:
             if "sgemm_roof" in r and r["batch"] >= 512:
                 best = max(r["sgemm_roof"], key=r["sgemm_roof"].get)
-                line += f" {r['sgemm_roof'][best]:.1f} ({best}) | {r['nerve_vs_best_sgemm']:.0%} |"
+                line += f" {r['sgemm_roof'][best]:.1f} ({best}) | {roof_share(r)} |"
             else:
                 line += " | |"
         lines.append(line)
