@@ -17,7 +17,9 @@ bin=build/dev/bench/bench_kernels
     "$bin" --benchmark_min_time=0.1 --benchmark_out="$out/bench_kernels.json" \
       --benchmark_out_format=json --benchmark_counters_tabular=false
   fi
-  python3 bench/train_mlp.py --against torch --threads 1,2 --json "$out/train_mlp_ref.json"
+  # The reference model decides the targets: more, shorter interleaved rounds
+  # (a neighbour on the host hits fewer of them).
+  python3 bench/train_mlp.py --against torch --threads 1,2 --rounds 9 --seconds 0.15 --json "$out/train_mlp_ref.json"
   python3 bench/train_mlp.py --against torch --threads 1,2 --model deep --json "$out/train_mlp_deep.json"
   python3 bench/train_mlp.py --against torch --threads 1,2 --model wide --batches 1,32,128,512,2048 \
     --rounds 3 --json "$out/train_mlp_wide.json"
