@@ -1,6 +1,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <immintrin.h>
+
 #include "nerve/gemm.hpp"
 #include "nerve/layer.hpp"
 #include "nerve/parallel.hpp"
@@ -15,6 +17,121 @@ ActContext act_context(const StepContext& ctx, std::uint64_t stream) {
   a.stream = stream;
   a.step = ctx.step;
   return a;
+}
+
+// The penalty helpers are compiled once (noinline, noclone): inlined into two callers,
+// GCC may contract a*b + c into an FMA in one copy and not in the other, and
+// the fused step (which calls them on slices) would lose bit-identity with
+// regularize().
+
+// l1 * sum|w| + l2 * sum w^2, summed in order in double.
+__attribute__((noinline, noclone)) double penalty_value(const Penalty& pen, const float* w, Index n) {
+  double abs_sum = 0.0, sq_sum = 0.0;
+  for (Index i = 0; i < n; ++i) {
+    abs_sum += std::fabs(w[i]);
+    sq_sum += static_cast<double>(w[i]) * w[i];
+  }
+  return pen.l1 * abs_sum + pen.l2 * sq_sum;
+}
+
+// g += its gradient, element by element (so any slice gives the same values).
+__attribute__((noinline, noclone)) void add_penalty_grad(const Penalty& pen, const float* w, float* g, Index n) {
+  const float l1 = static_cast<float>(pen.l1), two_l2 = static_cast<float>(2.0 * pen.l2);
+#pragma omp simd
+  for (Index i = 0; i < n; ++i) {
+    const float sign = w[i] > 0.0f ? 1.0f : (w[i] < 0.0f ? -1.0f : 0.0f);
+    g[i] += l1 * sign + two_l2 * w[i];
+  }
+}
+
+// The penalty's value and (optionally) its gradient added to g.
+double apply_penalty(const Penalty& pen, const float* w, float* g, Index n, bool add_grad) {
+  if (!pen.active()) return 0.0;
+  const double value = penalty_value(pen, w, n);
+  if (add_grad) add_penalty_grad(pen, w, g, n);
+  return value;
+}
+
+// Up to this batch, backward makes one pass over the rows of W for dW and dX
+// (and the fused update); larger batches use GEMM.
+constexpr Index kMaxRowBatch = 4;
+// Elements of W per block of that pass. The boundaries depend on the shape
+// alone, so threads split the blocks without changing any result; 8K
+// elements keep a block's weights, gradient and optimizer state (16-20 B per
+// element) in L2 from the gradient to the update.
+constexpr Index kRowBlockElems = 8192;
+// The dot products of dX run U independent 8-lane FMA chains per batch row
+// (enough to hide the FMA latency: 4 at batch 1-2; 2 at 3-4, where the batch
+// rows give the parallelism and registers run short). The lanes are then
+// added in a fixed tree, so the result depends on the shape alone.
+template <int B>
+constexpr int kChains = B <= 2 ? 4 : 2;
+
+// sum of lanes[0 .. 8U): the U vectors pairwise, then 8 -> 4 -> 2 -> 1.
+template <int U>
+float lane_sum(const float* lanes) {
+  float v[8];
+  for (int l = 0; l < 8; ++l) {
+    if constexpr (U == 4) v[l] = (lanes[l] + lanes[8 + l]) + (lanes[16 + l] + lanes[24 + l]);
+    else v[l] = lanes[l] + lanes[8 + l];
+  }
+  const float h0 = v[0] + v[4], h1 = v[1] + v[5], h2 = v[2] + v[6], h3 = v[3] + v[7];
+  return (h0 + h2) + (h1 + h3);
+}
+
+// For rows [r0, r1) of W (in x units) and a batch of B rows:
+//   dx[b, i] = sum_j dz[b, j] W[i, j]                         (when dx)
+//   g[i, j] = (accumulate ? g[i, j] : 0) + x[0, i] dz[0, j] + ... + x[B-1, i] dz[B-1, j]
+//                                                             (when g; FMA in that order)
+// One read of each row of W serves the whole batch's dX. The fused and the
+// plain backward both use it, so they agree bit for bit.
+template <int B>
+void gradient_rows(const float* x, Index in, const float* dz, Index units, const float* w, float* g, float* dx,
+                   Index r0, Index r1, bool accumulate) {
+  constexpr int U = kChains<B>, kLanes = 8 * U;
+  const Index vec_end = units / kLanes * kLanes;
+  for (Index i = r0; i < r1; ++i) {
+    const float* __restrict wi = w + i * units;
+    if (dx) {
+      alignas(32) float lanes[B][kLanes];
+#if defined(__AVX__) && defined(__FMA__)
+      __m256 acc[B][U];
+      for (int b = 0; b < B; ++b)
+        for (int u = 0; u < U; ++u) acc[b][u] = _mm256_setzero_ps();
+      for (Index j = 0; j < vec_end; j += kLanes) {
+        __m256 wv[U];
+        for (int u = 0; u < U; ++u) wv[u] = _mm256_loadu_ps(wi + j + 8 * u);
+        for (int b = 0; b < B; ++b)
+          for (int u = 0; u < U; ++u)
+            acc[b][u] = _mm256_fmadd_ps(_mm256_loadu_ps(dz + b * units + j + 8 * u), wv[u], acc[b][u]);
+      }
+      for (int b = 0; b < B; ++b)
+        for (int u = 0; u < U; ++u) _mm256_store_ps(lanes[b] + 8 * u, acc[b][u]);
+#else  // the same operations one lane at a time
+      for (int b = 0; b < B; ++b)
+        for (int l = 0; l < kLanes; ++l) lanes[b][l] = 0.0f;
+      for (Index j = 0; j < vec_end; j += kLanes)
+        for (int b = 0; b < B; ++b)
+          for (int l = 0; l < kLanes; ++l) lanes[b][l] = std::fma(dz[b * units + j + l], wi[j + l], lanes[b][l]);
+#endif
+      for (int b = 0; b < B; ++b) {
+        float sum = lane_sum<U>(lanes[b]);
+        for (Index j = vec_end; j < units; ++j) sum = std::fma(dz[b * units + j], wi[j], sum);
+        dx[b * in + i] = sum;
+      }
+    }
+    if (g) {
+      float xi[B];
+      for (int b = 0; b < B; ++b) xi[b] = x[b * in + i];
+      float* __restrict gi = g + i * units;
+#pragma omp simd
+      for (Index j = 0; j < units; ++j) {
+        float acc = accumulate ? gi[j] : 0.0f;  // never 0 * g: g may hold NaN garbage
+        for (int b = 0; b < B; ++b) acc = std::fma(xi[b], dz[b * units + j], acc);
+        gi[j] = acc;
+      }
+    }
+  }
 }
 }  // namespace
 
@@ -57,40 +174,67 @@ void Dense::backward(const float* x, const float* y, float* dy, float* dx, Index
   float* dz = info.width_factor == 1 ? dy : dz_.data();
   activation_backward(act, keeps_z_ ? z_.data() : nullptr, y, dy, dz, batch, units,
                       act_context(ctx, stream));
-  if (trainable) {
-    if (use_bias) column_sums(dz, batch, units, bias.grad(), accumulate);
+  if (trainable && use_bias) column_sums(dz, batch, units, bias.grad(), accumulate);
+  kernel_updated_ = false;
+  if (batch <= kMaxRowBatch) {
+    small_batch_backward(x, dz, dx, batch, ctx, accumulate);
+    return;
+  }
+  if (trainable)
     gemm(true, false, in_features, units, batch, x, in_features, dz, units, kernel.grad(), units,
          accumulate);
-  }
   if (dx)
     gemm(false, true, batch, in_features, units, dz, units, kernel.value(), units, dx, in_features,
          false);
 }
 
-namespace {
-// Adds l1*sum|w| + l2*sum w^2 and (optionally) its gradient to g.
-double apply_penalty(const Penalty& pen, const float* w, float* g, Index n, bool add_grad) {
-  if (!pen.active()) return 0.0;
-  double abs_sum = 0.0, sq_sum = 0.0;
-  for (Index i = 0; i < n; ++i) {
-    abs_sum += std::fabs(w[i]);
-    sq_sum += static_cast<double>(w[i]) * w[i];
-  }
-  if (add_grad) {
-    const float l1 = static_cast<float>(pen.l1), two_l2 = static_cast<float>(2.0 * pen.l2);
-#pragma omp simd
-    for (Index i = 0; i < n; ++i) {
-      const float sign = w[i] > 0.0f ? 1.0f : (w[i] < 0.0f ? -1.0f : 0.0f);
-      g[i] += l1 * sign + two_l2 * w[i];
+void Dense::small_batch_backward(const float* x, const float* dz, float* dx, Index batch,
+                                 const StepContext& ctx, bool accumulate) {
+  float* g = trainable ? kernel.grad() : nullptr;
+  if (!g && !dx) return;
+  float* w = kernel.value();
+  // The update may join only a plain training step: the gradient must be
+  // complete after this pass (no accumulation) and the layer trained.
+  SpanSlice slice;
+  if (ctx.optimizer && ctx.training && trainable && !accumulate) slice = ctx.optimizer->find(w, kernel.size);
+  const bool update = slice.found();
+  if (update && kernel_penalty.active())
+    // The loss reports the penalty of the weights it was computed with.
+    kernel_penalty_before_update_ = penalty_value(kernel_penalty, w, kernel.size);
+
+  const Index rows_per_block = std::max<Index>(1, kRowBlockElems / units);
+  const Index blocks = (in_features + rows_per_block - 1) / rows_per_block;
+  const double work = static_cast<double>(in_features) * units * (4.0 * batch + (update ? 12.0 : 0.0));
+  parallel_for(blocks, threads_for(work, blocks), [&](Index blk) {
+    const Index r0 = blk * rows_per_block, r1 = std::min(in_features, r0 + rows_per_block);
+    switch (batch) {
+      case 1: gradient_rows<1>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
+      case 2: gradient_rows<2>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
+      case 3: gradient_rows<3>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
+      default: gradient_rows<4>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
     }
+    if (update) {
+      // Same order of operations as regularize() then Optimizer::step().
+      const Index e0 = r0 * units, n = (r1 - r0) * units;
+      if (kernel_penalty.active()) add_penalty_grad(kernel_penalty, w + e0, g + e0, n);
+      ctx.optimizer->update_slice(slice.sub(e0, n));
+    }
+  });
+  if (update) {
+    ctx.optimizer->mark_updated(slice);
+    kernel_updated_ = true;
   }
-  return pen.l1 * abs_sum + pen.l2 * sq_sum;
 }
-}  // namespace
 
 double Dense::regularize(bool add_grad) {
   const bool grads = add_grad && trainable;
-  double total = apply_penalty(kernel_penalty, kernel.value(), kernel.grad(), kernel.size, grads);
+  double total;
+  if (kernel_updated_) {  // the gradient went into the update already
+    total = kernel_penalty.active() ? kernel_penalty_before_update_ : 0.0;
+    kernel_updated_ = false;
+  } else {
+    total = apply_penalty(kernel_penalty, kernel.value(), kernel.grad(), kernel.size, grads);
+  }
   if (use_bias) total += apply_penalty(bias_penalty, bias.value(), bias.grad(), bias.size, grads);
   return total;
 }
