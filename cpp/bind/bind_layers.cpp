@@ -222,6 +222,11 @@ void bind_layers(py::module_& m) {
       .def_property(
           "step", [](PyNetwork& n) { return n.net.step; },
           [](PyNetwork& n, std::uint64_t s) { n.net.step = s; })
+      .def_property(
+          "fuse_updates", [](PyNetwork& n) { return n.net.fuse_updates; },
+          [](PyNetwork& n, bool on) { n.net.fuse_updates = on; },
+          "train_step may update Dense weights inside backward at batches of 1-4 (bit-identical; "
+          "False forces the separate optimizer pass, for comparisons)")
       .def(
           "forward",
           [](PyNetwork& n, py::array x, bool training) {

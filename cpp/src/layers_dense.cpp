@@ -21,13 +21,46 @@ ActContext act_context(const StepContext& ctx, std::uint64_t stream) {
   return a;
 }
 
-// Up to this batch, backward makes one pass over the rows of W for dW and dX;
-// larger batches use GEMM. At batch 1 this is a memory-bound step's largest
-// pass after the optimizer's: one read of W serves dX, and dW is written once.
+// The penalty helpers are compiled once (noinline, noclone): inlined into two callers,
+// GCC may contract a*b + c into an FMA in one copy and not in the other, and
+// the fused step (which calls them on slices) would lose bit-identity with
+// regularize().
+
+// l1 * sum|w| + l2 * sum w^2, summed in order in double.
+__attribute__((noinline, noclone)) double penalty_value(const Penalty& pen, const float* w, Index n) {
+  double abs_sum = 0.0, sq_sum = 0.0;
+  for (Index i = 0; i < n; ++i) {
+    abs_sum += std::fabs(w[i]);
+    sq_sum += static_cast<double>(w[i]) * w[i];
+  }
+  return pen.l1 * abs_sum + pen.l2 * sq_sum;
+}
+
+// g += its gradient, element by element (so any slice gives the same values).
+__attribute__((noinline, noclone)) void add_penalty_grad(const Penalty& pen, const float* w, float* g, Index n) {
+  const float l1 = static_cast<float>(pen.l1), two_l2 = static_cast<float>(2.0 * pen.l2);
+#pragma omp simd
+  for (Index i = 0; i < n; ++i) {
+    const float sign = w[i] > 0.0f ? 1.0f : (w[i] < 0.0f ? -1.0f : 0.0f);
+    g[i] += l1 * sign + two_l2 * w[i];
+  }
+}
+
+// The penalty's value and (optionally) its gradient added to g.
+double apply_penalty(const Penalty& pen, const float* w, float* g, Index n, bool add_grad) {
+  if (!pen.active()) return 0.0;
+  const double value = penalty_value(pen, w, n);
+  if (add_grad) add_penalty_grad(pen, w, g, n);
+  return value;
+}
+
+// Up to this batch, backward makes one pass over the rows of W for dW and dX
+// (and the fused update); larger batches use GEMM.
 constexpr Index kMaxRowBatch = 4;
 // Elements of W per block of that pass. The boundaries depend on the shape
 // alone, so threads split the blocks without changing any result; 8K
-// elements per block amortise the scheduling.
+// elements keep a block's weights, gradient and optimizer state (16-20 B per
+// element) in L2 from the gradient to the update.
 constexpr Index kRowBlockElems = 8192;
 // The dot products of dX run U independent 8-lane FMA chains per batch row
 // (enough to hide the FMA latency: 4 at batch 1-2; 2 at 3-4, where the batch
@@ -52,7 +85,8 @@ float lane_sum(const float* lanes) {
 //   dx[b, i] = sum_j dz[b, j] W[i, j]                         (when dx)
 //   g[i, j] = (accumulate ? g[i, j] : 0) + x[0, i] dz[0, j] + ... + x[B-1, i] dz[B-1, j]
 //                                                             (when g; FMA in that order)
-// One read of each row of W serves the whole batch's dX.
+// One read of each row of W serves the whole batch's dX. The fused and the
+// plain backward both use it, so they agree bit for bit.
 template <int B>
 void gradient_rows(const float* x, Index in, const float* dz, Index units, const float* w, float* g, float* dx,
                    Index r0, Index r1, bool accumulate) {
@@ -143,8 +177,9 @@ void Dense::backward(const float* x, const float* y, float* dy, float* dx, Index
   activation_backward(act, keeps_z_ ? z_.data() : nullptr, y, dy, dz, batch, units,
                       act_context(ctx, stream));
   if (trainable && use_bias) column_sums(dz, batch, units, bias.grad(), accumulate);
+  kernel_updated_ = false;
   if (batch <= kMaxRowBatch) {
-    small_batch_backward(x, dz, dx, batch, accumulate);
+    small_batch_backward(x, dz, dx, batch, ctx, accumulate);
     return;
   }
   if (trainable)
@@ -156,13 +191,22 @@ void Dense::backward(const float* x, const float* y, float* dy, float* dx, Index
 }
 
 void Dense::small_batch_backward(const float* x, const float* dz, float* dx, Index batch,
-                                 bool accumulate) {
+                                 const StepContext& ctx, bool accumulate) {
   float* g = trainable ? kernel.grad() : nullptr;
   if (!g && !dx) return;
-  const float* w = kernel.value();
+  float* w = kernel.value();
+  // The update may join only a plain training step: the gradient must be
+  // complete after this pass (no accumulation) and the layer trained.
+  SpanSlice slice;
+  if (ctx.optimizer && ctx.training && trainable && !accumulate) slice = ctx.optimizer->find(w, kernel.size);
+  const bool update = slice.found();
+  if (update && kernel_penalty.active())
+    // The loss reports the penalty of the weights it was computed with.
+    kernel_penalty_before_update_ = penalty_value(kernel_penalty, w, kernel.size);
+
   const Index rows_per_block = std::max<Index>(1, kRowBlockElems / units);
   const Index blocks = (in_features + rows_per_block - 1) / rows_per_block;
-  const double work = 4.0 * static_cast<double>(in_features) * units * batch;
+  const double work = static_cast<double>(in_features) * units * (4.0 * batch + (update ? 12.0 : 0.0));
   parallel_for(blocks, threads_for(work, blocks), [&](Index blk) {
     const Index r0 = blk * rows_per_block, r1 = std::min(in_features, r0 + rows_per_block);
     switch (batch) {
@@ -171,33 +215,28 @@ void Dense::small_batch_backward(const float* x, const float* dz, float* dx, Ind
       case 3: gradient_rows<3>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
       default: gradient_rows<4>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
     }
-  });
-}
-
-namespace {
-// Adds l1*sum|w| + l2*sum w^2 and (optionally) its gradient to g.
-double apply_penalty(const Penalty& pen, const float* w, float* g, Index n, bool add_grad) {
-  if (!pen.active()) return 0.0;
-  double abs_sum = 0.0, sq_sum = 0.0;
-  for (Index i = 0; i < n; ++i) {
-    abs_sum += std::fabs(w[i]);
-    sq_sum += static_cast<double>(w[i]) * w[i];
-  }
-  if (add_grad) {
-    const float l1 = static_cast<float>(pen.l1), two_l2 = static_cast<float>(2.0 * pen.l2);
-#pragma omp simd
-    for (Index i = 0; i < n; ++i) {
-      const float sign = w[i] > 0.0f ? 1.0f : (w[i] < 0.0f ? -1.0f : 0.0f);
-      g[i] += l1 * sign + two_l2 * w[i];
+    if (update) {
+      // Same order of operations as regularize() then Optimizer::step().
+      const Index e0 = r0 * units, n = (r1 - r0) * units;
+      if (kernel_penalty.active()) add_penalty_grad(kernel_penalty, w + e0, g + e0, n);
+      ctx.optimizer->update_slice(slice.sub(e0, n));
     }
+  });
+  if (update) {
+    ctx.optimizer->mark_updated(slice);
+    kernel_updated_ = true;
   }
-  return pen.l1 * abs_sum + pen.l2 * sq_sum;
 }
-}  // namespace
 
 double Dense::regularize(bool add_grad) {
   const bool grads = add_grad && trainable;
-  double total = apply_penalty(kernel_penalty, kernel.value(), kernel.grad(), kernel.size, grads);
+  double total;
+  if (kernel_updated_) {  // the gradient went into the update already
+    total = kernel_penalty.active() ? kernel_penalty_before_update_ : 0.0;
+    kernel_updated_ = false;
+  } else {
+    total = apply_penalty(kernel_penalty, kernel.value(), kernel.grad(), kernel.size, grads);
+  }
   if (use_bias) total += apply_penalty(bias_penalty, bias.value(), bias.grad(), bias.size, grads);
   return total;
 }

@@ -44,7 +44,7 @@ const float* Network::forward(const float* x, Index batch, bool training) {
   return y;
 }
 
-void Network::backward(const float* dout, Index batch, bool accumulate, float* dx) {
+void Network::backward(const float* dout, Index batch, bool accumulate, float* dx, Optimizer* update) {
   if (input_ == nullptr || batch != last_batch_)
     throw ValueError("backward: call forward on a batch of " + std::to_string(batch) + " rows first");
   // Below the lowest layer with trainable parameters nobody needs a gradient
@@ -56,7 +56,7 @@ void Network::backward(const float* dout, Index batch, bool accumulate, float* d
       break;
     }
   if (dx) lowest = 0;
-  stack_.backward(input_, dout, dx, batch, StepContext{last_training_, seed, step}, accumulate, lowest);
+  stack_.backward(input_, dout, dx, batch, StepContext{last_training_, seed, step, update}, accumulate, lowest);
 }
 
 double Network::regularize(bool add_grad) { return stack_.regularize(add_grad); }
@@ -92,9 +92,14 @@ StepResult Network::train_step(const float* x, Index batch, const Target& target
     result.correct = loss.kind == LossKind::BinaryCrossEntropyWithLogits
                          ? count_correct_logit_threshold(y, target, batch, out)
                          : count_correct(y, target, batch, out);
-  backward(loss_grad(), batch, false, nullptr);
+  // The optimizer's step in pieces: validation and per-step scalars first,
+  // then the layers' own updates inside backward (when allowed), then every
+  // parameter not updated yet. Same kernels, same order per element as
+  // opt.step() after backward and penalties, so the result is the same bits.
+  opt.begin_step();
+  backward(loss_grad(), batch, false, nullptr, fuse_updates && opt.slices_allowed() ? &opt : nullptr);
   result.loss += regularize(true);
-  opt.step();
+  opt.finish_step();
   apply_masks();  // before the constraints: max-norm rescaling keeps zeros at zero
   apply_constraints();
   step += 1;

@@ -1,9 +1,11 @@
 // First-order optimizers with torch.optim semantics (Keras for FTRL).
 //
 // Layout of the work: step() validates, computes every step-dependent scalar
-// once in double, optionally clips the gradient, then makes one pass over each
-// fixed-size chunk of each span that reads p, g and the state once and writes
-// p and the state once. Flags (weight decay on/off, amsgrad, nesterov, ...)
+// once in double (begin_step), optionally clips the gradient, then makes one
+// pass over each fixed-size chunk of each span that reads p, g and the state
+// once and writes p and the state once (finish_step). A layer may update a
+// slice of a span in between, inside its backward (update_slice: the same
+// kernels; finish_step then skips that slice). Flags (weight decay on/off, amsgrad, nesterov, ...)
 // are template parameters so the element loops are branch-free and vectorize
 // (AVX2/FMA under -O3 -mavx2 -mfma). The per-element math is done in float, as
 // PyTorch does for float32 parameters; the scalars are rounded once from double.
@@ -18,7 +20,8 @@
 //   the paper has l2; weight decay there is Keras' decoupled kind.
 // - Adadelta's rho is OptHyper::alpha. RMSprop nesterov is a nerve extension.
 // - Clipping (clipvalue, clipnorm, global_clipnorm: Keras meanings) happens in
-//   step() before the update and is written back into g. Keras allows only one
+//   step() before the update and is written back into g (clipvalue element by
+//   element just before each element's update). Keras allows only one
 //   of them; here any combination is applied in that order.
 // - Weight decay applies only to spans with decay == true.
 // - bind() and reset_state() restart the step count (state is fresh).
@@ -88,32 +91,15 @@ inline void with_flag(bool b, F&& f) {
   else f(std::false_type{});
 }
 
-// Per-step scalars, computed once in double and rounded once to float.
-struct Scalars {
-  float lr, wd;
-  float decay_mult;           // 1 - lr*wd (AdamW, FTRL: decoupled decay)
-  float mom, damp_c;          // SGD/RMSprop momentum, 1 - dampening
-  float b1, omb1, b2, omb2;   // betas and 1 - betas
-  float eps;
-  float inv_sqrt_bc2;         // Adam: 1/sqrt(1 - beta2^t)
-  float inv_bc2;              // NAdam: 1/(1 - beta2^t)
-  float step_size;            // Adam/Adamax: lr/(1 - beta1^t)
-  float nadam_cg, nadam_cm;   // NAdam: coefficients of g and m
-  float clr;                  // Adagrad: lr/(1 + (t-1)*lr_decay)
-  float a, oma;               // RMSprop alpha / Adadelta rho, and 1 - it
-  float inv_lr, l1, quad_l2, shrink2, neg_pow;  // FTRL
-};
-
 // ---------------------------------------------------------------------------
 // Kernels.
 //
 // GCC keeps the errno side effect of sqrt under the default -fmath-errno, so
 // an `omp simd` loop containing sqrt is not vectorized. Each kernel is
 // therefore written once as a per-element body templated on the value type:
-// V8 = 8 floats (AVX2/FMA) for the bulk of the chunk and float for the
-// tail. GCC treats the vector arithmetic as generic vector operations, so a*b + c
-// is contracted to FMA in both instantiations alike. (V8 is __m256 without
-// its may_alias attribute, which a template argument would drop anyway.)
+// V8 = 8 floats (AVX2/FMA), or float in a build without AVX. (V8 is __m256
+// without its may_alias attribute, which a template argument would drop
+// anyway.)
 
 template <class T> inline T splat(float x);
 template <> inline float splat<float>(float x) { return x; }
@@ -152,7 +138,7 @@ struct Consts {
   T lr, wd, decay_mult, mom, damp_c, b1, omb1, b2, omb2, eps, inv_sqrt_bc2, inv_bc2, step_size;
   T nadam_cg, nadam_cm, clr, a, oma, inv_lr, l1, neg_l1, quad_l2, shrink2, one;
   float neg_pow;
-  explicit Consts(const Scalars& s)
+  explicit Consts(const StepScalars& s)
       : lr(splat<T>(s.lr)), wd(splat<T>(s.wd)), decay_mult(splat<T>(s.decay_mult)), mom(splat<T>(s.mom)),
         damp_c(splat<T>(s.damp_c)), b1(splat<T>(s.b1)), omb1(splat<T>(s.omb1)), b2(splat<T>(s.b2)),
         omb2(splat<T>(s.omb2)), eps(splat<T>(s.eps)), inv_sqrt_bc2(splat<T>(s.inv_sqrt_bc2)),
@@ -171,18 +157,42 @@ struct Ptrs {
   float* __restrict s2;
 };
 
-// Runs Op over n elements: 8 at a time, then the scalar tail.
-template <class Op>
-void run_kernel(const Ptrs& q, Index n, const Scalars& s) {
-  Index i = 0;
 #ifdef __AVX__
-  {
-    const Consts<V8> c(s);
-    for (; i + 8 <= n; i += 8) Op::template apply<V8>(q, i, c);
-  }
+// Op over elements [0, n) of q, n a multiple of 8. Compiled once per Op on
+// purpose (noinline, noclone): GCC contracts a*b + c into FMAs per inlined
+// copy, and a second copy (or a scalar instantiation) for the tail contracts
+// differently (AdamW's decay then subtraction, RMSprop's nesterov term). An
+// element's result would then depend on where the slice it lies in ends, and
+// a step taken in slices (fused into backward) would differ from one taken
+// whole. q is taken by value: a local copy whose pointers stay in registers
+// (the may_alias vector stores could otherwise alias the caller's Ptrs).
+template <class Op>
+__attribute__((noinline, noclone)) void run_vectors(const Ptrs q, Index n, const StepScalars& s) {
+  const Consts<V8> c(s);
+  for (Index i = 0; i < n; i += 8) Op::template apply<V8>(q, i, c);
+}
 #endif
+
+// Runs Op over n elements, 8 at a time; the last 1-7 go through the same
+// vector code on a zero-padded copy.
+template <class Op>
+void run_kernel(const Ptrs& q, Index n, const StepScalars& s) {
+#ifdef __AVX__
+  const Index bulk = n / 8 * 8;
+  run_vectors<Op>(q, bulk, s);
+  if (bulk == n) return;
+  alignas(32) float pad[5][8] = {};
+  float* const arrays[5] = {q.p, q.g, q.s0, q.s1, q.s2};
+  for (int a = 0; a < 5; ++a)
+    if (arrays[a]) std::copy(arrays[a] + bulk, arrays[a] + n, pad[a]);
+  run_vectors<Op>(Ptrs{pad[0], pad[1], q.s0 ? pad[2] : nullptr, q.s1 ? pad[3] : nullptr, q.s2 ? pad[4] : nullptr},
+                  8, s);
+  for (int a = 0; a < 5; ++a)
+    if (arrays[a] && a != 1) std::copy(pad[a], pad[a] + (n - bulk), arrays[a] + bulk);  // g is only read
+#else
   const Consts<float> c(s);
-  for (; i < n; ++i) Op::template apply<float>(q, i, c);
+  for (Index i = 0; i < n; ++i) Op::template apply<float>(q, i, c);
+#endif
 }
 
 // In every kernel `WD` is true when weight decay applies to this span (its
@@ -556,10 +566,12 @@ void Optimizer::bind(const std::vector<ParamSpan>& spans) {
   total_ = 0;
   chunks_.clear();
   span_first_chunk_.clear();
+  span_offset_.clear();
   for (std::size_t s = 0; s < spans_.size(); ++s) {
     span_first_chunk_.push_back(static_cast<Index>(chunks_.size()));
+    span_offset_.push_back(total_);
     for (Index b = 0; b < spans_[s].n; b += kChunk)
-      chunks_.push_back({static_cast<int>(s), b, std::min(kChunk, spans_[s].n - b), total_ + b});
+      chunks_.push_back({static_cast<int>(s), b, std::min(kChunk, spans_[s].n - b)});
     total_ += spans_[s].n;
   }
   span_first_chunk_.push_back(static_cast<Index>(chunks_.size()));
@@ -572,6 +584,8 @@ void Optimizer::bind(const std::vector<ParamSpan>& spans) {
   bound_momentum_ = hyper_.momentum > 0.0;
   bound_centered_ = hyper_.centered;
   bound_ = true;
+  in_step_ = false;
+  updated_.clear();
   for (auto& buf : slots) buf.resize(total_, 0.0f);
   reset_state();
 }
@@ -599,6 +613,11 @@ void Optimizer::set_lr(double lr) {
 }
 
 void Optimizer::step() {
+  begin_step();
+  finish_step();
+}
+
+void Optimizer::begin_step() {
   const OptHyper& h = hyper_;
   // Everything that can throw happens before any state is touched.
   if (!bound_) throw ValueError(std::string(kind_name(kind_)) + ".step() called before bind()");
@@ -615,51 +634,9 @@ void Optimizer::step() {
   const std::int64_t prev = iterations;
   iterations += 1;
   const double t = static_cast<double>(iterations);
-  const Index nchunks = static_cast<Index>(chunks_.size());
-
-  // --- Clipping. Keras order of meanings; several may be set at once and are
-  // then applied as clipvalue, per-span clipnorm, global_clipnorm. The clipped
-  // gradient is written back into g (Keras clips a copy; writing back saves a
-  // buffer and lets the caller see what the optimizer used).
-  const bool cv = h.clipvalue > 0.0, cn = h.clipnorm > 0.0, gn = h.global_clipnorm > 0.0;
-  if (cv || cn || gn) {
-    const float c = static_cast<float>(h.clipvalue);
-    if (cn || gn) {
-      for_chunks(nchunks, 3.0 * static_cast<double>(total_), [&](Index k) {
-        const Chunk& ch = chunks_[k];
-        float* g = spans_[ch.span].g + ch.begin;
-        chunk_sq_[k] = cv ? clamp_sum_sq(g, ch.len, c) : sum_sq(g, ch.len);
-      });
-      double global_sq = 0.0;
-      for (std::size_t s = 0; s < spans_.size(); ++s) {
-        double sq = 0.0;
-        for (Index k = span_first_chunk_[s]; k < span_first_chunk_[s + 1]; ++k) sq += chunk_sq_[k];
-        double norm = std::sqrt(sq), scale = 1.0;
-        if (cn && norm > h.clipnorm) {
-          scale = h.clipnorm / norm;
-          norm = h.clipnorm;
-        }
-        span_scale_[s] = scale;
-        global_sq += norm * norm;
-      }
-      const double gnorm = std::sqrt(global_sq);
-      if (gn && gnorm > h.global_clipnorm)
-        for (auto& sc : span_scale_) sc *= h.global_clipnorm / gnorm;
-      for_chunks(nchunks, static_cast<double>(total_), [&](Index k) {
-        const Chunk& ch = chunks_[k];
-        const double sc = span_scale_[ch.span];
-        if (sc != 1.0) scale_in_place(spans_[ch.span].g + ch.begin, ch.len, static_cast<float>(sc));
-      });
-    } else {
-      for_chunks(nchunks, static_cast<double>(total_), [&](Index k) {
-        const Chunk& ch = chunks_[k];
-        clamp_only(spans_[ch.span].g + ch.begin, ch.len, c);
-      });
-    }
-  }
 
   // --- Per-step scalars, once, in double.
-  Scalars s{};
+  StepScalars s{};
   s.lr = static_cast<float>(h.lr);
   s.wd = static_cast<float>(h.weight_decay);
   s.decay_mult = static_cast<float>(1.0 - h.lr * h.weight_decay);
@@ -693,81 +670,174 @@ void Optimizer::step() {
     s.shrink2 = static_cast<float>(2.0 * h.l2_shrinkage);
     s.neg_pow = static_cast<float>(-h.learning_rate_power);
   }
-  const bool sgd_first = prev == 0;
-  const int rms_mode = h.momentum > 0.0 ? (h.nesterov ? 2 : 1) : 0;
-  const int ftrl_pow = h.learning_rate_power == -0.5 ? 0 : (h.learning_rate_power == 0.0 ? 1 : 2);
+  s.clipvalue = static_cast<float>(h.clipvalue);
+  scalars_ = s;
+  sgd_first_ = prev == 0;
+  rms_mode_ = h.momentum > 0.0 ? (h.nesterov ? 2 : 1) : 0;
+  ftrl_pow_ = h.learning_rate_power == -0.5 ? 0 : (h.learning_rate_power == 0.0 ? 1 : 2);
 
   // Slot base pointers in the order the kernels expect (see each kernel).
-  float* base[3] = {nullptr, nullptr, nullptr};
+  float** base = slot_base_;
+  base[0] = base[1] = base[2] = nullptr;
   for (std::size_t k = 0; k < slots.size() && k < 3; ++k) base[k] = slots[k].data();
   if (kind_ == OptKind::RMSprop) {
     // Optional slots are absent from the list, so map by name position:
     // {"square_avg", ["momentum_buffer"], ["grad_avg"]}.
     float* sq = base[0];
-    float* buf = rms_mode != 0 ? base[1] : nullptr;
-    float* ga = h.centered ? (rms_mode != 0 ? base[2] : base[1]) : nullptr;
+    float* buf = rms_mode_ != 0 ? base[1] : nullptr;
+    float* ga = h.centered ? (rms_mode_ != 0 ? base[2] : base[1]) : nullptr;
     base[0] = sq;
     base[1] = buf;
     base[2] = ga;
   }
+  updated_.clear();
+  in_step_ = true;
+}
 
-  auto update = [&](Index k) {
+bool Optimizer::slices_allowed() const { return hyper_.clipnorm <= 0.0 && hyper_.global_clipnorm <= 0.0; }
+
+SpanSlice Optimizer::find(const float* p, Index n) const {
+  if (!in_step_ || !slices_allowed() || p == nullptr || n <= 0) return {};
+  for (std::size_t s = 0; s < spans_.size(); ++s) {
+    const ParamSpan& sp = spans_[s];
+    // Compared as addresses: p may lie in another arena altogether.
+    const auto lo = reinterpret_cast<std::uintptr_t>(sp.p), at = reinterpret_cast<std::uintptr_t>(p);
+    if (at >= lo && at + n * sizeof(float) <= lo + sp.n * sizeof(float))
+      return {static_cast<int>(s), static_cast<Index>(p - sp.p), n};
+  }
+  return {};
+}
+
+void Optimizer::update_slice(const SpanSlice& s) { update_elements(s.span, s.begin, s.n, scalars_.clipvalue > 0.0f); }
+
+void Optimizer::mark_updated(const SpanSlice& s) {
+  // Kept sorted so that finish_step() walks each chunk's gaps in one pass.
+  auto at = std::upper_bound(updated_.begin(), updated_.end(), s, [](const SpanSlice& a, const SpanSlice& b) {
+    return a.span != b.span ? a.span < b.span : a.begin < b.begin;
+  });
+  updated_.insert(at, s);
+}
+
+void Optimizer::finish_step() {
+  const OptHyper& h = hyper_;
+  const Index nchunks = static_cast<Index>(chunks_.size());
+  in_step_ = false;
+
+  // --- Norm clipping. Keras order of meanings; several may be set at once
+  // and are then applied as clipvalue, per-span clipnorm, global_clipnorm.
+  // The clipped gradient is written back into g (Keras clips a copy; writing
+  // back saves a buffer and lets the caller see what the optimizer used).
+  // Without a norm, clipvalue is applied piece by piece with the update.
+  const bool cv = h.clipvalue > 0.0, cn = h.clipnorm > 0.0, gn = h.global_clipnorm > 0.0;
+  if (cn || gn) {
+    const float c = static_cast<float>(h.clipvalue);
+    for_chunks(nchunks, 3.0 * static_cast<double>(total_), [&](Index k) {
+      const Chunk& ch = chunks_[k];
+      float* g = spans_[ch.span].g + ch.begin;
+      chunk_sq_[k] = cv ? clamp_sum_sq(g, ch.len, c) : sum_sq(g, ch.len);
+    });
+    double global_sq = 0.0;
+    for (std::size_t s = 0; s < spans_.size(); ++s) {
+      double sq = 0.0;
+      for (Index k = span_first_chunk_[s]; k < span_first_chunk_[s + 1]; ++k) sq += chunk_sq_[k];
+      double norm = std::sqrt(sq), scale = 1.0;
+      if (cn && norm > h.clipnorm) {
+        scale = h.clipnorm / norm;
+        norm = h.clipnorm;
+      }
+      span_scale_[s] = scale;
+      global_sq += norm * norm;
+    }
+    const double gnorm = std::sqrt(global_sq);
+    if (gn && gnorm > h.global_clipnorm)
+      for (auto& sc : span_scale_) sc *= h.global_clipnorm / gnorm;
+    for_chunks(nchunks, static_cast<double>(total_), [&](Index k) {
+      const Chunk& ch = chunks_[k];
+      const double sc = span_scale_[ch.span];
+      if (sc != 1.0) scale_in_place(spans_[ch.span].g + ch.begin, ch.len, static_cast<float>(sc));
+    });
+  }
+  const bool clamp = cv && !(cn || gn);
+
+  // --- The update of every element no slice has covered: each chunk minus
+  // the marked slices of its span (sorted, usually none or one).
+  const SpanSlice* marks = updated_.data();
+  const Index nmarks = static_cast<Index>(updated_.size());
+  for_chunks(nchunks, 12.0 * static_cast<double>(total_), [&](Index k) {
     const Chunk& ch = chunks_[k];
-    const ParamSpan& sp = spans_[ch.span];
-    const Index o = ch.offset, n = ch.len;
-    const Ptrs q{sp.p + ch.begin, sp.g + ch.begin, base[0] ? base[0] + o : nullptr,
-                 base[1] ? base[1] + o : nullptr, base[2] ? base[2] + o : nullptr};
-    const bool wd = sp.decay && h.weight_decay != 0.0;
-    with_flag(wd, [&](auto WD) {
-      constexpr bool kWD = decltype(WD)::value;
-      switch (kind_) {
-        case OptKind::SGD:
-          with_flag(h.momentum > 0.0, [&](auto MOM) {
-            with_flag(h.nesterov, [&](auto NEST) {
-              with_flag(sgd_first, [&](auto FIRST) {
-                constexpr bool kM = decltype(MOM)::value;
-                run_kernel<SgdOp<kWD, kM, kM && decltype(NEST)::value, decltype(FIRST)::value>>(q, n, s);
-              });
+    const Index end = ch.begin + ch.len;
+    Index from = ch.begin;
+    for (Index m = 0; m < nmarks && from < end; ++m) {
+      const SpanSlice& done = marks[m];
+      if (done.span != ch.span || done.begin + done.n <= from) continue;
+      if (done.begin >= end) break;
+      if (done.begin > from) update_elements(ch.span, from, done.begin - from, clamp);
+      from = done.begin + done.n;
+    }
+    if (from < end) update_elements(ch.span, from, end - from, clamp);
+  });
+}
+
+void Optimizer::update_elements(int span, Index begin, Index n, bool clamp) {
+  const OptHyper& h = hyper_;
+  const StepScalars& s = scalars_;
+  const ParamSpan& sp = spans_[span];
+  const Index o = span_offset_[span] + begin;
+  if (clamp) clamp_only(sp.g + begin, n, s.clipvalue);
+  float* const* base = slot_base_;
+  const Ptrs q{sp.p + begin, sp.g + begin, base[0] ? base[0] + o : nullptr, base[1] ? base[1] + o : nullptr,
+               base[2] ? base[2] + o : nullptr};
+  const bool wd = sp.decay && h.weight_decay != 0.0;
+  const bool sgd_first = sgd_first_;
+  const int rms_mode = rms_mode_, ftrl_pow = ftrl_pow_;
+  with_flag(wd, [&](auto WD) {
+    constexpr bool kWD = decltype(WD)::value;
+    switch (kind_) {
+      case OptKind::SGD:
+        with_flag(h.momentum > 0.0, [&](auto MOM) {
+          with_flag(h.nesterov, [&](auto NEST) {
+            with_flag(sgd_first, [&](auto FIRST) {
+              constexpr bool kM = decltype(MOM)::value;
+              run_kernel<SgdOp<kWD, kM, kM && decltype(NEST)::value, decltype(FIRST)::value>>(q, n, s);
             });
           });
-          break;
-        case OptKind::Adagrad:
-          run_kernel<AdagradOp<kWD>>(q, n, s);
-          break;
-        case OptKind::RMSprop:
-          with_flag(h.centered, [&](auto C) {
-            constexpr bool kC = decltype(C)::value;
-            if (rms_mode == 0) run_kernel<RmspropOp<kWD, kC, 0>>(q, n, s);
-            else if (rms_mode == 1) run_kernel<RmspropOp<kWD, kC, 1>>(q, n, s);
-            else run_kernel<RmspropOp<kWD, kC, 2>>(q, n, s);
-          });
-          break;
-        case OptKind::Adadelta:
-          run_kernel<AdadeltaOp<kWD>>(q, n, s);
-          break;
-        case OptKind::Adam:
-        case OptKind::AdamW:
-          with_flag(h.amsgrad, [&](auto AMS) {
-            constexpr bool kA = decltype(AMS)::value;
-            if (kind_ == OptKind::AdamW) run_kernel<AdamOp<kWD, true, kA>>(q, n, s);
-            else run_kernel<AdamOp<kWD, false, kA>>(q, n, s);
-          });
-          break;
-        case OptKind::Adamax:
-          run_kernel<AdamaxOp<kWD>>(q, n, s);
-          break;
-        case OptKind::NAdam:
-          run_kernel<NadamOp<kWD>>(q, n, s);
-          break;
-        case OptKind::Ftrl:
-          if (ftrl_pow == 0) run_kernel<FtrlOp<kWD, 0>>(q, n, s);
-          else if (ftrl_pow == 1) run_kernel<FtrlOp<kWD, 1>>(q, n, s);
-          else run_kernel<FtrlOp<kWD, 2>>(q, n, s);
-          break;
-      }
-    });
-  };
-  for_chunks(nchunks, 12.0 * static_cast<double>(total_), update);
+        });
+        break;
+      case OptKind::Adagrad:
+        run_kernel<AdagradOp<kWD>>(q, n, s);
+        break;
+      case OptKind::RMSprop:
+        with_flag(h.centered, [&](auto C) {
+          constexpr bool kC = decltype(C)::value;
+          if (rms_mode == 0) run_kernel<RmspropOp<kWD, kC, 0>>(q, n, s);
+          else if (rms_mode == 1) run_kernel<RmspropOp<kWD, kC, 1>>(q, n, s);
+          else run_kernel<RmspropOp<kWD, kC, 2>>(q, n, s);
+        });
+        break;
+      case OptKind::Adadelta:
+        run_kernel<AdadeltaOp<kWD>>(q, n, s);
+        break;
+      case OptKind::Adam:
+      case OptKind::AdamW:
+        with_flag(h.amsgrad, [&](auto AMS) {
+          constexpr bool kA = decltype(AMS)::value;
+          if (kind_ == OptKind::AdamW) run_kernel<AdamOp<kWD, true, kA>>(q, n, s);
+          else run_kernel<AdamOp<kWD, false, kA>>(q, n, s);
+        });
+        break;
+      case OptKind::Adamax:
+        run_kernel<AdamaxOp<kWD>>(q, n, s);
+        break;
+      case OptKind::NAdam:
+        run_kernel<NadamOp<kWD>>(q, n, s);
+        break;
+      case OptKind::Ftrl:
+        if (ftrl_pow == 0) run_kernel<FtrlOp<kWD, 0>>(q, n, s);
+        else if (ftrl_pow == 1) run_kernel<FtrlOp<kWD, 1>>(q, n, s);
+        else run_kernel<FtrlOp<kWD, 2>>(q, n, s);
+        break;
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 #include "nerve/activation.hpp"
 #include "nerve/arena.hpp"
 #include "nerve/common.hpp"
+#include "nerve/optimizer.hpp"
 
 namespace nerve {
 
@@ -47,6 +48,11 @@ struct StepContext {
   bool training = false;
   std::uint64_t seed = 0;
   std::uint64_t step = 0;  // advances once per training step; keys dropout/rrelu draws
+  // Set by Network::train_step between the optimizer's begin_step() and
+  // finish_step(): a layer may then update its parameters in its own backward
+  // (Optimizer::update_slice) once their gradient, penalty included, is
+  // complete, and mark them updated. Dense does so at batches of 1 to 4.
+  Optimizer* optimizer = nullptr;
 };
 
 // Keras-scale weight penalty: l1 * sum|w| + l2 * sum w^2.
@@ -116,10 +122,16 @@ class Dense : public Layer {
   int max_norm_axis = 0;
 
  private:
-  // Batches of 1 to 4: dW and dX in one pass over the rows of W.
-  void small_batch_backward(const float* x, const float* dz, float* dx, Index batch,
+  // Batches of 1 to 4: dW and dX in one pass over the rows of W, which also
+  // applies the optimizer's update to those rows when ctx.optimizer allows.
+  void small_batch_backward(const float* x, const float* dz, float* dx, Index batch, const StepContext& ctx,
                             bool accumulate);
 
+  // The last backward updated the kernel (and added its penalty gradient):
+  // the next regularize() reports the penalty of the weights before the
+  // update, computed then, and adds no gradient.
+  bool kernel_updated_ = false;
+  double kernel_penalty_before_update_ = 0.0;
   bool keeps_z_ = false;   // the activation's derivative needs the pre-activation
   AlignedBuffer z_;        // pre-activation, when kept
   AlignedBuffer dz_;       // dL/dz, when the activation changes the width (crelu)

@@ -36,7 +36,9 @@ class Network {
   // forward. Parameter gradients are added (accumulate) or assigned. When dx
   // is not null it receives dL/dx; otherwise backward stops below the lowest
   // layer that needs a gradient (frozen prefixes cost nothing).
-  void backward(const float* dout, Index batch, bool accumulate, float* dx);
+  void backward(const float* dout, Index batch, bool accumulate, float* dx) {
+    backward(dout, batch, accumulate, dx, nullptr);
+  }
 
   // Sum of all weight penalties; with add_grad, their gradients are added.
   double regularize(bool add_grad);
@@ -56,8 +58,17 @@ class Network {
 
   std::uint64_t seed = 0;
   std::uint64_t step = 0;  // training forwards so far (keys the random draws)
+  // train_step lets layers apply the optimizer's update inside backward
+  // (Dense at batches of 1 to 4: one pass over W instead of three). The
+  // result is bit-identical either way; false forces the separate update
+  // (for tests comparing the two).
+  bool fuse_updates = true;
 
  private:
+  // With `update` set (between its begin_step and finish_step), layers may
+  // update their parameters as their gradients complete (StepContext).
+  void backward(const float* dout, Index batch, bool accumulate, float* dx, Optimizer* update);
+
   Index input_dim_;
   LayerStack stack_;                    // the layers and the buffers between them
   std::vector<ParamArena*> arenas_;     // every arena a layer's parameters live in

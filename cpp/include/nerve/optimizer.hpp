@@ -2,6 +2,11 @@
 // layout as the parameters, and one fused kernel that reads p, g and the state
 // once and writes them once. Step-dependent scalars are computed once per
 // step, in double. The step counter advances once per step().
+//
+// A step can also be taken in pieces (begin_step, update_slice, finish_step)
+// so that a layer updates its weights inside its own backward pass, while
+// they are still in cache (Network::train_step at batches of 1 to 4); the
+// same kernels run in both cases, so the result is bit-identical.
 #pragma once
 #include <string>
 #include <vector>
@@ -55,6 +60,35 @@ struct ParamSpan {
   bool decay = true;
 };
 
+// Where a tensor lies among an optimizer's spans: span index and first
+// element within that span. span < 0: not (wholly) inside one span.
+struct SpanSlice {
+  int span = -1;
+  Index begin = 0;
+  Index n = 0;
+  bool found() const { return span >= 0; }
+  // Elements [from, from + count) of this slice.
+  SpanSlice sub(Index from, Index count) const { return {span, begin + from, count}; }
+};
+
+// The per-step scalars of an update (optimizer.cpp), computed once in double
+// by begin_step() and rounded once to float.
+struct StepScalars {
+  float lr, wd;
+  float decay_mult;           // 1 - lr*wd (AdamW, FTRL: decoupled decay)
+  float mom, damp_c;          // SGD/RMSprop momentum, 1 - dampening
+  float b1, omb1, b2, omb2;   // betas and 1 - betas
+  float eps;
+  float inv_sqrt_bc2;         // Adam: 1/sqrt(1 - beta2^t)
+  float inv_bc2;              // NAdam: 1/(1 - beta2^t)
+  float step_size;            // Adam/Adamax: lr/(1 - beta1^t)
+  float nadam_cg, nadam_cm;   // NAdam: coefficients of g and m
+  float clr;                  // Adagrad: lr/(1 + (t-1)*lr_decay)
+  float a, oma;               // RMSprop alpha / Adadelta rho, and 1 - it
+  float inv_lr, l1, quad_l2, shrink2, neg_pow;  // FTRL
+  float clipvalue;            // > 0: g is clamped to [-clipvalue, clipvalue] first
+};
+
 // Throws ValueError for hyper-parameters out of range (negative lr, betas
 // outside [0, 1), nesterov without momentum, ...).
 void validate_hyper(OptKind kind, const OptHyper& h);
@@ -72,8 +106,25 @@ class Optimizer {
   // fresh step count: iterations restarts at 0 (load saved state after bind).
   void bind(const std::vector<ParamSpan>& spans);
 
-  // Clip (clipvalue, clipnorm, global_clipnorm), then one fused update.
+  // Clip (clipvalue, clipnorm, global_clipnorm), then one fused update:
+  // begin_step() then finish_step().
   void step();
+
+  // A step in pieces. begin_step() validates (throws before touching any
+  // state), advances the step count and computes the per-step scalars.
+  // update_slice() clips (clipvalue) and updates one slice of a span right
+  // away; slices updated concurrently must not overlap. mark_updated() (one
+  // thread) records a slice as done; finish_step() clips and updates every
+  // element not marked. Norm clipping needs every gradient before any update,
+  // so slices may be updated only when slices_allowed().
+  void begin_step();
+  bool slices_allowed() const;
+  // Where [p, p + n) lies in the spans; not found() outside a step, or when
+  // no single span holds it (e.g. a frozen layer's weights).
+  SpanSlice find(const float* p, Index n) const;
+  void update_slice(const SpanSlice& s);
+  void mark_updated(const SpanSlice& s);
+  void finish_step();
 
   // Back to the freshly bound state (slots re-initialised, iterations = 0,
   // nadam_mu_product = 1) without reallocating. bind() does the same.
@@ -105,16 +156,26 @@ class Optimizer {
     int span;
     Index begin;   // within the span
     Index len;
-    Index offset;  // within the state slots
   };
   std::vector<Chunk> chunks_;
   std::vector<double> chunk_sq_;     // per-chunk sums of g^2 for clipping
   std::vector<double> span_scale_;   // per-span clip factor
   std::vector<Index> span_first_chunk_;
+  std::vector<Index> span_offset_;   // where each span starts in the state slots
+  // The step in progress (begin_step to finish_step).
+  bool in_step_ = false;
+  StepScalars scalars_{};
+  float* slot_base_[3] = {nullptr, nullptr, nullptr};  // in the order the kernels expect
+  bool sgd_first_ = false;
+  int rms_mode_ = 0, ftrl_pow_ = 0;
+  std::vector<SpanSlice> updated_;   // marked slices, sorted by (span, begin)
   // Hyper-parameter flags that decide the slot layout, captured at bind():
   // step() refuses to run when they have changed since.
   bool bound_ = false;
   bool bound_amsgrad_ = false, bound_momentum_ = false, bound_centered_ = false;
+
+  // Clips (when clamp) and updates elements [begin, begin + n) of span `span`.
+  void update_elements(int span, Index begin, Index n, bool clamp);
 };
 
 // Functional clipping helpers (nv.clip_grad_value_, nv.clip_grad_norm_).
