@@ -40,9 +40,11 @@ def _run(batch, n_in, units, seed=0):
 
 # (batch, in, out): matrix-vector (batch 1, out 1), rank-1..4 updates, tiny
 # products, column tiles (batch 32), uneven and balanced row tiles (300, 784),
-# and a narrow (logits) output split in two row tiles (512 x 256 x 10).
+# a narrow (logits) output split in two row tiles (512 x 256 x 10), and a
+# 128-wide layer cut into four tiles (512 x 128 x 128).
 SHAPES = [(1, 784, 512), (1, 7, 1), (2, 33, 9), (3, 5, 17), (4, 300, 40), (5, 3, 4),
-          (32, 784, 512), (300, 200, 130), (64, 784, 300), (1030, 24, 16), (512, 256, 10)]
+          (32, 784, 512), (300, 200, 130), (64, 784, 300), (1030, 24, 16), (512, 256, 10),
+          (512, 128, 128)]
 
 
 @pytest.mark.parametrize("batch,n_in,units", SHAPES)
@@ -56,7 +58,8 @@ def test_dense_products_match_numpy(batch, n_in, units):
 
 
 @pytest.mark.parametrize("batch,n_in,units", [(1, 784, 512), (3, 300, 200), (32, 784, 512),
-                                              (300, 784, 256), (1030, 64, 48), (512, 256, 10)])
+                                              (300, 784, 256), (1030, 64, 48), (512, 256, 10),
+                                              (512, 128, 128)])
 def test_products_do_not_depend_on_thread_count(batch, n_in, units):
     before = nv.get_num_threads() if hasattr(nv, "get_num_threads") else _core.num_threads()
     try:

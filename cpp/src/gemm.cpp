@@ -42,6 +42,9 @@ constexpr Index kTileCols = 128;
 constexpr Index kTileColsTransposedA = 256;
 constexpr Index kNarrowCols = 16;
 constexpr Index kNarrowMinRows = 64;
+constexpr Index kMinTiles = 4;  // what a product worth splitting is cut into at least
+constexpr Index kMinSplitRows = 48;
+constexpr Index kMinSplitCols = 64;
 
 struct Tiling {
   Index row_tile, col_tile, row_tiles, col_tiles;
@@ -49,8 +52,10 @@ struct Tiling {
 
 Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 
-// Row-tile edge: up to a whole number of micro-kernel rows (kMR below).
+// Tile edges: up to a whole number of micro-kernel rows and columns (kMR and
+// kNR below).
 constexpr Index kRowQuantum = 6;
+constexpr Index kColQuantum = 16;
 Index round_rows(Index rows) { return ceil_div(rows, kRowQuantum) * kRowQuantum; }
 
 Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
@@ -78,6 +83,22 @@ Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   if (t.row_tiles < 4 && N > col_tile) {
     t.col_tile = col_tile;
     t.col_tiles = ceil_div(N, col_tile);
+  }
+  // Still too few tiles to share (a 128-wide layer: 512 x 128 x 128, and its
+  // dW 128 x 128 x batch, were one tile, so the deep model's step ran on one
+  // thread of two): cut the rows further, to tiles of at least kMinSplitRows,
+  // then the columns, to at least kMinSplitCols.
+  if (t.row_tiles * t.col_tiles < kMinTiles) {
+    const Index rows = std::min<Index>(kMinTiles / t.col_tiles, M / kMinSplitRows);
+    if (rows > t.row_tiles) {
+      t.row_tile = round_rows(ceil_div(M, rows));
+      t.row_tiles = ceil_div(M, t.row_tile);
+    }
+    const Index cols = std::min<Index>(ceil_div(kMinTiles, t.row_tiles), N / kMinSplitCols);
+    if (cols > t.col_tiles) {
+      t.col_tile = ceil_div(ceil_div(N, cols), kColQuantum) * kColQuantum;
+      t.col_tiles = ceil_div(N, t.col_tile);
+    }
   }
   return t;
 }
@@ -118,7 +139,7 @@ float* workspace(Index n) {
 // of 5 interleaved runs): 1.03-1.11x on the MLPs' products with 128 or more
 // columns, 1.2-1.35x on their 10-column ones, tie on dW of the deep model's
 // 128 x 128 layers at batch 2048.
-constexpr Index kMR = kRowQuantum, kNR = 16;
+constexpr Index kMR = kRowQuantum, kNR = kColQuantum;
 // Cache blocks for Zen 3 (32 KB L1d, 512 KB L2 per core). A kc x NR
 // micro-panel of B (24 KB at kc = 384) stays in L1 while the micro-kernel
 // sweeps the mc rows of A past it; the mc x kc block of A (108 KB) stays in
