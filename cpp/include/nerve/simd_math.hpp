@@ -198,16 +198,17 @@ NERVE_INLINE float sigmoid2(float hi, float lo) {
   return num / (1.0f + e);
 }
 
-// 2^ni * e^r for |r| <= ln2/2, the tail of the non-positive exps below:
-// Taylor to r^7 (remainder r^8/8! < 5e-9 relative, far below float
-// rounding), the exact leading terms added last.
+// 2^ni * e^r for |r| <= ln2/2 (a little beyond when n was rounded from the
+// high part alone), the tail of the non-positive exps below: Taylor to r^7
+// (remainder r^8/8! < 5e-9 relative, far below float rounding), the exact
+// leading terms added last. p by Estrin's scheme, not Horner's: these exps sit
+// in loops bound by the latency of their longest chain (softmax's exp-and-sum
+// pass, sigmoid), and the 8-lane twin in activation.cpp must give the same bits.
 NERVE_INLINE float exp_nonpos_finish(float r, std::int32_t ni) {
-  float p = 1.0f / 5040.0f;
-  p = fma_(p, r, 1.0f / 720.0f);
-  p = fma_(p, r, 1.0f / 120.0f);
-  p = fma_(p, r, 1.0f / 24.0f);
-  p = fma_(p, r, 1.0f / 6.0f);
   float r2 = r * r;
+  float p01 = fma_(1.0f / 24.0f, r, 1.0f / 6.0f);
+  float p23 = fma_(1.0f / 720.0f, r, 1.0f / 120.0f);
+  float p = fma_(fma_(1.0f / 5040.0f, r2, p23), r2, p01);
   float m = 1.0f + (r + fma_(r2, 0.5f, r2 * r * p));
   float s1, s2;
   pow2_split(ni, s1, s2);
@@ -219,12 +220,12 @@ NERVE_INLINE float exp_nonpos_finish(float r, std::int32_t ni) {
 NERVE_INLINE float exp_nonpos_sum(float a, float b) {
   b = sel(a > -__builtin_inff(), b, 0.0f);  // a = -inf made b NaN (inf - inf)
   a = max_(a, -104.0f);
-  float t = fma_(a + b, kLog2e, kRoundMagic);
+  // n from a alone (b is tiny: at worst r lands a hair past ln2/2), and b
+  // joins the small part of the reduction, off the critical path.
+  float t = fma_(a, kLog2e, kRoundMagic);
   float n = t - kRoundMagic;
   std::int32_t ni = as_int(t) - as_int(kRoundMagic);
-  float r = fma_(-n, kLn2Hi, a);
-  r = r + b;
-  r = fma_(-n, kLn2Lo, r);
+  float r = fma_(-n, kLn2Hi, a) + fma_(-n, kLn2Lo, b);
   return exp_nonpos_finish(r, ni);
 }
 
