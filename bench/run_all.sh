@@ -2,7 +2,7 @@
 # Every benchmark behind bench/README.md's figures, in one session, into
 # bench/results/ (JSON + the printed tables in run_all.log). Assumes the
 # module is built into python/nerve and bench_kernels into build/dev (see
-# bench/README.md). Takes ~15 minutes on 2 cores.
+# bench/README.md). Takes ~7 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=python
