@@ -43,6 +43,8 @@ constexpr Index kTileColsTransposedA = 256;
 constexpr Index kNarrowCols = 16;
 constexpr Index kNarrowMinRows = 64;
 constexpr Index kMinTiles = 4;  // what a product worth splitting is cut into at least
+constexpr Index kVectorChunks = 2;        // depth chunks of a row vector times a matrix
+constexpr Index kVectorDepthChunk = 128;  // ... of at least this many rows
 constexpr Index kMinSplitRows = 48;
 constexpr Index kMinSplitCols = 64;
 
@@ -555,6 +557,28 @@ void gemm_tile(bool trans_a, bool trans_b, Index m, Index n, Index K, const floa
 #endif
 }
 
+// c[0:N] (+)= a[0:K] B for a row-major K x N matrix B (the forward at batch
+// 1), with K cut in fixed chunks of at least kVectorDepthChunk rows: each
+// chunk's matrix-vector product goes to its own partial row, the partials are
+// added in chunk order. The chunks are shape-only, so the result does not
+// depend on the threads, which share the chunks and so the stream of B.
+void vector_matrix_split(Index N, Index K, const float* a, const float* B, Index ldb, float* c,
+                         bool accumulate) {
+  const Index chunks = std::min<Index>(kVectorChunks, K / kVectorDepthChunk);
+  const Index depth = ceil_div(K, chunks);
+  float* partial = workspace<1>(chunks * N);
+  parallel_for(chunks, threads_for(stream_work(static_cast<double>(N) * K), chunks), [&](Index q) {
+    const Index k0 = q * depth, k = std::min(depth, K - k0);
+    gemm_tile(false, false, 1, N, k, a + k0, k, B + k0 * ldb, ldb, partial + q * N, N, false,
+              nullptr);
+  });
+  for (Index j = 0; j < N; ++j) {
+    float sum = accumulate ? c[j] + partial[j] : partial[j];
+    for (Index q = 1; q < chunks; ++q) sum += partial[q * N + j];
+    c[j] = sum;
+  }
+}
+
 }  // namespace
 
 void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A, Index lda,
@@ -563,6 +587,11 @@ void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A,
   if (K == 0) {
     if (!accumulate)
       for (Index i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
+    return;
+  }
+  if (M == 1 && !trans_a && !trans_b && K >= 2 * kVectorDepthChunk &&
+      stream_work(static_cast<double>(N) * K) >= kParallelFlops) {
+    vector_matrix_split(N, K, A, B, ldb, C, accumulate);
     return;
   }
   const Tiling t = choose_tiling(trans_a, M, N, K);
