@@ -54,11 +54,22 @@ struct Tiling {
 
 Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 
+// The edge of `pieces` equal blocks covering `total`, rounded up to `unit`
+// (the last block may be shorter).
+Index equal_blocks(Index total, Index pieces, Index unit) {
+  return ceil_div(ceil_div(total, pieces), unit) * unit;
+}
+
+// The same with as few blocks as keep each within `cap`: K = 784 under a cap
+// of 384 gives 3 x 262, not 2 x 384 + 16.
+Index balanced_block(Index total, Index cap, Index unit) {
+  return equal_blocks(total, ceil_div(total, cap), unit);
+}
+
 // Tile edges: up to a whole number of micro-kernel rows and columns (kMR and
 // kNR below).
 constexpr Index kRowQuantum = 6;
 constexpr Index kColQuantum = 16;
-Index round_rows(Index rows) { return ceil_div(rows, kRowQuantum) * kRowQuantum; }
 
 Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   Tiling t{M, N, 1, 1};
@@ -69,7 +80,7 @@ Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   // Two row tiles, whatever the thread count, so results never depend on it.
   if (N <= kNarrowCols && M >= 2 * kNarrowMinRows && flops >= kParallelFlops &&
       M <= (trans_a ? kTileRowsTransposedA : kTileRows)) {
-    t.row_tile = round_rows(ceil_div(M, 2));
+    t.row_tile = equal_blocks(M, 2, kRowQuantum);
     t.row_tiles = ceil_div(M, t.row_tile);
     return t;
   }
@@ -77,8 +88,7 @@ Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   if (flops < 4.0 * kParallelFlops) return t;
   const Index row_cap = trans_a ? kTileRowsTransposedA : kTileRows;
   if (M > row_cap) {
-    const Index pieces = ceil_div(M, row_cap);
-    t.row_tile = round_rows(ceil_div(M, pieces));
+    t.row_tile = balanced_block(M, row_cap, kRowQuantum);
     t.row_tiles = ceil_div(M, t.row_tile);
   }
   const Index col_tile = trans_a ? kTileColsTransposedA : kTileCols;
@@ -93,12 +103,12 @@ Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   if (t.row_tiles * t.col_tiles < kMinTiles) {
     const Index rows = std::min<Index>(kMinTiles / t.col_tiles, M / kMinSplitRows);
     if (rows > t.row_tiles) {
-      t.row_tile = round_rows(ceil_div(M, rows));
+      t.row_tile = equal_blocks(M, rows, kRowQuantum);
       t.row_tiles = ceil_div(M, t.row_tile);
     }
     const Index cols = std::min<Index>(ceil_div(kMinTiles, t.row_tiles), N / kMinSplitCols);
     if (cols > t.col_tiles) {
-      t.col_tile = ceil_div(ceil_div(N, cols), kColQuantum) * kColQuantum;
+      t.col_tile = equal_blocks(N, cols, kColQuantum);
       t.col_tiles = ceil_div(N, t.col_tile);
     }
   }
@@ -154,12 +164,6 @@ constexpr Index kMR = kRowQuantum, kNR = kColQuantum;
 // by 2-5% on the large products and tie on the rest; 192, 320, 512 and
 // mc = 48, 96, 144, 264 were no better.
 constexpr Index kMaxKC = 384, kMaxMC = 72, kMaxNC = 2048;
-
-// Split `total` into equal blocks of at most `cap`, rounded up to `unit`.
-Index balanced_block(Index total, Index cap, Index unit) {
-  const Index pieces = ceil_div(total, cap);
-  return ceil_div(ceil_div(total, pieces), unit) * unit;
-}
 
 // In-register transpose of 8 rows of 8 floats.
 inline void transpose8(__m256 r[8]) {
