@@ -258,3 +258,24 @@ def test_log_softmax_keeps_relative_precision_where_one_logit_dominates():
     ref = d - np.log1p((at_max.sum(axis=1, keepdims=True) - 1) + rest)
     assert y[0, 0] < 0.0  # not rounded to 0
     np.testing.assert_allclose(y, ref, rtol=4 * 2.0**-24, atol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_finiteness_check_finds_the_cell_in_any_chunk(threads):
+    # The input check runs in 32K-float chunks shared over the threads: a bad
+    # value in a later chunk (and one in the first) is still found and named.
+    before = nv.get_num_threads()
+    try:
+        nv.set_num_threads(threads)
+        m = nv.Sequential([nv.layers.Dense(4)], input_dim=784)
+        m.compile(optimizer="sgd", loss="mse")
+        x = np.zeros((200, 784), np.float32)  # 156,800 floats: 5 chunks
+        y = np.zeros((200, 4), np.float32)
+        m.train_step(x, y)
+        for row, col in [(170, 5), (0, 0), (199, 783)]:
+            bad = x.copy()
+            bad[row, col] = np.inf
+            with pytest.raises(ValueError, match=f"NaN or Inf at row {row}, column {col}"):
+                m.train_step(bad, y)
+    finally:
+        nv.set_num_threads(before)
