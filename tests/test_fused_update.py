@@ -63,6 +63,23 @@ def build(opt, batch, fuse, width=13, prune=False, frozen=False):
     return m
 
 
+def build_outer(opt, batch, fuse, prune=False, frozen=False):
+    """Penalty-free layers 8 or 16 wide: the optimizer makes their gradient
+    from its factors in the update's own pass (Optimizer::update_outer); the
+    5-wide output layer (not whole vectors) takes the write-g-then-update path."""
+    nv.manual_seed(5)
+    layers = [L.Dense(16, activation="tanh", kernel_constraint=nv.constraints.MaxNorm(0.9)),
+              L.Dense(8, activation="relu", use_bias=False, trainable=not frozen),
+              L.Residual([L.Dense(8, activation="elu"), L.Dense(8, kernel_constraint=nv.constraints.MaxNorm(0.7, axis=1))]),
+              L.Dense(OUT)]
+    m = nv.Sequential(layers, input_dim=IN)
+    m.compile(optimizer=opt(), loss="cross_entropy")
+    m._net.fuse_updates = fuse
+    if prune:
+        nv.pruning.prune_magnitude(m, 0.4)
+    return m
+
+
 def bits(a):
     return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
 
@@ -86,8 +103,8 @@ def assert_same(a, b, where):
         assert np.array_equal(x, y), f"{where}: {name} differs"
 
 
-def run_pair(opt, batch, threads=1, steps=4, **kw):
-    fused, plain = build(opt, batch, True, **kw), build(opt, batch, False, **kw)
+def run_pair(opt, batch, threads=1, steps=4, builder=build, **kw):
+    fused, plain = builder(opt, batch, True, **kw), builder(opt, batch, False, **kw)
     r = np.random.default_rng(batch)
     x = r.standard_normal((steps * batch, IN)).astype(np.float32)
     y = r.integers(0, OUT, steps * batch)
@@ -117,18 +134,53 @@ def test_fused_step_with_pruning_and_frozen_layer(name):
     assert np.any(m.layers[0].kernel.value == 0)  # pruned weights stay exactly zero
 
 
-def wide(opt, batch, fuse):
-    # A first layer big enough (300 x 256) that its pass splits over threads.
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("batch", [1, 2, 3, 4])
+def test_gradient_made_in_the_update_pass_is_bit_identical(name, batch):
+    m = run_pair(OPTIMIZERS[name], batch, builder=build_outer)
+    assert np.all(np.isfinite(m.layers[0].kernel.value))
+    assert np.any(m.layers[0].kernel.grad != 0)
+
+
+@pytest.mark.parametrize("name", ["adam", "momentum", "ftrl", "adam_clipvalue"])
+def test_gradient_made_in_the_update_pass_with_pruning_and_frozen_layer(name):
+    m = run_pair(OPTIMIZERS[name], 2, builder=build_outer, prune=True, frozen=True)
+    assert np.any(m.layers[0].kernel.value == 0)
+
+
+def test_gradient_made_in_the_update_pass_matches_numpy():
+    # Dense(8), batch 2, Adam's first step: g = x^T dz (stored in .grad), m = (1-b1) g,
+    # v = (1-b2) g^2, W -= lr m/(1-b1) / (sqrt(v/(1-b2)) + eps).
+    nv.manual_seed(4)
+    m = nv.Sequential([L.Dense(8, use_bias=False)], input_dim=3)
+    m.compile(optimizer=nv.optimizers.Adam(lr=0.1), loss="mse")
+    w0 = m.layers[0].kernel.value.astype(np.float64)
+    r = np.random.default_rng(0)
+    x = r.standard_normal((2, 3)).astype(np.float32)
+    t = r.standard_normal((2, 8)).astype(np.float32)
+    m.train_step(x, t)
+    x64 = x.astype(np.float64)
+    g = x64.T @ (2.0 * (x64 @ w0 - t) / t.size)
+    np.testing.assert_allclose(m.layers[0].kernel.grad, g, rtol=1e-5, atol=1e-8)
+    mh, vh = g, g * g  # bias-corrected moments after one step
+    np.testing.assert_allclose(m.layers[0].kernel.value, w0 - 0.1 * mh / (np.sqrt(vh) + 1e-8), rtol=1e-5, atol=1e-6)
+
+
+def wide(opt, batch, fuse, penalty=True):
+    # A first layer big enough (300 x 256) that its pass splits over threads;
+    # without the penalty the optimizer makes its gradient (update_outer).
     nv.manual_seed(11)
-    m = nv.Sequential([L.Dense(256, activation="relu", kernel_regularizer=nv.regularizers.L1L2(1e-4, 1e-3)),
+    reg = nv.regularizers.L1L2(1e-4, 1e-3) if penalty else None
+    m = nv.Sequential([L.Dense(256, activation="relu", kernel_regularizer=reg),
                        L.Dense(64, activation="tanh", use_bias=False), L.Dense(OUT)], input_dim=300)
     m.compile(optimizer=opt(), loss="cross_entropy")
     m._net.fuse_updates = fuse
     return m
 
 
+@pytest.mark.parametrize("penalty", [True, False])
 @pytest.mark.parametrize("batch", [1, 4])
-def test_fused_step_on_two_threads(batch):
+def test_fused_step_on_two_threads(batch, penalty):
     r = np.random.default_rng(batch)
     x = r.standard_normal((3 * batch, 300)).astype(np.float32)
     y = r.integers(0, OUT, 3 * batch)
@@ -137,7 +189,7 @@ def test_fused_step_on_two_threads(batch):
     try:
         for threads, fuse in ((1, True), (2, True), (2, False)):
             nv.set_num_threads(threads)
-            m = wide(OPTIMIZERS["amsgrad"], batch, fuse)
+            m = wide(OPTIMIZERS["amsgrad"], batch, fuse, penalty)
             losses = [m.train_step(x[s * batch:(s + 1) * batch], y[s * batch:(s + 1) * batch]) for s in range(3)]
             runs[threads, fuse] = (m, np.array(losses))
     finally:

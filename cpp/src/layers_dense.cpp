@@ -209,15 +209,30 @@ void Dense::small_batch_backward(const float* x, const float* dz, float* dx, Ind
   const double work = static_cast<double>(in_features) * units * (4.0 * batch + (update ? 12.0 : 0.0));
   parallel_for(blocks, threads_for(work, blocks), [&](Index blk) {
     const Index r0 = blk * rows_per_block, r1 = std::min(in_features, r0 + rows_per_block);
-    switch (batch) {
-      case 1: gradient_rows<1>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
-      case 2: gradient_rows<2>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
-      case 3: gradient_rows<3>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
-      default: gradient_rows<4>(x, in_features, dz, units, w, g, dx, r0, r1, accumulate); break;
+    const Index e0 = r0 * units, n = (r1 - r0) * units;
+    // Without a penalty to add to g first, the optimizer makes g in its own
+    // pass (update_outer); dX still needs W before the update, so it comes first.
+    const bool outer = update && !kernel_penalty.active();
+    const auto rows = [&](float* grad, float* dxp) {
+      switch (batch) {
+        case 1: gradient_rows<1>(x, in_features, dz, units, w, grad, dxp, r0, r1, accumulate); break;
+        case 2: gradient_rows<2>(x, in_features, dz, units, w, grad, dxp, r0, r1, accumulate); break;
+        case 3: gradient_rows<3>(x, in_features, dz, units, w, grad, dxp, r0, r1, accumulate); break;
+        default: gradient_rows<4>(x, in_features, dz, units, w, grad, dxp, r0, r1, accumulate); break;
+      }
+    };
+    if (outer) {
+      if (dx) rows(nullptr, dx);
+      const OuterGrad og{x + r0, in_features, dz, r1 - r0, units, static_cast<int>(batch)};
+      if (!ctx.optimizer->update_outer(slice.sub(e0, n), og)) {
+        rows(g, nullptr);
+        ctx.optimizer->update_slice(slice.sub(e0, n));
+      }
+      return;
     }
+    rows(g, dx);
     if (update) {
       // Same order of operations as regularize() then Optimizer::step().
-      const Index e0 = r0 * units, n = (r1 - r0) * units;
       if (kernel_penalty.active()) add_penalty_grad(kernel_penalty, w + e0, g + e0, n);
       ctx.optimizer->update_slice(slice.sub(e0, n));
     }

@@ -83,6 +83,12 @@ const char* kind_name(OptKind k) {
   return "?";
 }
 
+// A kernel as a value, for Optimizer::with_kernel's callbacks.
+template <class Op>
+struct KernelOf {
+  using type = Op;
+};
+
 // Runtime bool -> compile-time constant, so each flag combination gets its own
 // branch-free instantiation of a kernel.
 template <typename F>
@@ -100,6 +106,14 @@ inline void with_flag(bool b, F&& f) {
 // V8 = 8 floats (AVX2/FMA), or float in a build without AVX. (V8 is __m256
 // without its may_alias attribute, which a template argument would drop
 // anyway.)
+//
+// The file is compiled with -ffp-contract=off and every fused multiply-add
+// is written out (vfma: a*b + c, vfnma: c - a*b, vfms: a*b - c, one rounding
+// each where the CPU has FMA, two roundings where it has not): where GCC
+// contracts on its own, its choice depends on the code around each inlined
+// copy of a kernel, and the same update must give the same bits wherever it
+// runs (run_vectors, run_rows). The FMAs are where GCC 12 had put them, so
+// the results did not change.
 
 template <class T> inline T splat(float x);
 template <> inline float splat<float>(float x) { return x; }
@@ -113,6 +127,18 @@ inline float vmax(float a, float b) { return a > b ? a : b; }
 inline float vmin(float a, float b) { return a < b ? a : b; }
 inline float vabs(float a) { return std::fabs(a); }
 inline float vpow(float a, float e) { return std::pow(a, e); }
+// a*b + c in one rounding on any build, as Dense's gradient_rows makes the
+// terms of a gradient (a library call where the CPU lacks FMA).
+inline float fma_exact(float a, float b, float c) { return std::fma(a, b, c); }
+#ifdef __FMA__
+inline float vfma(float a, float b, float c) { return std::fma(a, b, c); }
+inline float vfnma(float a, float b, float c) { return std::fma(-a, b, c); }
+inline float vfms(float a, float b, float c) { return std::fma(a, b, -c); }
+#else
+inline float vfma(float a, float b, float c) { return a * b + c; }
+inline float vfnma(float a, float b, float c) { return c - a * b; }
+inline float vfms(float a, float b, float c) { return a * b - c; }
+#endif
 
 // Without AVX (a generic build) only the scalar instantiation exists.
 #ifdef __AVX__
@@ -124,6 +150,24 @@ inline V8 vsqrt(V8 x) { return _mm256_sqrt_ps(x); }
 inline V8 vmax(V8 a, V8 b) { return _mm256_max_ps(a, b); }
 inline V8 vmin(V8 a, V8 b) { return _mm256_min_ps(a, b); }
 inline V8 vabs(V8 a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+#ifdef __FMA__
+inline V8 fma_exact(V8 a, V8 b, V8 c) { return _mm256_fmadd_ps(a, b, c); }
+inline V8 vfma(V8 a, V8 b, V8 c) { return _mm256_fmadd_ps(a, b, c); }
+inline V8 vfnma(V8 a, V8 b, V8 c) { return _mm256_fnmadd_ps(a, b, c); }
+inline V8 vfms(V8 a, V8 b, V8 c) { return _mm256_fmsub_ps(a, b, c); }
+#else  // AVX without FMA
+inline V8 fma_exact(V8 a, V8 b, V8 c) {
+  alignas(32) float ta[8], tb[8], tc[8];
+  _mm256_store_ps(ta, a);
+  _mm256_store_ps(tb, b);
+  _mm256_store_ps(tc, c);
+  for (int l = 0; l < 8; ++l) tc[l] = std::fma(ta[l], tb[l], tc[l]);
+  return _mm256_load_ps(tc);
+}
+inline V8 vfma(V8 a, V8 b, V8 c) { return a * b + c; }
+inline V8 vfnma(V8 a, V8 b, V8 c) { return c - a * b; }
+inline V8 vfms(V8 a, V8 b, V8 c) { return a * b - c; }
+#endif
 inline V8 vpow(V8 a, float e) {  // no vector pow without libmvec: per lane
   alignas(32) float t[8];
   _mm256_store_ps(t, a);
@@ -148,13 +192,47 @@ struct Consts {
         shrink2(splat<T>(s.shrink2)), one(splat<T>(1.0f)), neg_pow(s.neg_pow) {}
 };
 
-// The arrays one chunk touches; p, g and the slots never alias.
+}  // namespace
+
+// The arrays one chunk touches; p, g and the slots never alias. The kernels
+// read the gradient through grad(), so that RowPtrs can make it instead.
 struct Ptrs {
   float* __restrict p;
   float* __restrict g;
   float* __restrict s0;
   float* __restrict s1;
   float* __restrict s2;
+  template <class T>
+  T grad(Index i) const { return load<T>(g + i); }
+};
+
+namespace {
+
+// Rows of a dense layer's weight gradient made from its factors while the
+// update runs (Optimizer::update_outer): element i of the current row is
+// g = x_0 dz_0[j] + ... + x_{B-1} dz_{B-1}[j], j = i - row_start, FMAs in
+// that order from 0 as in Dense's gradient_rows, so the bits are the same.
+// It is stored (p.grad must hold it after the step) and used at once: the
+// stores ride along the divider- or load-bound update instead of taking a
+// pass of their own, and the update never loads g. B: the batch, or 0 to
+// read it from `batch` (a fixed B = 1 keeps light kernels such as plain SGD
+// as fast as the separate passes were; a loop bound read at run time costs
+// them ~10%).
+template <int B>
+struct RowPtrs : Ptrs {
+  const float* __restrict dz;
+  Index cols, row_start;
+  int batch;
+  float xb[4];
+  template <class T>
+  T grad(Index i) const {
+    T acc = splat<T>(0.0f);
+    const float* d = dz + (i - row_start);
+    const int terms = B > 0 ? B : batch;
+    for (int b = 0; b < terms; ++b) acc = fma_exact(splat<T>(xb[b]), load<T>(d + b * cols), acc);
+    store(g + i, acc);
+    return acc;
+  }
 };
 
 #ifdef __AVX__
@@ -172,6 +250,27 @@ __attribute__((noinline, noclone)) void run_vectors(const Ptrs q, Index n, const
   for (Index i = 0; i < n; i += 8) Op::template apply<V8>(q, i, c);
 }
 #endif
+
+// Op over rows [0, og.rows) of an outer-product gradient (RowPtrs), row by
+// row; og.cols is a multiple of the vector width. noinline, noclone for the
+// reason run_vectors gives.
+template <class Op, int B>
+__attribute__((noinline, noclone)) void run_rows(RowPtrs<B> q, const OuterGrad& og, const StepScalars& s) {
+#ifdef __AVX__
+  using T = V8;
+  constexpr Index kWidth = 8;
+#else
+  using T = float;
+  constexpr Index kWidth = 1;
+#endif
+  const Consts<T> c(s);
+  for (Index r = 0; r < og.rows; ++r) {
+    for (int b = 0; b < og.batch; ++b) q.xb[b] = og.x[b * og.x_stride + r];
+    q.row_start = r * og.cols;
+    const Index end = q.row_start + og.cols;
+    for (Index i = q.row_start; i < end; i += kWidth) Op::template apply<T>(q, i, c);
+  }
+}
 
 // Runs Op over n elements, 8 at a time; the last 1-7 go through the same
 // vector code on a zero-padded copy.
@@ -204,19 +303,19 @@ void run_kernel(const Ptrs& q, Index n, const StepScalars& s) {
 // Slots: s0 = momentum_buffer.
 template <bool WD, bool MOM, bool NEST, bool FIRST>
 struct SgdOp {
-  template <class T>
-  static void apply(const Ptrs& q, Index i, const Consts<T>& c) {
-    T p = load<T>(q.p + i), d = load<T>(q.g + i);
-    if constexpr (WD) d = d + c.wd * p;
+  template <class T, class Q>
+  static void apply(const Q& q, Index i, const Consts<T>& c) {
+    T p = load<T>(q.p + i), d = q.template grad<T>(i);
+    if constexpr (WD) d = vfma(c.wd, p, d);
     if constexpr (MOM) {
       T b;
       if constexpr (FIRST) b = d;
-      else b = c.mom * load<T>(q.s0 + i) + c.damp_c * d;
+      else b = vfma(c.mom, load<T>(q.s0 + i), c.damp_c * d);
       store(q.s0 + i, b);
-      if constexpr (NEST) d = d + c.mom * b;
+      if constexpr (NEST) d = vfma(c.mom, b, d);
       else d = b;
     }
-    store(q.p + i, p - c.lr * d);
+    store(q.p + i, vfnma(c.lr, d, p));
   }
 };
 
@@ -226,11 +325,11 @@ struct SgdOp {
 // Slots: s0 = sum.
 template <bool WD>
 struct AdagradOp {
-  template <class T>
-  static void apply(const Ptrs& q, Index i, const Consts<T>& c) {
-    T p = load<T>(q.p + i), d = load<T>(q.g + i);
-    if constexpr (WD) d = d + c.wd * p;
-    const T acc = load<T>(q.s0 + i) + d * d;
+  template <class T, class Q>
+  static void apply(const Q& q, Index i, const Consts<T>& c) {
+    T p = load<T>(q.p + i), d = q.template grad<T>(i);
+    if constexpr (WD) d = vfma(c.wd, p, d);
+    const T acc = vfma(d, d, load<T>(q.s0 + i));
     store(q.s0 + i, acc);
     store(q.p + i, p - c.clr * d / (vsqrt(acc) + c.eps));
   }
@@ -248,28 +347,28 @@ struct AdagradOp {
 // caller when a slot is absent).
 template <bool WD, bool CENTERED, int MODE>
 struct RmspropOp {
-  template <class T>
-  static void apply(const Ptrs& q, Index i, const Consts<T>& c) {
-    T p = load<T>(q.p + i), d = load<T>(q.g + i);
-    if constexpr (WD) d = d + c.wd * p;
-    const T v = c.a * load<T>(q.s0 + i) + c.oma * d * d;
+  template <class T, class Q>
+  static void apply(const Q& q, Index i, const Consts<T>& c) {
+    T p = load<T>(q.p + i), d = q.template grad<T>(i);
+    if constexpr (WD) d = vfma(c.wd, p, d);
+    const T v = vfma(c.a, load<T>(q.s0 + i), c.oma * d * d);
     store(q.s0 + i, v);
     T den;
     if constexpr (CENTERED) {
-      const T ga = c.a * load<T>(q.s2 + i) + c.oma * d;
+      const T ga = vfma(c.a, load<T>(q.s2 + i), c.oma * d);
       store(q.s2 + i, ga);
-      den = vsqrt(v - ga * ga) + c.eps;
+      den = vsqrt(vfnma(ga, ga, v)) + c.eps;
     } else {
       den = vsqrt(v) + c.eps;
     }
     const T u = d / den;
     if constexpr (MODE == 0) {
-      store(q.p + i, p - c.lr * u);
+      store(q.p + i, vfnma(c.lr, u, p));
     } else {
-      const T b = c.mom * load<T>(q.s1 + i) + u;
+      const T b = vfma(c.mom, load<T>(q.s1 + i), u);
       store(q.s1 + i, b);
-      if constexpr (MODE == 1) store(q.p + i, p - c.lr * b);
-      else store(q.p + i, p - c.lr * (u + c.mom * b));
+      if constexpr (MODE == 1) store(q.p + i, vfnma(c.lr, b, p));
+      else store(q.p + i, vfnma(c.lr, vfma(c.mom, b, u), p));
     }
   }
 };
@@ -282,16 +381,16 @@ struct RmspropOp {
 // Slots: s0 = square_avg, s1 = acc_delta.
 template <bool WD>
 struct AdadeltaOp {
-  template <class T>
-  static void apply(const Ptrs& q, Index i, const Consts<T>& c) {
-    T p = load<T>(q.p + i), d = load<T>(q.g + i);
-    if constexpr (WD) d = d + c.wd * p;
-    const T v = c.a * load<T>(q.s0 + i) + c.oma * d * d;
+  template <class T, class Q>
+  static void apply(const Q& q, Index i, const Consts<T>& c) {
+    T p = load<T>(q.p + i), d = q.template grad<T>(i);
+    if constexpr (WD) d = vfma(c.wd, p, d);
+    const T v = vfma(c.a, load<T>(q.s0 + i), c.oma * d * d);
     store(q.s0 + i, v);
     const T u = load<T>(q.s1 + i);
     const T delta = vsqrt(u + c.eps) / vsqrt(v + c.eps) * d;
-    store(q.s1 + i, c.a * u + c.oma * delta * delta);
-    store(q.p + i, p - c.lr * delta);
+    store(q.s1 + i, vfma(c.a, u, c.oma * delta * delta));
+    store(q.p + i, vfnma(c.lr, delta, p));
   }
 };
 
@@ -305,20 +404,22 @@ struct AdadeltaOp {
 // Slots: s0 = exp_avg, s1 = exp_avg_sq, s2 = max_exp_avg_sq.
 template <bool WD, bool DECOUPLED, bool AMS>
 struct AdamOp {
-  template <class T>
-  static void apply(const Ptrs& q, Index i, const Consts<T>& c) {
-    T p = load<T>(q.p + i), d = load<T>(q.g + i);
-    if constexpr (WD && DECOUPLED) p = p * c.decay_mult;
-    if constexpr (WD && !DECOUPLED) d = d + c.wd * p;
-    const T m = c.b1 * load<T>(q.s0 + i) + c.omb1 * d;
-    T v = c.b2 * load<T>(q.s1 + i) + c.omb2 * d * d;
+  template <class T, class Q>
+  static void apply(const Q& q, Index i, const Consts<T>& c) {
+    const T p = load<T>(q.p + i);
+    T d = q.template grad<T>(i);
+    if constexpr (WD && !DECOUPLED) d = vfma(c.wd, p, d);
+    const T m = vfma(c.b1, load<T>(q.s0 + i), c.omb1 * d);
+    T v = vfma(c.b2, load<T>(q.s1 + i), c.omb2 * d * d);
     store(q.s0 + i, m);
     store(q.s1 + i, v);
     if constexpr (AMS) {
       v = vmax(load<T>(q.s2 + i), v);  // a NaN in the new v propagates, as torch.maximum
       store(q.s2 + i, v);
     }
-    store(q.p + i, p - c.step_size * m / (vsqrt(v) * c.inv_sqrt_bc2 + c.eps));
+    const T step = c.step_size * m / vfma(vsqrt(v), c.inv_sqrt_bc2, c.eps);
+    if constexpr (WD && DECOUPLED) store(q.p + i, vfms(p, c.decay_mult, step));  // p (1 - lr wd) - step
+    else store(q.p + i, p - step);
   }
 };
 
@@ -328,11 +429,11 @@ struct AdamOp {
 // Slots: s0 = exp_avg, s1 = exp_inf.
 template <bool WD>
 struct AdamaxOp {
-  template <class T>
-  static void apply(const Ptrs& q, Index i, const Consts<T>& c) {
-    T p = load<T>(q.p + i), d = load<T>(q.g + i);
-    if constexpr (WD) d = d + c.wd * p;
-    const T m = c.b1 * load<T>(q.s0 + i) + c.omb1 * d;
+  template <class T, class Q>
+  static void apply(const Q& q, Index i, const Consts<T>& c) {
+    T p = load<T>(q.p + i), d = q.template grad<T>(i);
+    if constexpr (WD) d = vfma(c.wd, p, d);
+    const T m = vfma(c.b1, load<T>(q.s0 + i), c.omb1 * d);
     const T u = vmax(c.b2 * load<T>(q.s1 + i), vabs(d) + c.eps);  // NaN in d propagates
     store(q.s0 + i, m);
     store(q.s1 + i, u);
@@ -350,15 +451,15 @@ struct AdamaxOp {
 // Slots: s0 = exp_avg, s1 = exp_avg_sq.
 template <bool WD>
 struct NadamOp {
-  template <class T>
-  static void apply(const Ptrs& q, Index i, const Consts<T>& c) {
-    T p = load<T>(q.p + i), d = load<T>(q.g + i);
-    if constexpr (WD) d = d + c.wd * p;
-    const T m = c.b1 * load<T>(q.s0 + i) + c.omb1 * d;
-    const T v = c.b2 * load<T>(q.s1 + i) + c.omb2 * d * d;
+  template <class T, class Q>
+  static void apply(const Q& q, Index i, const Consts<T>& c) {
+    T p = load<T>(q.p + i), d = q.template grad<T>(i);
+    if constexpr (WD) d = vfma(c.wd, p, d);
+    const T m = vfma(c.b1, load<T>(q.s0 + i), c.omb1 * d);
+    const T v = vfma(c.b2, load<T>(q.s1 + i), c.omb2 * d * d);
     store(q.s0 + i, m);
     store(q.s1 + i, v);
-    store(q.p + i, p - (c.nadam_cg * d + c.nadam_cm * m) / (vsqrt(v * c.inv_bc2) + c.eps));
+    store(q.p + i, p - vfma(c.nadam_cg, d, c.nadam_cm * m) / (vsqrt(v * c.inv_bc2) + c.eps));
   }
 };
 
@@ -376,13 +477,13 @@ struct NadamOp {
 // Slots: s0 = accumulator, s1 = linear.
 template <bool WD, int POW>
 struct FtrlOp {
-  template <class T>
-  static void apply(const Ptrs& q, Index i, const Consts<T>& c) {
+  template <class T, class Q>
+  static void apply(const Q& q, Index i, const Consts<T>& c) {
     T p = load<T>(q.p + i);
     if constexpr (WD) p = p * c.decay_mult;
-    const T g = load<T>(q.g + i);
+    const T g = q.template grad<T>(i);
     const T a0 = load<T>(q.s0 + i);
-    const T a1 = a0 + g * g;
+    const T a1 = vfma(g, g, a0);
     T pw0, pw1;
     if constexpr (POW == 0) {
       pw0 = vsqrt(a0);
@@ -394,11 +495,11 @@ struct FtrlOp {
       pw0 = vpow(a0, c.neg_pow);
       pw1 = vpow(a1, c.neg_pow);
     }
-    const T z = load<T>(q.s1 + i) + (g + c.shrink2 * p) - (pw1 - pw0) * c.inv_lr * p;
+    const T z = vfnma((pw1 - pw0) * c.inv_lr, p, load<T>(q.s1 + i) + vfma(c.shrink2, p, g));
     store(q.s1 + i, z);
     store(q.s0 + i, a1);
     const T zc = vmin(vmax(z, c.neg_l1), c.l1);
-    store(q.p + i, (zc - z) / (pw1 * c.inv_lr + c.quad_l2));
+    store(q.p + i, (zc - z) / vfma(pw1, c.inv_lr, c.quad_l2));
   }
 };
 
@@ -778,16 +879,11 @@ void Optimizer::finish_step() {
   });
 }
 
-void Optimizer::update_elements(int span, Index begin, Index n, bool clamp) {
+// Calls f(KernelOf<Op>{}) with the kernel this optimizer's kind and flags
+// select (wd: weight decay applies to the span at hand).
+template <class F>
+void Optimizer::with_kernel(bool wd, F&& f) const {
   const OptHyper& h = hyper_;
-  const StepScalars& s = scalars_;
-  const ParamSpan& sp = spans_[span];
-  const Index o = span_offset_[span] + begin;
-  if (clamp) clamp_only(sp.g + begin, n, s.clipvalue);
-  float* const* base = slot_base_;
-  const Ptrs q{sp.p + begin, sp.g + begin, base[0] ? base[0] + o : nullptr, base[1] ? base[1] + o : nullptr,
-               base[2] ? base[2] + o : nullptr};
-  const bool wd = sp.decay && h.weight_decay != 0.0;
   const bool sgd_first = sgd_first_;
   const int rms_mode = rms_mode_, ftrl_pow = ftrl_pow_;
   with_flag(wd, [&](auto WD) {
@@ -798,46 +894,85 @@ void Optimizer::update_elements(int span, Index begin, Index n, bool clamp) {
           with_flag(h.nesterov, [&](auto NEST) {
             with_flag(sgd_first, [&](auto FIRST) {
               constexpr bool kM = decltype(MOM)::value;
-              run_kernel<SgdOp<kWD, kM, kM && decltype(NEST)::value, decltype(FIRST)::value>>(q, n, s);
+              f(KernelOf<SgdOp<kWD, kM, kM && decltype(NEST)::value, decltype(FIRST)::value>>{});
             });
           });
         });
         break;
       case OptKind::Adagrad:
-        run_kernel<AdagradOp<kWD>>(q, n, s);
+        f(KernelOf<AdagradOp<kWD>>{});
         break;
       case OptKind::RMSprop:
         with_flag(h.centered, [&](auto C) {
           constexpr bool kC = decltype(C)::value;
-          if (rms_mode == 0) run_kernel<RmspropOp<kWD, kC, 0>>(q, n, s);
-          else if (rms_mode == 1) run_kernel<RmspropOp<kWD, kC, 1>>(q, n, s);
-          else run_kernel<RmspropOp<kWD, kC, 2>>(q, n, s);
+          if (rms_mode == 0) f(KernelOf<RmspropOp<kWD, kC, 0>>{});
+          else if (rms_mode == 1) f(KernelOf<RmspropOp<kWD, kC, 1>>{});
+          else f(KernelOf<RmspropOp<kWD, kC, 2>>{});
         });
         break;
       case OptKind::Adadelta:
-        run_kernel<AdadeltaOp<kWD>>(q, n, s);
+        f(KernelOf<AdadeltaOp<kWD>>{});
         break;
       case OptKind::Adam:
       case OptKind::AdamW:
         with_flag(h.amsgrad, [&](auto AMS) {
           constexpr bool kA = decltype(AMS)::value;
-          if (kind_ == OptKind::AdamW) run_kernel<AdamOp<kWD, true, kA>>(q, n, s);
-          else run_kernel<AdamOp<kWD, false, kA>>(q, n, s);
+          if (kind_ == OptKind::AdamW) f(KernelOf<AdamOp<kWD, true, kA>>{});
+          else f(KernelOf<AdamOp<kWD, false, kA>>{});
         });
         break;
       case OptKind::Adamax:
-        run_kernel<AdamaxOp<kWD>>(q, n, s);
+        f(KernelOf<AdamaxOp<kWD>>{});
         break;
       case OptKind::NAdam:
-        run_kernel<NadamOp<kWD>>(q, n, s);
+        f(KernelOf<NadamOp<kWD>>{});
         break;
       case OptKind::Ftrl:
-        if (ftrl_pow == 0) run_kernel<FtrlOp<kWD, 0>>(q, n, s);
-        else if (ftrl_pow == 1) run_kernel<FtrlOp<kWD, 1>>(q, n, s);
-        else run_kernel<FtrlOp<kWD, 2>>(q, n, s);
+        if (ftrl_pow == 0) f(KernelOf<FtrlOp<kWD, 0>>{});
+        else if (ftrl_pow == 1) f(KernelOf<FtrlOp<kWD, 1>>{});
+        else f(KernelOf<FtrlOp<kWD, 2>>{});
         break;
     }
   });
+}
+
+Ptrs Optimizer::pointers(int span, Index begin) const {
+  const ParamSpan& sp = spans_[span];
+  const Index o = span_offset_[span] + begin;
+  float* const* base = slot_base_;
+  return Ptrs{sp.p + begin, sp.g + begin, base[0] ? base[0] + o : nullptr, base[1] ? base[1] + o : nullptr,
+              base[2] ? base[2] + o : nullptr};
+}
+
+bool Optimizer::decays(int span) const { return spans_[span].decay && hyper_.weight_decay != 0.0; }
+
+void Optimizer::update_elements(int span, Index begin, Index n, bool clamp) {
+  const StepScalars& s = scalars_;
+  if (clamp) clamp_only(spans_[span].g + begin, n, s.clipvalue);
+  const Ptrs q = pointers(span, begin);
+  with_kernel(decays(span), [&](auto k) { run_kernel<typename decltype(k)::type>(q, n, s); });
+}
+
+bool Optimizer::update_outer(const SpanSlice& sl, const OuterGrad& og) {
+#ifdef __AVX__
+  constexpr Index kWidth = 8;
+#else
+  constexpr Index kWidth = 1;
+#endif
+  // clipvalue clamps g before the update reads it; a row whose width is not
+  // a whole number of vectors would need run_kernel's padded tail per row.
+  if (scalars_.clipvalue > 0.0f || og.cols % kWidth != 0 || og.batch < 1 || og.batch > 4) return false;
+  const StepScalars& s = scalars_;
+  const auto run = [&](auto rows) {
+    static_cast<Ptrs&>(rows) = pointers(sl.span, sl.begin);
+    rows.dz = og.dz;
+    rows.cols = og.cols;
+    rows.batch = og.batch;
+    with_kernel(decays(sl.span), [&](auto k) { run_rows<typename decltype(k)::type>(rows, og, s); });
+  };
+  if (og.batch == 1) run(RowPtrs<1>{});
+  else run(RowPtrs<0>{});
+  return true;
 }
 
 // ---------------------------------------------------------------------------

@@ -71,6 +71,18 @@ struct SpanSlice {
   SpanSlice sub(Index from, Index count) const { return {span, begin + from, count}; }
 };
 
+// A dense layer's weight gradient at a small batch, by its factors: for
+// rows r in [0, rows) and columns j in [0, cols),
+//   g[r, j] = x[r] dz[j] + x[x_stride + r] dz[cols + j] + ...  (batch terms)
+// i.e. rows of x^T dz, x pointing at the first row's input column.
+struct OuterGrad {
+  const float* x;
+  Index x_stride;
+  const float* dz;
+  Index rows, cols;
+  int batch;  // 1 to 4
+};
+
 // The per-step scalars of an update (optimizer.cpp), computed once in double
 // by begin_step() and rounded once to float.
 struct StepScalars {
@@ -96,6 +108,8 @@ void validate_hyper(OptKind kind, const OptHyper& h);
 // Names of the per-element state slots, in order, e.g. Adam: {"exp_avg",
 // "exp_avg_sq"} (+ "max_exp_avg_sq" with amsgrad). SGD without momentum: {}.
 std::vector<std::string> state_slot_names(OptKind kind, const OptHyper& h);
+
+struct Ptrs;  // optimizer.cpp: the arrays a kernel touches
 
 class Optimizer {
  public:
@@ -123,6 +137,12 @@ class Optimizer {
   // no single span holds it (e.g. a frozen layer's weights).
   SpanSlice find(const float* p, Index n) const;
   void update_slice(const SpanSlice& s);
+  // update_slice for a slice holding og's rows, whose gradient is made from
+  // its factors (and stored into g) in the same pass as the update. Returns
+  // false, having done nothing, where that pass does not apply (clipvalue
+  // set, or cols not a whole number of vectors): then write g and call
+  // update_slice.
+  bool update_outer(const SpanSlice& s, const OuterGrad& og);
   void mark_updated(const SpanSlice& s);
   void finish_step();
 
@@ -176,6 +196,11 @@ class Optimizer {
 
   // Clips (when clamp) and updates elements [begin, begin + n) of span `span`.
   void update_elements(int span, Index begin, Index n, bool clamp);
+  // The kernel that kind and flags select, passed to f as a KernelOf<Op>.
+  template <class F>
+  void with_kernel(bool wd, F&& f) const;
+  Ptrs pointers(int span, Index begin) const;  // p, g and slots at an element
+  bool decays(int span) const;                         // weight decay applies to the span
 };
 
 // Functional clipping helpers (nv.clip_grad_value_, nv.clip_grad_norm_).
