@@ -236,14 +236,12 @@ struct RowPtrs : Ptrs {
 };
 
 #ifdef __AVX__
-// Op over elements [0, n) of q, n a multiple of 8. Compiled once per Op on
-// purpose (noinline, noclone): GCC contracts a*b + c into FMAs per inlined
-// copy, and a second copy (or a scalar instantiation) for the tail contracts
-// differently (AdamW's decay then subtraction, RMSprop's nesterov term). An
-// element's result would then depend on where the slice it lies in ends, and
-// a step taken in slices (fused into backward) would differ from one taken
-// whole. q is taken by value: a local copy whose pointers stay in registers
-// (the may_alias vector stores could otherwise alias the caller's Ptrs).
+// Op over elements [0, n) of q, n a multiple of 8. One out-of-line copy per
+// Op (noinline, noclone) serves the bulk and the padded tail alike. (Before
+// the multiply-adds were written out, GCC contracted each inlined copy in
+// its own way, so an element's result depended on where its slice ended.)
+// q is taken by value: a local copy whose pointers stay in registers (the
+// may_alias vector stores could otherwise alias the caller's Ptrs).
 template <class Op>
 __attribute__((noinline, noclone)) void run_vectors(const Ptrs q, Index n, const StepScalars& s) {
   const Consts<V8> c(s);
@@ -252,8 +250,7 @@ __attribute__((noinline, noclone)) void run_vectors(const Ptrs q, Index n, const
 #endif
 
 // Op over rows [0, og.rows) of an outer-product gradient (RowPtrs), row by
-// row; og.cols is a multiple of the vector width. noinline, noclone for the
-// reason run_vectors gives.
+// row; og.cols is a multiple of the vector width.
 template <class Op, int B>
 __attribute__((noinline, noclone)) void run_rows(RowPtrs<B> q, const OuterGrad& og, const StepScalars& s) {
 #ifdef __AVX__
