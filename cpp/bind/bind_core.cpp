@@ -60,9 +60,8 @@ void check_range(const ParamArena& a, Index offset, Index size) {
 // same array.
 template <class F>
 void fill(float* out, Index n, F&& draw) {
-  const int threads = threads_for(64.0 * n, (n + 4095) / 4096);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (Index i = 0; i < n; ++i) out[i] = draw(static_cast<std::uint64_t>(i));
+  parallel_for(n, threads_for(64.0 * n, (n + 4095) / 4096),
+               [&](Index i) { out[i] = draw(static_cast<std::uint64_t>(i)); });
 }
 
 }  // namespace
@@ -133,6 +132,8 @@ void bind_core(py::module_& m) {
 
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("set_flush_denormal", &set_flush_denormal, py::arg("on"));
+  m.def("flush_denormal", &flush_denormal);
   m.def("alloc_count", [] { return AllocStats::allocations; },
         "Aligned buffer allocations so far (a training step after the first must add none)");
 

@@ -53,15 +53,8 @@ double chunked_sum(Index n, Index base, double flops_per_item, const F& f) {
   const Chunking ch = chunking(n, base);
   if (ch.count == 1) return f(Index(0), n);
   double partial[kMaxChunks];
-  const int t = threads_for(flops_per_item * static_cast<double>(n), ch.count);
-  if (t <= 1) {
-    for (Index k = 0; k < ch.count; ++k)
-      partial[k] = f(k * ch.size, std::min(n, (k + 1) * ch.size));
-  } else {
-#pragma omp parallel for num_threads(t) schedule(static)
-    for (Index k = 0; k < ch.count; ++k)
-      partial[k] = f(k * ch.size, std::min(n, (k + 1) * ch.size));
-  }
+  parallel_for(ch.count, threads_for(flops_per_item * static_cast<double>(n), ch.count),
+               [&](Index k) { partial[k] = f(k * ch.size, std::min(n, (k + 1) * ch.size)); });
   double s = 0.0;
   for (Index k = 0; k < ch.count; ++k) s += partial[k];
   return s;

@@ -540,13 +540,7 @@ void scale_in_place(float* __restrict g, Index n, float f) {
 // chunk, so the thread count never changes the result.
 template <typename F>
 void for_chunks(Index count, double flops, F&& body) {
-  const int t = threads_for(flops, count);
-  if (t <= 1) {
-    for (Index c = 0; c < count; ++c) body(c);
-    return;
-  }
-#pragma omp parallel for num_threads(t) schedule(static)
-  for (Index c = 0; c < count; ++c) body(c);
+  parallel_for(count, threads_for(flops, count), body);
 }
 
 // Pieces of a list of spans for the free clipping helpers.

@@ -51,6 +51,31 @@ def set_num_threads(n: int) -> None:
     _core.set_num_threads(n)
 
 
+def set_flush_denormal(mode: bool) -> bool:
+    """Flush-to-zero for nerve's float arithmetic, off by default (as
+    ``torch.set_flush_denormal``): with it on, subnormal numbers (|x| < 2^-126
+    ~ 1.2e-38) read as 0 and subnormal results become 0.
+
+    Why: the FPU takes a slow path on subnormals. Adam squares the gradient, so
+    gradients below ~1e-18 (a model that fits its data exactly) make
+    subnormal intermediates, and a step became 3x slower (bench/README.md).
+    The cost: values below 2^-126 are lost (float32 keeps 23 bits only above it).
+
+    The mode is a per-thread CPU setting (x86 MXCSR FTZ/DAZ, AArch64 FPCR.FZ):
+    it is set on the calling thread now, so numpy in this thread flushes too,
+    and on every thread of nerve's kernels as each loop starts.
+    Returns True when set, False (nothing changed) on a CPU without such a mode.
+    """
+    if not isinstance(mode, bool):
+        raise TypeError(f"set_flush_denormal expects a bool, got {type(mode).__name__}")
+    return bool(_core.set_flush_denormal(mode))
+
+
+def get_flush_denormal() -> bool:
+    """Whether set_flush_denormal(True) is in effect."""
+    return bool(_core.flush_denormal())
+
+
 def get_num_threads() -> int:
     """Threads nerve's kernels use."""
     return _core.num_threads()
@@ -73,6 +98,8 @@ __all__ = [
     "manual_seed",
     "set_num_threads",
     "get_num_threads",
+    "set_flush_denormal",
+    "get_flush_denormal",
     "build_info",
     "clip_grad_norm_",
     "clip_grad_value_",

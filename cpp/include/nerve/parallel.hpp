@@ -4,7 +4,12 @@
 // shape, never on the thread count, so results are bit-identical for any
 // number of threads.
 #pragma once
+#include <atomic>
+
 #include "nerve/common.hpp"
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -38,18 +43,44 @@ inline int threads_for(double work, Index pieces) {
   return static_cast<int>(t < pieces ? t : pieces);
 }
 
+// Flush-to-zero, opt-in (torch.set_flush_denormal): subnormal inputs read
+// as 0 and subnormal results become 0 (x86: MXCSR's DAZ and FTZ; AArch64:
+// FPCR.FZ). Arithmetic on subnormals takes a slow path in the FPU: Adam's
+// (1 - beta2) g^2 is subnormal for |g| < ~1e-18, which made a step 3x
+// slower (bench/README.md). The mode belongs to each thread, so it is set on
+// the calling thread at once and on every thread nerve's loops run on at the
+// start of each loop (sync_fp_mode). Returns false, changing nothing, on a
+// CPU without such a mode.
+bool set_flush_denormal(bool on);
+bool flush_denormal();
+namespace detail {
+// -1: never set (nerve leaves the threads' mode alone, so a mode set by
+// another library stays); 0: off; 1: on.
+extern std::atomic<int> fp_mode;
+bool apply_fp_mode(int mode);
+}  // namespace detail
+inline void sync_fp_mode() {
+  const int mode = detail::fp_mode.load(std::memory_order_relaxed);
+  if (mode >= 0) detail::apply_fp_mode(mode);
+}
+
 // body(i) for i in [0, count), split statically over `threads` threads. One
 // thread runs the plain loop and never enters an OpenMP region: libgomp
 // mallocs and frees a team for every single-thread region (it caches only
 // multi-thread teams), which would be the only heap traffic of a training step.
 template <class F>
 inline void parallel_for(Index count, int threads, F&& body) {
+  sync_fp_mode();
   if (threads <= 1) {
     for (Index i = 0; i < count; ++i) body(i);
     return;
   }
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (Index i = 0; i < count; ++i) body(i);
+#pragma omp parallel num_threads(threads)
+  {
+    sync_fp_mode();
+#pragma omp for schedule(static)
+    for (Index i = 0; i < count; ++i) body(i);
+  }
 }
 
 }  // namespace nerve
