@@ -200,7 +200,7 @@ class Optimizer {
   template <class F>
   void with_kernel(bool wd, F&& f) const;
   Ptrs pointers(int span, Index begin) const;  // p, g and slots at an element
-  bool decays(int span) const;                         // weight decay applies to the span
+  bool decays(int span) const;                 // weight decay applies to the span
 };
 
 // Functional clipping helpers (nv.clip_grad_value_, nv.clip_grad_norm_).
