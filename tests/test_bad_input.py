@@ -73,6 +73,24 @@ def test_fit_checks_every_batch_before_training(model):
     assert all(np.array_equal(a, p.value) for a, p in zip(snap, model.parameters()))
 
 
+@pytest.mark.parametrize("where", ["x", "y"])
+def test_fit_checks_the_whole_epoch_for_nan_before_training(where):
+    # fit's C++ epoch loop checks x and a float target whole, once, and the
+    # steps then skip their own per-batch checks: a NaN in the last row still
+    # stops the epoch before the first update.
+    nv.manual_seed(0)
+    m = nv.Sequential([nv.layers.Dense(8, activation="relu"), nv.layers.Dense(3)], input_dim=4)
+    m.compile(optimizer="adam", loss="mse")
+    r = np.random.default_rng(0)
+    x = r.standard_normal((100, 4)).astype(np.float32)
+    y = r.standard_normal((100, 3)).astype(np.float32)
+    (x if where == "x" else y)[99, 1] = np.nan
+    snap = [p.value.copy() for p in m.parameters()]
+    with pytest.raises(ValueError, match="NaN or Inf at row 99"):
+        m.fit(x, y, epochs=1, batch_size=10, shuffle=False, verbose=0)
+    assert all(np.array_equal(a, p.value) for a, p in zip(snap, m.parameters()))
+
+
 def test_float64_input_is_converted(model):
     loss64 = model.evaluate(X.astype(np.float64), Y)["loss"]
     assert loss64 == model.evaluate(X, Y)["loss"]

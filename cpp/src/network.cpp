@@ -75,14 +75,16 @@ void Network::check_finite(const float* x, Index rows, Index cols, const char* w
 }
 
 StepResult Network::train_step(const float* x, Index batch, const Target& target, const Loss& loss,
-                               Optimizer& opt, bool count) {
+                               Optimizer& opt, bool count, bool data_checked) {
   require(batch > 0, "train_step: empty batch");
   const Index out = output_dim();
-  check_finite(x, batch, input_dim_, "input batch");
   check_batch(batch, true);
-  validate_target(loss, target, batch, out);
-  if (target.values && loss.kind != LossKind::Distillation)
-    check_finite(target.values, batch, out, "target batch");
+  if (!data_checked) {
+    check_finite(x, batch, input_dim_, "input batch");
+    validate_target(loss, target, batch, out);
+    if (target.values && loss.kind != LossKind::Distillation)
+      check_finite(target.values, batch, out, "target batch");
+  }
 
   const float* y = forward(x, batch, true);
   StepResult result;

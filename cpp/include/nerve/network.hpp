@@ -50,8 +50,10 @@ class Network {
 
   // One fused step. Validates everything first: a bad batch throws
   // ValueError and leaves parameters and optimizer state untouched.
+  // data_checked: the caller has checked x and the target already (NaN/Inf,
+  // labels in range: train_batches checks the whole arrays once per epoch).
   StepResult train_step(const float* x, Index batch, const Target& target, const Loss& loss,
-                        Optimizer& opt, bool count);
+                        Optimizer& opt, bool count, bool data_checked = false);
 
   // Throws ValueError naming the row and column of the first NaN/Inf.
   void check_finite(const float* x, Index rows, Index cols, const char* what) const;
