@@ -285,6 +285,29 @@ void BM_cross_entropy(benchmark::State& st) {
 }
 BENCHMARK(BM_cross_entropy)->Args({32, 10})->Args({2048, 10})->Args({2048, 1000})->UseRealTime();
 
+// ---------------------------------------------------------------------------
+// The finiteness check of a training batch (train_step's first pass): a
+// 512 x 784 batch (1.6 MB, L3) and 10M floats (DRAM), 1 and 2 threads.
+void BM_all_finite(benchmark::State& st) {
+  const Index n = st.range(0);
+  const int threads = static_cast<int>(st.range(1));
+  nerve::set_num_threads(threads);
+  AlignedBuffer x(n);
+  fill(x, -1, 1, 14);
+  bool ok = true;
+  for (auto _ : st) {
+    ok = ok && nerve::all_finite(x.data(), n / 784, 784, nullptr, nullptr);
+    benchmark::ClobberMemory();
+  }
+  if (!ok) st.SkipWithError("finite data reported as not finite");
+  nerve::set_num_threads(1);
+  st.counters["bytes/s"] = rate(4.0 * n);
+}
+BENCHMARK(BM_all_finite)
+    ->ArgsProduct({{512 * 784, 12'800 * 784}, {1, 2}})
+    ->ArgNames({"n", "thr"})
+    ->UseRealTime();
+
 // One registration per activation, at a cache-resident and a memory-bound size.
 const bool registered = [] {
   for (const nerve::ActInfo& info : nerve::activation_registry()) {

@@ -657,11 +657,15 @@ bool all_finite(const float* X, Index rows, Index cols, Index* bad_row, Index* b
   int bad_chunks = 0;
   parallel_for(chunks, threads_for(stream_work(static_cast<double>(n)), chunks), [&](Index c) {
     const Index b = c * kChunk, e = std::min(n, b + kChunk);
-    // x * 0 is 0 for finite x and NaN otherwise; 8 independent sums vectorize.
-    float probe[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    // x * 0 is 0 for finite x and NaN otherwise. 32 independent sums: 4
+    // vectors, so the loop is bound by loading x, not by the latency of
+    // one accumulator's FMA chain (8 sums read 25 GB/s from L3 on one core,
+    // `BM_all_finite`).
+    constexpr int kProbes = 32;
+    float probe[kProbes] = {};
     Index i = b;
-    for (; i + 8 <= e; i += 8)
-      for (int l = 0; l < 8; ++l) probe[l] += X[i + l] * 0.0f;
+    for (; i + kProbes <= e; i += kProbes)
+      for (int l = 0; l < kProbes; ++l) probe[l] += X[i + l] * 0.0f;
     for (; i < e; ++i) probe[0] += X[i] * 0.0f;
     float sum = 0.0f;
     for (float p : probe) sum += p;
