@@ -40,8 +40,7 @@ constexpr Index kTileRows = 512;
 constexpr Index kTileRowsTransposedA = 256;
 constexpr Index kTileCols = 128;
 constexpr Index kTileColsTransposedA = 256;
-constexpr Index kNarrowCols = 16;
-constexpr Index kNarrowMinRows = 64;
+constexpr Index kMinHalfRows = 64;  // rows of each half of a small product split in two
 constexpr Index kMinTiles = 4;  // what a product worth splitting is cut into at least
 constexpr Index kVectorChunks = 2;        // depth chunks of a row vector times a matrix
 constexpr Index kVectorDepthChunk = 128;  // ... of at least this many rows
@@ -74,25 +73,19 @@ constexpr Index kColQuantum = 16;
 Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   Tiling t{M, N, 1, 1};
   const double flops = 2.0 * static_cast<double>(M) * N * K;
-  // A narrow output (a logits layer, N <= 16) has one column tile and, below
-  // the row cap, one row tile; its three products ran on one thread while the
-  // other waited (batch 512, 10 classes: ~150 us of a 7.5 ms 2-thread step).
-  // Two row tiles, whatever the thread count, so results never depend on it.
-  if (N <= kNarrowCols && M >= 2 * kNarrowMinRows && flops >= kParallelFlops &&
-      M <= (trans_a ? kTileRowsTransposedA : kTileRows)) {
-    t.row_tile = equal_blocks(M, 2, kRowQuantum);
-    t.row_tiles = ceil_div(M, t.row_tile);
-    return t;
-  }
   if (flops < 4.0 * kParallelFlops) {
-    // A shallow product is bound by writing C, not by its flops: the logits
-    // layer's dX (512 x 256 x 10, 0.5 MB of C) took 64 us on one thread of
-    // two. It gets two row tiles when C alone is worth splitting.
-    if (stream_work(static_cast<double>(M) * N) >= kParallelFlops && M >= 2 * kNarrowMinRows) {
+    // A small product is one tile, unless it is still worth two threads: the
+    // logits layer's (N or K = 10) took ~150 us of a 7.5 ms 2-thread step at
+    // batch 512 on one thread while the other waited. A shallow product is
+    // bound by writing C, not by its flops (its dX, 512 x 256 x 10: 64 us),
+    // so C's streaming work counts too. Two row tiles then, whatever the
+    // thread count, so results never depend on it.
+    const double work = std::max(flops, stream_work(static_cast<double>(M) * N));
+    if (work >= kParallelFlops && M >= 2 * kMinHalfRows) {
       t.row_tile = equal_blocks(M, 2, kRowQuantum);
       t.row_tiles = ceil_div(M, t.row_tile);
     }
-    return t;  // other small products stay whole: one tile, no split overhead
+    return t;
   }
   const Index row_cap = trans_a ? kTileRowsTransposedA : kTileRows;
   if (M > row_cap) {
