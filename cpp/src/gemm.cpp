@@ -116,6 +116,18 @@ Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   return t;
 }
 
+// Where row tile i starts. row_tile decides how many row tiles there are;
+// the edges share out the 6-row micro-panels so that tile sizes differ by at
+// most one panel and the larger ones are spread out (floor(i P / T) panels
+// before tile i): a static split of the tiles over the threads is then as
+// even as the panels allow. With equal tiles and the remainder last, 512
+// rows in 4 tiles of 132 (22, 22, 22, 20 panels) gave two threads 44 and 42
+// panels; as 21, 22, 21, 22 they get 43 each.
+Index row_start(const Tiling& t, Index M, Index i) {
+  const Index panels = ceil_div(M, kRowQuantum);
+  return std::min(M, kRowQuantum * (i * panels / t.row_tiles));
+}
+
 // This thread's packing buffer of at least n floats (64-byte aligned), grown
 // on demand and kept for the thread's life. Not an AlignedBuffer: its
 // allocation counter is not atomic, and two threads may grow theirs at once.
@@ -610,9 +622,9 @@ void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A,
     shared_b = pack_whole_b(trans_b, N, K, B, ldb, threads);
 #endif
   parallel_for(tiles, threads, [&](Index tile) {
-    const Index r0 = (tile / t.col_tiles) * t.row_tile;
+    const Index r0 = row_start(t, M, tile / t.col_tiles);
     const Index c0 = (tile % t.col_tiles) * t.col_tile;
-    const Index m = std::min(t.row_tile, M - r0);
+    const Index m = row_start(t, M, tile / t.col_tiles + 1) - r0;
     const Index n = std::min(t.col_tile, N - c0);
     // Offsets into op(A) rows and op(B) columns.
     const float* a = trans_a ? A + r0 : A + r0 * lda;
