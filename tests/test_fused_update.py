@@ -55,6 +55,10 @@ def build(opt, batch, fuse, width=13, prune=False, frozen=False):
     if batch >= 2:  # batch norm trains on 2 rows or more
         layers.append(L.BatchNorm())
     layers.append(L.Dense(OUT, **reg))
+    return compiled(layers, opt, fuse, prune)
+
+
+def compiled(layers, opt, fuse, prune):
     m = nv.Sequential(layers, input_dim=IN)
     m.compile(optimizer=opt(), loss="cross_entropy")
     m._net.fuse_updates = fuse
@@ -72,12 +76,7 @@ def build_outer(opt, batch, fuse, prune=False, frozen=False):
               L.Dense(8, activation="relu", use_bias=False, trainable=not frozen),
               L.Residual([L.Dense(8, activation="elu"), L.Dense(8, kernel_constraint=nv.constraints.MaxNorm(0.7, axis=1))]),
               L.Dense(OUT)]
-    m = nv.Sequential(layers, input_dim=IN)
-    m.compile(optimizer=opt(), loss="cross_entropy")
-    m._net.fuse_updates = fuse
-    if prune:
-        nv.pruning.prune_magnitude(m, 0.4)
-    return m
+    return compiled(layers, opt, fuse, prune)
 
 
 def bits(a):
