@@ -1,5 +1,9 @@
 #include "nerve/parallel.hpp"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 namespace nerve {
 
 int num_threads() {

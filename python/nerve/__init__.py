@@ -58,7 +58,8 @@ def set_flush_denormal(mode: bool) -> bool:
 
     Why: the FPU takes a slow path on subnormals. Adam squares the gradient, so
     gradients below ~1e-18 (a model that fits its data exactly) make
-    subnormal intermediates, and a step became 3x slower (bench/README.md).
+    subnormal intermediates: Adam's update became 2.4x slower and a batch-1
+    step 2x (bench/README.md).
     The cost: values below 2^-126 are lost (float32 keeps 23 bits only above it).
 
     The mode is a per-thread CPU setting (x86 MXCSR FTZ/DAZ, AArch64 FPCR.FZ):

@@ -7,9 +7,6 @@
 #include <atomic>
 
 #include "nerve/common.hpp"
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -46,8 +43,8 @@ inline int threads_for(double work, Index pieces) {
 // Flush-to-zero, opt-in (torch.set_flush_denormal): subnormal inputs read
 // as 0 and subnormal results become 0 (x86: MXCSR's DAZ and FTZ; AArch64:
 // FPCR.FZ). Arithmetic on subnormals takes a slow path in the FPU: Adam's
-// (1 - beta2) g^2 is subnormal for |g| < ~1e-18, which made a step 3x
-// slower (bench/README.md). The mode belongs to each thread, so it is set on
+// (1 - beta2) g^2 is subnormal for |g| < ~1e-18, which made its update 2.4x
+// slower and a batch-1 step 2x (bench/README.md). The mode belongs to each thread, so it is set on
 // the calling thread at once and on every thread nerve's loops run on at the
 // start of each loop (sync_fp_mode). Returns false, changing nothing, on a
 // CPU without such a mode.
