@@ -30,12 +30,10 @@ using MutMap = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
 // to 512 (B packed half as often as with 256: 1-3% faster at batch 512-2048);
 // dW keeps 256-row tiles and splits its columns 256 wide, not 128 (A packed
 // once per row tile instead of twice: dW 512x2048x256 80 -> 85 GFLOP/s).
-// Row tiles are made equal so that they share out evenly: 784 rows become
-// 4 x ~200, not 3 x 256 + 16, which left one of 2 threads idle a third of the
-// time (bench/README.md, "Levers"). They are a multiple of the micro-kernel's
-// 6 rows, not of 8: a partial 6-row panel costs a whole one, and 4 x 200 rows
-// (34 panels each, the last 31) gave the two threads 68 and 65 panels where
-// 3 x 198 + 190 gives 66 and 65.
+// Row tiles share out the rows evenly: 784 rows become 4 tiles of ~196, not
+// 3 x 256 + 16, which left one of 2 threads idle a third of the time
+// (bench/README.md, "Levers"), and their edges fall on the micro-kernel's
+// 6-row panels (a partial panel costs a whole one; see row_start).
 constexpr Index kTileRows = 512;
 constexpr Index kTileRowsTransposedA = 256;
 constexpr Index kTileCols = 128;
@@ -47,8 +45,9 @@ constexpr Index kVectorDepthChunk = 128;  // ... of at least this many rows
 constexpr Index kMinSplitRows = 48;
 constexpr Index kMinSplitCols = 64;
 
+// Row tiles are placed by row_start; columns in tiles of col_tile.
 struct Tiling {
-  Index row_tile, col_tile, row_tiles, col_tiles;
+  Index col_tile, row_tiles, col_tiles;
 };
 
 Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
@@ -70,8 +69,12 @@ Index balanced_block(Index total, Index cap, Index unit) {
 constexpr Index kRowQuantum = 6;
 constexpr Index kColQuantum = 16;
 
+// How many row tiles M rows make when cut into `pieces` equal tiles of whole
+// panels (at most `pieces`).
+Index row_tile_count(Index M, Index pieces) { return ceil_div(M, equal_blocks(M, pieces, kRowQuantum)); }
+
 Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
-  Tiling t{M, N, 1, 1};
+  Tiling t{N, 1, 1};
   const double flops = 2.0 * static_cast<double>(M) * N * K;
   if (flops < 4.0 * kParallelFlops) {
     // A small product is one tile, unless it is still worth two threads: the
@@ -81,17 +84,11 @@ Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
     // so C's streaming work counts too. Two row tiles then, whatever the
     // thread count, so results never depend on it.
     const double work = std::max(flops, stream_work(static_cast<double>(M) * N));
-    if (work >= kParallelFlops && M >= 2 * kMinHalfRows) {
-      t.row_tile = equal_blocks(M, 2, kRowQuantum);
-      t.row_tiles = ceil_div(M, t.row_tile);
-    }
+    if (work >= kParallelFlops && M >= 2 * kMinHalfRows) t.row_tiles = row_tile_count(M, 2);
     return t;
   }
   const Index row_cap = trans_a ? kTileRowsTransposedA : kTileRows;
-  if (M > row_cap) {
-    t.row_tile = balanced_block(M, row_cap, kRowQuantum);
-    t.row_tiles = ceil_div(M, t.row_tile);
-  }
+  if (M > row_cap) t.row_tiles = row_tile_count(M, ceil_div(M, row_cap));
   const Index col_tile = trans_a ? kTileColsTransposedA : kTileCols;
   if (t.row_tiles < 4 && N > col_tile) {
     t.col_tile = col_tile;
@@ -103,10 +100,7 @@ Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   // then the columns, to at least kMinSplitCols.
   if (t.row_tiles * t.col_tiles < kMinTiles) {
     const Index rows = std::min<Index>(kMinTiles / t.col_tiles, M / kMinSplitRows);
-    if (rows > t.row_tiles) {
-      t.row_tile = equal_blocks(M, rows, kRowQuantum);
-      t.row_tiles = ceil_div(M, t.row_tile);
-    }
+    if (rows > t.row_tiles) t.row_tiles = row_tile_count(M, rows);
     const Index cols = std::min<Index>(ceil_div(kMinTiles, t.row_tiles), N / kMinSplitCols);
     if (cols > t.col_tiles) {
       t.col_tile = equal_blocks(N, cols, kColQuantum);
@@ -116,13 +110,13 @@ Tiling choose_tiling(bool trans_a, Index M, Index N, Index K) {
   return t;
 }
 
-// Where row tile i starts. row_tile decides how many row tiles there are;
-// the edges share out the 6-row micro-panels so that tile sizes differ by at
-// most one panel and the larger ones are spread out (floor(i P / T) panels
-// before tile i): a static split of the tiles over the threads is then as
-// even as the panels allow. With equal tiles and the remainder last, 512
-// rows in 4 tiles of 132 (22, 22, 22, 20 panels) gave two threads 44 and 42
-// panels; as 21, 22, 21, 22 they get 43 each.
+// Where row tile i starts (i = row_tiles: M). The edges share out the 6-row
+// micro-panels so that tile sizes differ by at most one panel and the larger
+// ones are spread out (floor(i P / T) panels before tile i): a static split
+// of the tiles over the threads is then as even as the panels allow. With
+// equal tiles and the remainder last, 512 rows in 4 tiles of 132 (22, 22,
+// 22, 20 panels) gave two threads 44 and 42 panels; as 21, 22, 21, 22 they
+// get 43 each.
 Index row_start(const Tiling& t, Index M, Index i) {
   const Index panels = ceil_div(M, kRowQuantum);
   return std::min(M, kRowQuantum * (i * panels / t.row_tiles));

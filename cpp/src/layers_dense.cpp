@@ -206,13 +206,13 @@ void Dense::small_batch_backward(const float* x, const float* dz, float* dx, Ind
 
   const Index rows_per_block = std::max<Index>(1, kRowBlockElems / units);
   const Index blocks = (in_features + rows_per_block - 1) / rows_per_block;
+  // Without a penalty to add to g first, the optimizer makes g in its own
+  // pass (update_outer); dX still needs W before the update, so it comes first.
+  const bool outer = update && !kernel_penalty.active();
   const double work = static_cast<double>(in_features) * units * (4.0 * batch + (update ? 12.0 : 0.0));
   parallel_for(blocks, threads_for(work, blocks), [&](Index blk) {
     const Index r0 = blk * rows_per_block, r1 = std::min(in_features, r0 + rows_per_block);
     const Index e0 = r0 * units, n = (r1 - r0) * units;
-    // Without a penalty to add to g first, the optimizer makes g in its own
-    // pass (update_outer); dX still needs W before the update, so it comes first.
-    const bool outer = update && !kernel_penalty.active();
     const auto rows = [&](float* grad, float* dxp) {
       switch (batch) {
         case 1: gradient_rows<1>(x, in_features, dz, units, w, grad, dxp, r0, r1, accumulate); break;

@@ -44,10 +44,10 @@ inline int threads_for(double work, Index pieces) {
 // as 0 and subnormal results become 0 (x86: MXCSR's DAZ and FTZ; AArch64:
 // FPCR.FZ). Arithmetic on subnormals takes a slow path in the FPU: Adam's
 // (1 - beta2) g^2 is subnormal for |g| < ~1e-18, which made its update 2.4x
-// slower and a batch-1 step 2x (bench/README.md). The mode belongs to each thread, so it is set on
-// the calling thread at once and on every thread nerve's loops run on at the
-// start of each loop (sync_fp_mode). Returns false, changing nothing, on a
-// CPU without such a mode.
+// slower and a batch-1 step 2x (bench/README.md). The mode belongs to each
+// thread, so it is set on the calling thread at once and on every thread
+// nerve's loops run on at the start of each loop (sync_fp_mode). Returns
+// false, changing nothing, on a CPU without such a mode.
 bool set_flush_denormal(bool on);
 bool flush_denormal();
 namespace detail {
