@@ -26,6 +26,7 @@ bin=build/dev/bench/bench_kernels
   python3 bench/optimizer_step.py --json "$out/optimizer_step.json"
   python3 bench/peak_memory.py --json "$out/peak_memory.json"
   python3 bench/fit_loop.py
+  python3 bench/flush_denormal.py
   # Single-threaded on both sides: at 16K floats neither splits the work, and
   # a thread pool waking on a busy machine would decide the ratio instead.
   python3 bench/bench_activations.py --threads 1 --rounds 9 --json "$out/activations.json" \
