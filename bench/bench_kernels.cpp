@@ -100,6 +100,52 @@ BENCHMARK(BM_gemm)->Apply(gemm_args)->ArgNames({"kind", "batch", "in", "out", "t
     ->Unit(benchmark::kMicrosecond);
 
 // ---------------------------------------------------------------------------
+// The dW half of a ReLU Dense layer's backward with a bias: dZ = dY * (Y > 0)
+// in place, the bias gradient (dZ's column sums) and dW = X^T dZ. fused 0:
+// three passes (activation_backward, column_sums, gemm); 1: gemm_b_pass, where
+// the derivative and the sums ride along the packing of dZ (what Dense does).
+void BM_dense_dw(benchmark::State& st) {
+  const bool fused = st.range(0) != 0;
+  const Index batch = st.range(1), in = st.range(2), out = st.range(3);
+  set_threads(st, 4);
+  AlignedBuffer x(batch * in), y(batch * out), dy(batch * out), dw(in * out), db(out);
+  fill(x, -1, 1, 1);
+  fill(y, -1, 1, 2);  // half the units "off"
+  fill(dy, -1, 1, 3);
+  const nerve::Activation relu = nerve::make_activation("relu", {});
+  const nerve::ActContext actx;
+  struct Rows {
+    const nerve::Activation& act;
+    const nerve::ActContext& actx;
+    const float* y;
+    Index out;
+  } rows{relu, actx, y.data(), out};
+  nerve::BRowPass pass;
+  pass.ctx = &rows;
+  pass.rewrite = [](const void* p, Index row, Index n, float* b) {
+    const Rows& r = *static_cast<const Rows*>(p);
+    nerve::activation_backward_run(r.act, nullptr, r.y + row * r.out, b, b, n, r.actx);
+  };
+  pass.col_sums = db.data();
+  // The derivative is idempotent, so every iteration does the same work on dy.
+  for (auto _ : st) {
+    if (!fused || !nerve::gemm_b_pass(true, in, out, batch, x.data(), in, dy.data(), out, dw.data(),
+                                      out, false, pass)) {
+      nerve::activation_backward(relu, nullptr, y.data(), dy.data(), dy.data(), batch, out, actx);
+      nerve::column_sums(dy.data(), batch, out, db.data(), false);
+      nerve::gemm(true, false, in, out, batch, x.data(), in, dy.data(), out, dw.data(), out, false);
+    }
+    benchmark::ClobberMemory();
+  }
+  st.counters["FLOP/s"] = rate(2.0 * batch * in * out);
+  st.SetLabel(fused ? "fused into packing" : "separate passes");
+}
+BENCHMARK(BM_dense_dw)
+    ->ArgsProduct({{0, 1}, {128, 512, 2048}, {784}, {512}, {1, 2}})
+    ->Args({0, 512, 512, 256, 2})->Args({1, 512, 512, 256, 2})
+    ->ArgNames({"fused", "batch", "in", "out", "thr"})->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// ---------------------------------------------------------------------------
 // Bandwidth references: copy (b = a: 8 B/elem) and triad (a = b + s*c: 12 B/elem).
 void BM_copy(benchmark::State& st) {
   const Index n = st.range(0);

@@ -305,3 +305,29 @@ def test_row_wise_losses_do_not_depend_on_threads(name, params, soft, rows):
     (v1, g1), (v2, g2) = out
     assert np.float64(v1).tobytes() == np.float64(v2).tobytes()
     assert np.array_equal(g1, g2) and np.any(g1 != 0)
+
+
+@pytest.mark.parametrize("batch", [3, 40, 512])
+def test_gelu_gradient_in_place_beyond_its_fast_range(batch):
+    # Dense's backward makes dZ in dY's own buffer. The erf GELU's vector
+    # kernel hands lanes with |z| > 13 to the scalar formula, which read dY
+    # after the vector store had overwritten it: those units got NaN or huge
+    # gradients (dW, db, dX) instead of dY * 1 or dY * 0.
+    r = np.random.default_rng(0)
+    x = (20 * r.standard_normal((batch, 30))).astype(np.float32)
+    m = nv.Sequential([nv.layers.Dense(64, activation="gelu")], input_dim=30)
+    m.build(30)
+    layer = m.layers[0]
+    w, b = layer.kernel.value, layer.bias.value
+    z = x.astype(np.float64) @ w + b
+    assert (np.abs(z) > 13).mean() > 0.3
+    m.forward(x, training=True)
+    dy = r.standard_normal((batch, 64)).astype(np.float32)
+    dx = m.backward(dy, return_input_grad=True)
+    from math import erf
+    phi = 0.5 * (1 + np.vectorize(erf)(z / np.sqrt(2)))
+    dz = dy * (phi + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi))
+    gw, gb = layer.kernel.grad, layer.bias.grad
+    np.testing.assert_allclose(gb, dz.sum(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw, x.astype(np.float64).T @ dz, rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(dx, dz @ w.T, rtol=1e-4, atol=1e-3)

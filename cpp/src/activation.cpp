@@ -607,6 +607,44 @@ void forward_map(const F& f, float* z, const float* bias, float* y, Index rows, 
   });
 }
 
+// dz = g(src, dy) elementwise over one run of n elements, on this thread.
+template <class G>
+void backward_run(const G& g, const float* src, const float* dy, float* dz, Index n) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (HasV8<G>::value) {
+    // Whole vectors through g.v8, the slow lanes patched by g, and the
+    // ragged end as a masked vector: each element's result depends on its
+    // own value only, as in map_vector (so any split of the elements into
+    // runs gives the same bits). The slow lanes are patched before the
+    // store: dz may be dy itself (Dense's backward works in place), and the
+    // patch reads dy.
+    for (Index i = 0; i < n; i += 8) {
+      const Index len = std::min<Index>(8, n - i);
+      const bool full = len == 8;
+      const __m256i mask = lane_mask(len);
+      int slow = 0;
+      __m256 out = full ? g.v8(_mm256_loadu_ps(src + i), _mm256_loadu_ps(dy + i), slow)
+                        : g.v8(_mm256_maskload_ps(src + i, mask), _mm256_maskload_ps(dy + i, mask), slow);
+      slow &= (1 << len) - 1;
+      if (slow) {
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, out);
+        for (int l = 0; l < len; ++l)
+          if (slow & (1 << l)) lanes[l] = g(src[i + l], dy[i + l]);
+        out = _mm256_load_ps(lanes);
+      }
+      if (full)
+        _mm256_storeu_ps(dz + i, out);
+      else
+        _mm256_maskstore_ps(dz + i, mask, out);
+    }
+    return;
+  }
+#endif
+#pragma omp simd
+  for (Index i = 0; i < n; ++i) dz[i] = g(src[i], dy[i]);
+}
+
 // dz = g(src, dy) elementwise, src = y or z.
 template <class G>
 void backward_map(const G& g, const float* src, const float* dy, float* dz, Index n,
@@ -615,33 +653,7 @@ void backward_map(const G& g, const float* src, const float* dy, float* dz, Inde
   const int t = threads_for(stream_work(static_cast<double>(n), flops_per_elem), pieces);
   parallel_for(pieces, t, [&](Index p) {
     const Index b = p * kChunk, e = std::min(n, b + kChunk);
-    const float* sp = src + b;
-    const float* dyp = dy + b;
-    float* dzp = dz + b;
-#if defined(__AVX2__) && defined(__FMA__)
-    if constexpr (HasV8<G>::value) {
-      // Whole vectors through g.v8, the slow lanes patched by g, and the
-      // ragged end as a masked vector: each element's result depends on its
-      // own value only, as in map_vector.
-      for (Index i = 0; i < e - b; i += 8) {
-        const Index len = std::min<Index>(8, e - b - i);
-        const __m256i mask = lane_mask(len);
-        int slow = 0;
-        if (len == 8) {
-          _mm256_storeu_ps(dzp + i, g.v8(_mm256_loadu_ps(sp + i), _mm256_loadu_ps(dyp + i), slow));
-        } else {
-          _mm256_maskstore_ps(dzp + i, mask,
-                              g.v8(_mm256_maskload_ps(sp + i, mask), _mm256_maskload_ps(dyp + i, mask), slow));
-          slow &= (1 << len) - 1;
-        }
-        for (int l = 0; slow; ++l, slow >>= 1)
-          if (slow & 1) dzp[i + l] = g(sp[i + l], dyp[i + l]);
-      }
-      return;
-    }
-#endif
-#pragma omp simd
-    for (Index i = 0; i < e - b; ++i) dzp[i] = g(sp[i], dyp[i]);
+    backward_run(g, src + b, dy + b, dz + b, e - b);
   });
 }
 
@@ -785,14 +797,9 @@ void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, I
   rrelu_train_pass<false>(rrelu_slopes(a, ctx), z, nullptr, y, rows * cols);
 }
 
-void rrelu_backward(const Activation& a, const float* z, const float* y, const float* dy, float* dz,
-                    Index rows, Index cols, const ActContext& ctx) {
-  if (!ctx.training) {
-    const float slope = 0.5f * (a.lower + a.upper);
-    backward_map([slope](float x, float g) { return simd::sel(x > 0.0f, g, g * slope); }, z, dy, dz,
-                 rows * cols, 1.0);
-    return;
-  }
+// In training (evaluation uses the mean slope: visit_elementwise_backward).
+void rrelu_train_backward(const Activation& a, const float* z, const float* y, const float* dy,
+                          float* dz, Index rows, Index cols, const ActContext& ctx) {
   if (!y) {
     rrelu_train_pass<true>(rrelu_slopes(a, ctx), z, dy, dz, rows * cols);
     return;
@@ -1183,44 +1190,99 @@ void activation_forward(const Activation& a, float* z, const float* bias, float*
   }
 }
 
+namespace {
+// What an elementwise derivative reads besides dy.
+enum class Src { Dy, Y, Z };
+
+// Calls f(g, src, flops_per_element) with the derivative of `a` as an
+// elementwise functor (dz = g(src, dy)) and returns true; false for the
+// activations whose backward is not elementwise (crelu, softmax, log_softmax)
+// or draws from the generator (rrelu in training). Src::Dy with BIdentity
+// means dz = dy.
+template <class F>
+bool visit_elementwise_backward(const Activation& a, bool training, F&& f) {
+  switch (a.kind) {
+    case Act::Identity: f(BIdentity{}, Src::Dy, 1); return true;
+    case Act::Sigmoid: f(BSigmoid{}, Src::Y, 3); return true;
+    case Act::Tanh: f(BTanh{}, Src::Y, 3); return true;
+    case Act::Relu: f(BRelu{}, Src::Y, 1); return true;
+    case Act::LeakyRelu: f(BLeaky{a.alpha}, Src::Y, 2); return true;
+    case Act::Elu: f(BElu{a.alpha}, Src::Y, 3); return true;
+    case Act::Selu: f(BSelu{}, Src::Y, 3); return true;
+    case Act::Swish: f(BSwish{a.beta}, Src::Z, 25); return true;
+    case Act::BinaryStep:
+      if (a.straight_through)
+        f(BIdentity{}, Src::Dy, 1);
+      else
+        f(BZero{}, Src::Dy, 1);
+      return true;
+    case Act::Gelu:
+      if (a.approximate_tanh)
+        f(BGeluTanh{}, Src::Z, 30);
+      else
+        f(BGeluErf{}, Src::Z, 50);
+      return true;
+    case Act::Softplus: f(BSoftplus{a.beta, a.threshold}, Src::Z, 20); return true;
+    case Act::Mish: f(BMish{}, Src::Z, 30); return true;
+    case Act::HardSigmoid: f(BHardSigmoid{}, Src::Z, 3); return true;
+    case Act::HardSwish: f(BHardSwish{}, Src::Z, 4); return true;
+    case Act::Relu6: f(BRelu6{}, Src::Y, 2); return true;
+    case Act::Rrelu:
+      if (training) return false;
+      {
+        const float slope = 0.5f * (a.lower + a.upper);
+        f([slope](float x, float g) { return simd::sel(x > 0.0f, g, g * slope); }, Src::Z, 1);
+      }
+      return true;
+    case Act::Crelu:
+    case Act::Softmax:
+    case Act::LogSoftmax: return false;
+  }
+  return false;
+}
+
+template <class G>
+constexpr bool kIsIdentity = std::is_same_v<G, BIdentity>;
+
+const float* source(Src src, const float* z, const float* y, const float* dy) {
+  return src == Src::Dy ? dy : src == Src::Y ? y : z;
+}
+}  // namespace
+
 void activation_backward(const Activation& a, const float* z, const float* y, const float* dy,
                          float* dz, Index rows, Index cols, const ActContext& ctx) {
   if (rows <= 0 || cols <= 0) return;
   const Index n = rows * cols;
+  const bool elementwise = visit_elementwise_backward(a, ctx.training, [&](const auto& g, Src src, double flops) {
+    if constexpr (kIsIdentity<std::decay_t<decltype(g)>>)
+      if (dz == dy) return;
+    backward_map(g, source(src, z, y, dy), dy, dz, n, flops);
+  });
+  if (elementwise) return;
   switch (a.kind) {
-    case Act::Identity:
-      if (dz != dy) backward_map(BIdentity{}, dy, dy, dz, n, 1);
-      break;
-    case Act::Sigmoid: backward_map(BSigmoid{}, y, dy, dz, n, 3); break;
-    case Act::Tanh: backward_map(BTanh{}, y, dy, dz, n, 3); break;
-    case Act::Relu: backward_map(BRelu{}, y, dy, dz, n, 1); break;
-    case Act::LeakyRelu: backward_map(BLeaky{a.alpha}, y, dy, dz, n, 2); break;
-    case Act::Elu: backward_map(BElu{a.alpha}, y, dy, dz, n, 3); break;
-    case Act::Selu: backward_map(BSelu{}, y, dy, dz, n, 3); break;
     case Act::Crelu: crelu_backward(y, dy, dz, rows, cols); break;
-    case Act::Swish: backward_map(BSwish{a.beta}, z, dy, dz, n, 25); break;
-    case Act::BinaryStep:
-      if (a.straight_through) {
-        if (dz != dy) backward_map(BIdentity{}, dy, dy, dz, n, 1);
-      } else {
-        backward_map(BZero{}, dy, dy, dz, n, 1);
-      }
-      break;
     case Act::Softmax: softmax_backward<false>(y, dy, dz, rows, cols); break;
     case Act::LogSoftmax: softmax_backward<true>(y, dy, dz, rows, cols); break;
-    case Act::Gelu:
-      if (a.approximate_tanh)
-        backward_map(BGeluTanh{}, z, dy, dz, n, 30);
-      else
-        backward_map(BGeluErf{}, z, dy, dz, n, 50);
-      break;
-    case Act::Softplus: backward_map(BSoftplus{a.beta, a.threshold}, z, dy, dz, n, 20); break;
-    case Act::Mish: backward_map(BMish{}, z, dy, dz, n, 30); break;
-    case Act::HardSigmoid: backward_map(BHardSigmoid{}, z, dy, dz, n, 3); break;
-    case Act::HardSwish: backward_map(BHardSwish{}, z, dy, dz, n, 4); break;
-    case Act::Relu6: backward_map(BRelu6{}, y, dy, dz, n, 2); break;
-    case Act::Rrelu: rrelu_backward(a, z, y, dy, dz, rows, cols, ctx); break;
+    case Act::Rrelu: rrelu_train_backward(a, z, y, dy, dz, rows, cols, ctx); break;
+    default: break;  // elementwise, done above
   }
+}
+
+bool activation_backward_is_elementwise(const Activation& a, const ActContext& ctx) {
+  return visit_elementwise_backward(a, ctx.training, [](const auto&, Src, double) {});
+}
+
+bool activation_backward_is_identity(const Activation& a) {
+  return a.kind == Act::Identity || (a.kind == Act::BinaryStep && a.straight_through);
+}
+
+void activation_backward_run(const Activation& a, const float* z, const float* y, const float* dy,
+                             float* dz, Index n, const ActContext& ctx) {
+  visit_elementwise_backward(a, ctx.training, [&](const auto& g, Src src, double) {
+    if constexpr (kIsIdentity<std::decay_t<decltype(g)>>)
+      if (dz == dy) return;
+    backward_run(g, source(src, z, y, dy), dy, dz, n);
+  });
 }
 
 }  // namespace nerve

@@ -253,28 +253,45 @@ void pack_a_rows(Index mc, Index kc, const float* a, Index lda, float* dst) {
 // are 0. B is always packed: rows of a row-major B lie ldb apart (a power of 2
 // on most layers), so reading a micro-panel in place would map all its cache
 // lines to a few L1 sets.
-void pack_b(bool trans, Index kc, Index nc, const float* b, Index ldb, float* dst) {
-  if (!trans) {
-    // op(B)[k][j] = b[k ldb + j]. Row by row, so that each row of b is read
-    // contiguously (panel by panel, each pass would fetch one cache line per
-    // row: measured 0.7 ns per float from L3 on the wide layers).
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (Index k = 0; k < kc; ++k) {
-      const float* row = b + k * ldb;
-      for (Index j0 = 0; j0 < nc; j0 += kNR) {
-        float* d = dst + j0 * kc + k * kNR;
-        const Index cols = std::min(kNR, nc - j0);
-        if (cols == kNR) {
-          _mm256_store_ps(d, _mm256_loadu_ps(row + j0));
-          _mm256_store_ps(d + 8, _mm256_loadu_ps(row + j0 + 8));
-        } else {  // masked loads neither read nor fault past the last column
-          const __m256i c = _mm256_set1_epi32(static_cast<int>(cols));
-          _mm256_store_ps(d, _mm256_maskload_ps(row + j0, _mm256_cmpgt_epi32(c, lanes)));
-          _mm256_store_ps(d + 8, _mm256_maskload_ps(row + j0 + 8,
-              _mm256_cmpgt_epi32(_mm256_sub_epi32(c, _mm256_set1_epi32(8)), lanes)));
-        }
+// Rows k .. k + count - 1 of a kc x nc block of a row-major op(B)
+// (op(B)[k + r][j] = b[r ldb + j]) into their slots of each micro-panel, a
+// few rows at a time per panel: the panels lie 4 kc floats apart (a multiple
+// of 4 KB at kc = 256), so storing one row across all of them cycles through
+// lines of one L1 set; a group of rows fills whole lines of each panel.
+void pack_b_rows(const float* b, Index ldb, Index count, Index k, Index kc, Index nc, float* dst) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (Index j0 = 0; j0 < nc; j0 += kNR) {
+    float* d = dst + j0 * kc + k * kNR;
+    const float* src = b + j0;
+    const Index cols = std::min(kNR, nc - j0);
+    if (cols == kNR) {
+      for (Index r = 0; r < count; ++r, d += kNR, src += ldb) {
+        _mm256_store_ps(d, _mm256_loadu_ps(src));
+        _mm256_store_ps(d + 8, _mm256_loadu_ps(src + 8));
+      }
+    } else {  // masked loads neither read nor fault past the last column
+      const __m256i c = _mm256_set1_epi32(static_cast<int>(cols));
+      const __m256i lo = _mm256_cmpgt_epi32(c, lanes);
+      const __m256i hi = _mm256_cmpgt_epi32(_mm256_sub_epi32(c, _mm256_set1_epi32(8)), lanes);
+      for (Index r = 0; r < count; ++r, d += kNR, src += ldb) {
+        _mm256_store_ps(d, _mm256_maskload_ps(src, lo));
+        _mm256_store_ps(d + 8, _mm256_maskload_ps(src + 8, hi));
       }
     }
+  }
+}
+
+// Rows packed together by pack_b_rows: 8 rows of 64 bytes fill 8 lines of a
+// panel.
+constexpr Index kPackGroup = 8;
+
+void pack_b(bool trans, Index kc, Index nc, const float* b, Index ldb, float* dst) {
+  if (!trans) {
+    // A few rows at a time (panel by panel over all kc rows, each pass
+    // would fetch one cache line per row: measured 0.7 ns per float from L3
+    // on the wide layers).
+    for (Index k = 0; k < kc; k += kPackGroup)
+      pack_b_rows(b + k * ldb, ldb, std::min(kPackGroup, kc - k), k, kc, nc, dst);
     return;
   }
   for (Index j0 = 0; j0 < nc; j0 += kNR, dst += kNR * kc) {
@@ -430,22 +447,69 @@ void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const fl
   }
 }
 
-// Packs all of op(B) (K x n) once, block by block over the threads, for a
-// product whose row tiles all span its n columns: each tile would otherwise
-// pack the same B again (packing is memory-bound: 4 row tiles of a batch-2048
-// forward repacked W four times, ~5% of the product). The blocks and their
-// contents are those packed_gemm packs itself, so the result is the same.
-const float* pack_whole_b(bool trans_b, Index n, Index K, const float* B, Index ldb, int threads) {
+// Packs all of op(B) (K x n) once, over the threads, for a product whose
+// row tiles all span its n columns: each tile would otherwise pack the same
+// B again (packing is memory-bound: 4 row tiles of a batch-2048 forward
+// repacked W four times, ~5% of the product). The blocks and their contents
+// are those packed_gemm packs itself, so the result is the same. A row-major
+// B is shared out in pieces of kPieceRows whole rows (a batch-512 dW has 2
+// depth blocks, a batch-128 one 1: too few for the threads), each row read
+// once, contiguously. `pass` (B not transposed): each row is rewritten,
+// summed into its piece's column sums, then packed while in L1.
+const float* pack_whole_b(bool trans_b, Index n, Index K, const float* B, Index ldb, int threads,
+                          const BRowPass* pass = nullptr) {
   const Index kc_max = balanced_block(K, kMaxKC, 1);
   const Index nc_max = balanced_block(n, kMaxNC, kNR);
   float* dst = workspace<1>(K * ceil_div(n, kNR) * kNR);
-  const Index col_blocks = ceil_div(n, nc_max), depth_blocks = ceil_div(K, kc_max);
-  parallel_for(col_blocks * depth_blocks, threads, [&](Index blk) {
-    const Index jc = (blk / depth_blocks) * nc_max, pc = (blk % depth_blocks) * kc_max;
-    const Index nc = std::min(nc_max, n - jc), kc = std::min(kc_max, K - pc);
-    pack_b(trans_b, kc, nc, trans_b ? B + jc * ldb + pc : B + pc * ldb + jc, ldb,
-           dst + packed_b_offset(K, jc, pc, nc));
+  const Index depth_blocks = ceil_div(K, kc_max);
+  if (trans_b) {
+    const Index col_blocks = ceil_div(n, nc_max);
+    parallel_for(col_blocks * depth_blocks, threads, [&](Index blk) {
+      const Index jc = (blk / depth_blocks) * nc_max, pc = (blk % depth_blocks) * kc_max;
+      const Index nc = std::min(nc_max, n - jc), kc = std::min(kc_max, K - pc);
+      pack_b(true, kc, nc, B + jc * ldb + pc, ldb, dst + packed_b_offset(K, jc, pc, nc));
+    });
+    return dst;
+  }
+  constexpr Index kPieceRows = 8 * kPackGroup;
+  const Index chunks = ceil_div(kc_max, kPieceRows);  // pieces per depth block
+  const Index pieces = depth_blocks * chunks;
+  float* sums = pass && pass->col_sums ? workspace<2>(pieces * n) : nullptr;
+  parallel_for(pieces, threads, [&](Index piece) {
+    const Index pc = piece / chunks * kc_max, kc = std::min(kc_max, K - pc);
+    const Index k0 = piece % chunks * kPieceRows, k1 = std::min(kc, k0 + kPieceRows);
+    float* sum = sums ? sums + piece * n : nullptr;
+    if (sum) std::fill(sum, sum + n, 0.0f);
+    for (Index k = k0; k < k1; k += kPackGroup) {
+      const Index count = std::min(kPackGroup, k1 - k);
+      float* rows = const_cast<float*>(B) + (pc + k) * ldb;  // written only with a pass
+      for (Index r = 0; r < count; ++r) {
+        float* row = rows + r * ldb;
+        if (pass && pass->rewrite) pass->rewrite(pass->ctx, pc + k + r, n, row);
+        if (sum) {
+#pragma omp simd
+          for (Index c = 0; c < n; ++c) sum[c] += row[c];
+        }
+      }
+      for (Index jc = 0; jc < n; jc += nc_max) {
+        const Index nc = std::min(nc_max, n - jc);
+        pack_b_rows(rows + jc, ldb, count, k, kc, nc, dst + packed_b_offset(K, jc, pc, nc));
+      }
+    }
   });
+  if (sums) {
+    // The pieces' sums added in piece order (a short last depth block leaves
+    // pieces of zeros).
+    float* out = pass->col_sums;
+    const bool acc = pass->accumulate_sums;
+#pragma omp simd
+    for (Index c = 0; c < n; ++c) out[c] = acc ? out[c] + sums[c] : sums[c];
+    for (Index p = 1; p < pieces; ++p) {
+      const float* part = sums + p * n;
+#pragma omp simd
+      for (Index c = 0; c < n; ++c) out[c] += part[c];
+    }
+  }
   return dst;
 }
 #else
@@ -590,6 +654,37 @@ void vector_matrix_split(Index N, Index K, const float* a, const float* B, Index
   }
 }
 
+int tile_threads(const Tiling& t, Index M, Index N, Index K) {
+  return threads_for(2.0 * static_cast<double>(M) * N * K, t.row_tiles * t.col_tiles);
+}
+
+// Row tiles spanning all columns, on the packed path (gemm_tile's tests for
+// the other paths fail for every tile here): op(B) is packed once for all.
+bool packs_whole_b(const Tiling& t, Index N, Index K) {
+#if defined(__AVX2__) && defined(__FMA__)
+  return t.row_tiles > 1 && t.col_tiles == 1 && K > kSmallDepth && N > 1;
+#else
+  (void)t, (void)N, (void)K;
+  return false;
+#endif
+}
+
+void run_tiles(const Tiling& t, int threads, bool trans_a, bool trans_b, Index M, Index N, Index K,
+               const float* A, Index lda, const float* B, Index ldb, float* C, Index ldc,
+               bool accumulate, const float* shared_b) {
+  parallel_for(t.row_tiles * t.col_tiles, threads, [&](Index tile) {
+    const Index r0 = row_start(t, M, tile / t.col_tiles);
+    const Index c0 = (tile % t.col_tiles) * t.col_tile;
+    const Index m = row_start(t, M, tile / t.col_tiles + 1) - r0;
+    const Index n = std::min(t.col_tile, N - c0);
+    // Offsets into op(A) rows and op(B) columns.
+    const float* a = trans_a ? A + r0 : A + r0 * lda;
+    const float* b = trans_b ? B + c0 * ldb : B + c0;
+    gemm_tile(trans_a, trans_b, m, n, K, a, lda, b, ldb, C + r0 * ldc + c0, ldc, accumulate,
+              shared_b);
+  });
+}
+
 }  // namespace
 
 void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A, Index lda,
@@ -606,26 +701,29 @@ void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A,
     return;
   }
   const Tiling t = choose_tiling(trans_a, M, N, K);
-  const Index tiles = t.row_tiles * t.col_tiles;
-  const int threads = threads_for(2.0 * static_cast<double>(M) * N * K, tiles);
+  const int threads = tile_threads(t, M, N, K);
   const float* shared_b = nullptr;
 #if defined(__AVX2__) && defined(__FMA__)
-  // Row tiles spanning all columns, on the packed path (gemm_tile's tests
-  // for the other paths fail for every tile here): pack B once for all.
-  if (t.row_tiles > 1 && t.col_tiles == 1 && K > kSmallDepth && N > 1)
-    shared_b = pack_whole_b(trans_b, N, K, B, ldb, threads);
+  if (packs_whole_b(t, N, K)) shared_b = pack_whole_b(trans_b, N, K, B, ldb, threads);
 #endif
-  parallel_for(tiles, threads, [&](Index tile) {
-    const Index r0 = row_start(t, M, tile / t.col_tiles);
-    const Index c0 = (tile % t.col_tiles) * t.col_tile;
-    const Index m = row_start(t, M, tile / t.col_tiles + 1) - r0;
-    const Index n = std::min(t.col_tile, N - c0);
-    // Offsets into op(A) rows and op(B) columns.
-    const float* a = trans_a ? A + r0 : A + r0 * lda;
-    const float* b = trans_b ? B + c0 * ldb : B + c0;
-    gemm_tile(trans_a, trans_b, m, n, K, a, lda, b, ldb, C + r0 * ldc + c0, ldc, accumulate,
-              shared_b);
-  });
+  run_tiles(t, threads, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate, shared_b);
+}
+
+bool gemm_b_pass(bool trans_a, Index M, Index N, Index K, const float* A, Index lda, float* B,
+                 Index ldb, float* C, Index ldc, bool accumulate, const BRowPass& pass) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if (M == 0 || N == 0 || K == 0) return false;
+  const Tiling t = choose_tiling(trans_a, M, N, K);
+  if (!packs_whole_b(t, N, K)) return false;
+  const int threads = tile_threads(t, M, N, K);
+  const float* shared_b = pack_whole_b(false, N, K, B, ldb, threads, &pass);
+  run_tiles(t, threads, trans_a, false, M, N, K, A, lda, B, ldb, C, ldc, accumulate, shared_b);
+  return true;
+#else
+  (void)trans_a, (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C,
+      (void)ldc, (void)accumulate, (void)pass;
+  return false;
+#endif
 }
 
 void column_sums(const float* X, Index rows, Index cols, float* out, bool accumulate) {

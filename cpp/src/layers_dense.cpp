@@ -172,12 +172,46 @@ void Dense::forward(const float* x, float* y, Index batch, const StepContext& ct
 void Dense::backward(const float* x, const float* y, float* dy, float* dx, Index batch,
                      const StepContext& ctx, bool accumulate) {
   const ActInfo& info = activation_info(act.kind);
+  const ActContext actx = act_context(ctx, stream);
+  const float* z = keeps_z_ ? z_.data() : nullptr;
+  kernel_updated_ = false;
+  if (batch > kMaxRowBatch && trainable && info.width_factor == 1 &&
+      activation_backward_is_elementwise(act, actx)) {
+    // dW = X^T dZ packs dZ once for the whole product (the large ones): the
+    // derivative (dZ made from dY in place) and the bias sums ride along that
+    // sweep, each row of dZ in L1, instead of two passes over dY and dZ of
+    // their own (bench/README.md, "Levers").
+    struct Rows {
+      const Activation& act;
+      const ActContext& actx;
+      const float *z, *y;
+      Index units;
+    } rows{act, actx, z, y, units};
+    BRowPass pass;
+    if (!activation_backward_is_identity(act)) {
+      pass.ctx = &rows;
+      pass.rewrite = [](const void* p, Index row, Index n, float* b) {
+        const Rows& r = *static_cast<const Rows*>(p);
+        const Index at = row * r.units;
+        activation_backward_run(r.act, r.z ? r.z + at : nullptr, r.y + at, b, b, n, r.actx);
+      };
+    }
+    if (use_bias) {
+      pass.col_sums = bias.grad();
+      pass.accumulate_sums = accumulate;
+    }
+    if (gemm_b_pass(true, in_features, units, batch, x, in_features, dy, units, kernel.grad(), units,
+                    accumulate, pass)) {
+      if (dx)
+        gemm(false, true, batch, in_features, units, dy, units, kernel.value(), units, dx,
+             in_features, false);
+      return;
+    }
+  }
   // dz overwrites dy in place unless the activation changed the width.
   float* dz = info.width_factor == 1 ? dy : dz_.data();
-  activation_backward(act, keeps_z_ ? z_.data() : nullptr, y, dy, dz, batch, units,
-                      act_context(ctx, stream));
+  activation_backward(act, z, y, dy, dz, batch, units, actx);
   if (trainable && use_bias) column_sums(dz, batch, units, bias.grad(), accumulate);
-  kernel_updated_ = false;
   if (batch <= kMaxRowBatch) {
     small_batch_backward(x, dz, dx, batch, ctx, accumulate);
     return;

@@ -107,4 +107,16 @@ void activation_forward(const Activation& a, float* z, const float* bias, float*
 void activation_backward(const Activation& a, const float* z, const float* y, const float* dy,
                          float* dz, Index rows, Index cols, const ActContext& ctx);
 
+// The elementwise backward on one contiguous run of n elements, on the
+// calling thread, with activation_backward's bits: for a caller that sweeps
+// the matrix itself (Dense's dW product applies it to dZ's rows as it packs
+// them). Only for activations where activation_backward_is_elementwise;
+// z, y, dy and dz point at the run's first element.
+void activation_backward_run(const Activation& a, const float* z, const float* y, const float* dy,
+                             float* dz, Index n, const ActContext& ctx);
+// False for softmax, log_softmax, crelu and rrelu in training.
+bool activation_backward_is_elementwise(const Activation& a, const ActContext& ctx);
+// dz = dy: identity, and binary_step with straight_through.
+bool activation_backward_is_identity(const Activation& a);
+
 }  // namespace nerve

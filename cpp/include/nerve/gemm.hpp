@@ -24,6 +24,29 @@ namespace nerve {
 void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A, Index lda,
           const float* B, Index ldb, float* C, Index ldc, bool accumulate);
 
+// Work on B's rows that gemm_b_pass does while it packs B, so that B is read
+// once for all of it: backward's dW = X^T dZ applies the activation's
+// derivative to dZ (in place) and sums its columns for the bias gradient in
+// the sweep that packs dZ, instead of two passes of their own over dZ before.
+struct BRowPass {
+  // Rewrites B's row `row` (n floats at b) in place before it is packed
+  // (and summed); null: B as it is.
+  void (*rewrite)(const void* ctx, Index row, Index n, float* b) = nullptr;
+  const void* ctx = nullptr;
+  // When set: col_sums[j] (+)= sum over the rows of (rewritten) B[:, j],
+  // summed in order within fixed blocks of rows (shape-only), the blocks'
+  // sums then added in order: the same bits for any thread count.
+  float* col_sums = nullptr;
+  bool accumulate_sums = false;
+};
+
+// gemm (op(B) = B, not transposed) with B passed through `pass` row by row as
+// it is packed. Returns false, touching nothing, when this product is not
+// computed from one packing of all of B (small or column-tiled products, the
+// generic build): the caller then makes the passes itself and calls gemm.
+bool gemm_b_pass(bool trans_a, Index M, Index N, Index K, const float* A, Index lda, float* B,
+                 Index ldb, float* C, Index ldc, bool accumulate, const BRowPass& pass);
+
 // out[j] (+)= sum_i X[i, j] for a rows x cols row-major X: the bias gradient.
 // Rows are summed in order, so the result does not depend on the thread count.
 void column_sums(const float* X, Index rows, Index cols, float* out, bool accumulate);
