@@ -105,6 +105,42 @@ def test_gemm_packs_rows_a_multiple_of_4kb_apart(M, N, K, trans_b):
     _check(c, _expected(a, b, False, trans_b, c0=c0), K)
 
 
+@pytest.mark.parametrize("N", range(2, 14))
+def test_narrow_weight_gradient(N):
+    """dW = X^T dZ with 2-12 output columns takes the unpacked narrow kernel
+    (13 the packed one): 8 rows of C per vector, the last 5 of 37 masked, X
+    and dZ as strided slices, C's padding untouched, accumulate on and off."""
+    M, K = 37, 129
+    rng = np.random.default_rng(N)
+    a, b = _operands(M, N, K, True, False, rng, pad=3)
+    out = np.full((M, N + 2), 7.0, np.float32)
+    c = out[:, 1:N + 1]
+    c[...] = np.nan
+    _gemm(a, b, c, True, False, False)
+    _check(c, _expected(a, b, True, False), K)
+    c0 = c.copy()
+    _gemm(a, b, c, True, False, True)
+    _check(c, _expected(a, b, True, False, c0=c0), K)
+    assert np.all(out[:, 0] == 7.0) and np.all(out[:, N + 1:] == 7.0)
+
+
+def test_narrow_weight_gradient_does_not_depend_on_thread_count():
+    rng = np.random.default_rng(12)
+    a, b = _operands(300, 10, 600, True, False, rng)
+    before = _core.num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            nv.set_num_threads(threads)
+            c = np.empty((300, 10), np.float32)
+            _gemm(a, b, c, True, False, False)
+            results.append(c)
+    finally:
+        nv.set_num_threads(before)
+    assert np.array_equal(results[0], results[1])
+    _check(results[0], _expected(a, b, True, False), 600)
+
+
 @pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
 def test_gemm_does_not_depend_on_thread_count(trans_a, trans_b):
     rng = np.random.default_rng(11)

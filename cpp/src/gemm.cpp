@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <new>
+#include <type_traits>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -632,6 +633,80 @@ void gemm_tile(bool trans_a, bool trans_b, Index m, Index n, Index K, const floa
 #endif
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// dW = X^T dZ for a narrow output, 2 <= N <= kNarrowCols (the logits layer's
+// 10 classes, a small regression head). The packed kernel's 16-column panels
+// would leave 6 of 16 lanes idle, after packing X^T for 10 columns of work
+// (the logits dW, 256 x 512 x 10, took 41 us on 2 threads at batch 512).
+// Here 8 rows of C (8 columns of X: one vector) live in N accumulators, and
+// each k adds X[k, i:i+8] * dZ[k, j] for every j: one load, N broadcasts,
+// N FMAs, nothing packed, every lane used. Each element of C is one FMA chain
+// over k in order, whatever the split over threads.
+constexpr Index kNarrowCols = 12;  // N accumulators + X's vector + a broadcast <= 16 registers
+constexpr Index kNarrowRows = 8;
+
+bool narrow_product(bool trans_a, bool trans_b, Index M, Index N, Index K) {
+  return trans_a && !trans_b && N >= 2 && N <= kNarrowCols && K > kSmallDepth && M >= 2;
+}
+
+template <int N, bool Full>
+void narrow_block(Index K, const float* a, Index lda, const float* b, Index ldb, float* c,
+                  Index ldc, Index rows, bool accumulate) {
+  __m256 acc[N];
+  for (int j = 0; j < N; ++j) acc[j] = _mm256_setzero_ps();
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rows)),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  for (Index k = 0; k < K; ++k, a += lda, b += ldb) {
+    // Masked: neither reads nor faults past the last column of X.
+    const __m256 x = Full ? _mm256_loadu_ps(a) : _mm256_maskload_ps(a, mask);
+    for (int j = 0; j < N; ++j) acc[j] = _mm256_fmadd_ps(x, _mm256_broadcast_ss(b + j), acc[j]);
+  }
+  alignas(32) float out[N][kNarrowRows];
+  for (int j = 0; j < N; ++j) _mm256_store_ps(out[j], acc[j]);
+  for (Index r = 0; r < rows; ++r)
+    for (int j = 0; j < N; ++j)
+      c[r * ldc + j] = accumulate ? c[r * ldc + j] + out[j][r] : out[j][r];
+}
+
+template <int N>
+void narrow_rows(Index M, Index K, const float* A, Index lda, const float* B, Index ldb, float* C,
+                 Index ldc, Index r0, Index r1, bool accumulate) {
+  for (Index i = r0; i < r1; i += kNarrowRows) {
+    const Index rows = std::min(kNarrowRows, M - i);
+    if (rows == kNarrowRows)
+      narrow_block<N, true>(K, A + i, lda, B, ldb, C + i * ldc, ldc, rows, accumulate);
+    else
+      narrow_block<N, false>(K, A + i, lda, B, ldb, C + i * ldc, ldc, rows, accumulate);
+  }
+}
+
+void narrow_gemm(Index M, Index N, Index K, const float* A, Index lda, const float* B, Index ldb,
+                 float* C, Index ldc, bool accumulate) {
+  // Pieces of 4 blocks (32 rows) over the threads.
+  constexpr Index kPieceRows = 4 * kNarrowRows;
+  const Index pieces = ceil_div(M, kPieceRows);
+  parallel_for(pieces, threads_for(2.0 * static_cast<double>(M) * N * K, pieces), [&](Index p) {
+    const Index r0 = p * kPieceRows, r1 = std::min(M, r0 + kPieceRows);
+    auto run = [&](auto n) {
+      narrow_rows<decltype(n)::value>(M, K, A, lda, B, ldb, C, ldc, r0, r1, accumulate);
+    };
+    switch (N) {
+      case 2: run(std::integral_constant<int, 2>{}); break;
+      case 3: run(std::integral_constant<int, 3>{}); break;
+      case 4: run(std::integral_constant<int, 4>{}); break;
+      case 5: run(std::integral_constant<int, 5>{}); break;
+      case 6: run(std::integral_constant<int, 6>{}); break;
+      case 7: run(std::integral_constant<int, 7>{}); break;
+      case 8: run(std::integral_constant<int, 8>{}); break;
+      case 9: run(std::integral_constant<int, 9>{}); break;
+      case 10: run(std::integral_constant<int, 10>{}); break;
+      case 11: run(std::integral_constant<int, 11>{}); break;
+      default: run(std::integral_constant<int, 12>{}); break;
+    }
+  });
+}
+#endif
+
 // c[0:N] (+)= a[0:K] B for a row-major K x N matrix B (the forward at batch
 // 1), with K cut in fixed chunks of at least kVectorDepthChunk rows: each
 // chunk's matrix-vector product goes to its own partial row, the partials are
@@ -700,9 +775,15 @@ void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A,
     vector_matrix_split(N, K, A, B, ldb, C, accumulate);
     return;
   }
+  const float* shared_b = nullptr;
+#if defined(__AVX2__) && defined(__FMA__)
+  if (narrow_product(trans_a, trans_b, M, N, K)) {
+    narrow_gemm(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    return;
+  }
+#endif
   const Tiling t = choose_tiling(trans_a, M, N, K);
   const int threads = tile_threads(t, M, N, K);
-  const float* shared_b = nullptr;
 #if defined(__AVX2__) && defined(__FMA__)
   if (packs_whole_b(t, N, K)) shared_b = pack_whole_b(trans_b, N, K, B, ldb, threads);
 #endif
@@ -714,7 +795,7 @@ bool gemm_b_pass(bool trans_a, Index M, Index N, Index K, const float* A, Index 
 #if defined(__AVX2__) && defined(__FMA__)
   if (M == 0 || N == 0 || K == 0) return false;
   const Tiling t = choose_tiling(trans_a, M, N, K);
-  if (!packs_whole_b(t, N, K)) return false;
+  if (narrow_product(trans_a, false, M, N, K) || !packs_whole_b(t, N, K)) return false;
   const int threads = tile_threads(t, M, N, K);
   const float* shared_b = pack_whole_b(false, N, K, B, ldb, threads, &pass);
   run_tiles(t, threads, trans_a, false, M, N, K, A, lda, B, ldb, C, ldc, accumulate, shared_b);

@@ -12,7 +12,9 @@
 // Per tile: one row or column -> Eigen's matrix-vector product; depth K <= 4
 // (dW at batch 1-4) -> a single-pass rank-K update; otherwise a BLIS-style
 // packed GEMM (6 x 16 micro-kernel) with this thread's packing buffer (grown
-// once, kept), so a product allocates nothing. See bench/README.md, "Levers".
+// once, kept), so a product allocates nothing. dW = X^T dZ with 2-12 output
+// columns (a logits layer) skips packing: 8 rows of C per vector, N
+// accumulators. See bench/README.md, "Levers".
 #pragma once
 #include "nerve/common.hpp"
 
