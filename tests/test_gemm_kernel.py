@@ -44,10 +44,10 @@ def _gemm(a, b, c, trans_a, trans_b, accumulate):
 
 RANDOM_SHAPES = [tuple(int(v) for v in s)
                  for s in np.random.default_rng(7).integers(1, 41, size=(40, 3))]
-# Around the 6 x 16 micro-block and the depth block of 384 (balanced into
+# Around the 6 x 16 micro-block and the depth block of 392 (balanced into
 # equal pieces), a product large enough to be split into tiles, and row
 # vectors times matrices large enough to be cut in depth chunks (batch 1).
-EDGE_SHAPES = [(6, 16, 5), (7, 17, 6), (5, 15, 383), (13, 33, 384), (12, 32, 385),
+EDGE_SHAPES = [(6, 16, 5), (7, 17, 6), (5, 15, 391), (13, 33, 392), (12, 32, 393), (19, 40, 784),
                (11, 47, 769), (97, 131, 1000), (517, 263, 801), (1, 512, 784), (1, 300, 1001)]
 
 

@@ -59,8 +59,8 @@ Index equal_blocks(Index total, Index pieces, Index unit) {
   return ceil_div(ceil_div(total, pieces), unit) * unit;
 }
 
-// The same with as few blocks as keep each within `cap`: K = 784 under a cap
-// of 384 gives 3 x 262, not 2 x 384 + 16.
+// The same with as few blocks as keep each within `cap`: K = 1000 under a cap
+// of 392 gives 3 x 334, not 2 x 392 + 216.
 Index balanced_block(Index total, Index cap, Index unit) {
   return equal_blocks(total, ceil_div(total, cap), unit);
 }
@@ -161,17 +161,21 @@ float* workspace(Index n) {
 // 128 x 128 layers at batch 2048.
 constexpr Index kMR = kRowQuantum, kNR = kColQuantum;
 // Cache blocks for Zen 3 (32 KB L1d, 512 KB L2 per core). A kc x NR
-// micro-panel of B (24 KB at kc = 384) stays in L1 while the micro-kernel
-// sweeps the mc rows of A past it; the mc x kc block of A (108 KB) stays in
+// micro-panel of B (25 KB at kc = 392) stays in L1 while the micro-kernel
+// sweeps the mc rows of A past it; the mc x kc block of A (113 KB) stays in
 // L2. The kc x nc block of B may live in L3 (each micro-panel of it is read
 // from there once per mc block). Each bound is a cap: blocks are balanced
-// (K = 784 gives 3 x 262, not 2 x 384 + 16) and depend on the tile shape
+// (K = 1000 gives 3 x 334, not 2 x 392 + 216) and depend on the tile shape
 // alone, so every element of C sees the same sums whatever the thread.
 // Measured (1 thread, 2048 x 2048 x 2048 and the MLPs' shapes, best of
 // interleaved runs on a shared machine): kc = 384 and mc = 72 beat 256/144
 // by 2-5% on the large products and tie on the rest; 192, 320, 512 and
-// mc = 48, 96, 144, 264 were no better.
-constexpr Index kMaxKC = 384, kMaxMC = 72, kMaxNC = 2048;
+// mc = 48, 96, 144, 264 were no better. 392 rather than 384 puts a
+// 784-feature input (28 x 28 images) in 2 depth blocks instead of 3 x 262,
+// so C is read and written once less: the forward 512 x 784 x 512 ran 1%
+// faster on 1 and 2 threads, at batch 512 and 2048 (BM_gemm, best of 5,
+// 3 alternating rounds); no other benchmarked depth changes.
+constexpr Index kMaxKC = 392, kMaxMC = 72, kMaxNC = 2048;
 
 // In-register transpose of 8 rows of 8 floats.
 inline void transpose8(__m256 r[8]) {
