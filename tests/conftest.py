@@ -10,6 +10,22 @@ def _seed():
     yield
 
 
+def core_dense(act, n_in, units, seed, scale=0.5):
+    """A bare _core.Dense (with bias) bound to its own arena, weights and bias
+    drawn from U(-scale, scale): (layer, arena, w, b), w and b views into the arena."""
+    from nerve import _core
+
+    layer = _core.Dense(n_in, units, act, True)
+    arena = _core.Arena(n_in * units + units)
+    layer.bind_params(arena, 0, n_in * units)
+    r = np.random.default_rng(seed)
+    w = arena.values(0, n_in * units).reshape(n_in, units)
+    w[...] = r.uniform(-scale, scale, (n_in, units)).astype(np.float32)
+    b = arena.values(n_in * units, units)
+    b[...] = r.uniform(-scale, scale, units).astype(np.float32)
+    return layer, arena, w, b
+
+
 def rng(seed=0):
     return np.random.default_rng(seed)
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import nerve as nv
+from conftest import core_dense
 from nerve import _core
 
 # (batch, in, units). All but the last reach the fused path: dW's row tiles
@@ -37,23 +38,11 @@ ACTIVATIONS = [("relu", {}, False), ("sigmoid", {}, False), ("tanh", {}, False),
                ("rrelu", {}, True), ("softmax", {}, False)]
 
 
-def _layer(act, n_in, units, seed):
-    layer = _core.Dense(n_in, units, act, True)
-    arena = _core.Arena(n_in * units + units)
-    layer.bind_params(arena, 0, n_in * units)
-    r = np.random.default_rng(seed)
-    w = arena.values(0, n_in * units).reshape(n_in, units)
-    w[...] = r.uniform(-0.3, 0.3, (n_in, units)).astype(np.float32)
-    b = arena.values(n_in * units, units)
-    b[...] = r.uniform(-0.3, 0.3, units).astype(np.float32)
-    return layer, arena, w, b
-
-
 def _backward(name, params, training, batch, n_in, units, seed=0):
     """The layer's own backward: (x, z, y, dy, w, dW, db, dX); dW and db start at
     0.25 and 0.5 (backward accumulates)."""
     act = _core.make_activation(name, {k: float(v) for k, v in params.items()})
-    layer, arena, w, b = _layer(act, n_in, units, seed)
+    layer, arena, w, b = core_dense(act, n_in, units, seed, scale=0.3)
     r = np.random.default_rng(seed + 1)
     x = r.standard_normal((batch, n_in)).astype(np.float32)
     dy = r.standard_normal((batch, units)).astype(np.float32)
@@ -111,7 +100,7 @@ def test_nan_in_dy_reaches_the_bias_and_weight_gradients():
     # The pass must not drop what it rewrites: a NaN in dY (relu on) shows in
     # its column's bias gradient and weight column, and nowhere else.
     act = _core.make_activation("relu", {})
-    layer, arena, w, b = _layer(act, 784, 64, 0)
+    layer, arena, w, b = core_dense(act, 784, 64, 0, scale=0.3)
     r = np.random.default_rng(1)
     x = r.standard_normal((512, 784)).astype(np.float32)
     y = layer.forward_np(x, True)

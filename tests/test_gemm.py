@@ -11,23 +11,12 @@ import numpy as np
 import pytest
 
 import nerve as nv
+from conftest import core_dense
 from nerve import _core
 
 
-def _dense(n_in, units, seed):
-    layer = _core.Dense(n_in, units, _core.make_activation("identity", {}), True)
-    arena = _core.Arena(n_in * units + units)
-    layer.bind_params(arena, 0, n_in * units)
-    r = np.random.default_rng(seed)
-    w = arena.values(0, n_in * units).reshape(n_in, units)
-    w[...] = r.uniform(-0.5, 0.5, (n_in, units)).astype(np.float32)
-    b = arena.values(n_in * units, units)
-    b[...] = r.uniform(-0.5, 0.5, units).astype(np.float32)
-    return layer, arena, w, b
-
-
 def _run(batch, n_in, units, seed=0):
-    layer, arena, w, b = _dense(n_in, units, seed)
+    layer, arena, w, b = core_dense(_core.make_activation("identity", {}), n_in, units, seed)
     r = np.random.default_rng(seed + 1)
     x = r.standard_normal((batch, n_in)).astype(np.float32)
     dy = r.standard_normal((batch, units)).astype(np.float32)

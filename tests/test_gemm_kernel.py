@@ -70,10 +70,13 @@ def test_gemm_matches_numpy(M, N, K, trans_a, trans_b, accumulate):
 
 
 @pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
-@pytest.mark.parametrize("M,N,K", [(23, 37, 29), (131, 70, 400), (517, 263, 801)])
+@pytest.mark.parametrize("M,N,K", [(23, 37, 29), (131, 70, 400), (517, 263, 801)] +
+                         [(37, n, 129) for n in range(2, 14)])
 def test_gemm_strided_leading_dimensions(M, N, K, trans_a, trans_b):
     """Operands and output as column slices of wider arrays: the padding
-    columns of the output must stay untouched."""
+    columns of the output must stay untouched. N = 2..12 with trans_a (dW of
+    a narrow layer) takes the unpacked narrow kernel, 13 the packed one; 37
+    rows leave 5 for its masked last block."""
     rng = np.random.default_rng(M + N + K)
     a, b = _operands(M, N, K, trans_a, trans_b, rng, pad=5)
     out = np.full((M, N + 3), 7.0, np.float32)
@@ -105,57 +108,24 @@ def test_gemm_packs_rows_a_multiple_of_4kb_apart(M, N, K, trans_b):
     _check(c, _expected(a, b, False, trans_b, c0=c0), K)
 
 
-@pytest.mark.parametrize("N", range(2, 14))
-def test_narrow_weight_gradient(N):
-    """dW = X^T dZ with 2-12 output columns takes the unpacked narrow kernel
-    (13 the packed one): 8 rows of C per vector, the last 5 of 37 masked, X
-    and dZ as strided slices, C's padding untouched, accumulate on and off."""
-    M, K = 37, 129
-    rng = np.random.default_rng(N)
-    a, b = _operands(M, N, K, True, False, rng, pad=3)
-    out = np.full((M, N + 2), 7.0, np.float32)
-    c = out[:, 1:N + 1]
-    c[...] = np.nan
-    _gemm(a, b, c, True, False, False)
-    _check(c, _expected(a, b, True, False), K)
-    c0 = c.copy()
-    _gemm(a, b, c, True, False, True)
-    _check(c, _expected(a, b, True, False, c0=c0), K)
-    assert np.all(out[:, 0] == 7.0) and np.all(out[:, N + 1:] == 7.0)
-
-
-def test_narrow_weight_gradient_does_not_depend_on_thread_count():
-    rng = np.random.default_rng(12)
-    a, b = _operands(300, 10, 600, True, False, rng)
-    before = _core.num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            nv.set_num_threads(threads)
-            c = np.empty((300, 10), np.float32)
-            _gemm(a, b, c, True, False, False)
-            results.append(c)
-    finally:
-        nv.set_num_threads(before)
-    assert np.array_equal(results[0], results[1])
-    _check(results[0], _expected(a, b, True, False), 600)
-
-
-@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
-def test_gemm_does_not_depend_on_thread_count(trans_a, trans_b):
+# The last: the narrow dW kernel (2-12 output columns).
+@pytest.mark.parametrize("M,N,K,trans_a,trans_b",
+                         [(517, 263, 801, ta, tb) for ta, tb in TRANSPOSES] + [(300, 10, 600, True, False)])
+def test_gemm_does_not_depend_on_thread_count(M, N, K, trans_a, trans_b):
     rng = np.random.default_rng(11)
-    a, b = _operands(517, 263, 801, trans_a, trans_b, rng)
+    a, b = _operands(M, N, K, trans_a, trans_b, rng)
     before = _core.num_threads()
     results = []
     try:
         for threads in (1, 2):
             nv.set_num_threads(threads)
-            c = np.empty((517, 263), np.float32)
+            c = np.empty((M, N), np.float32)
             _gemm(a, b, c, trans_a, trans_b, False)
             results.append(c)
     finally:
         nv.set_num_threads(before)
     assert np.array_equal(results[0], results[1])
+    _check(results[0], _expected(a, b, trans_a, trans_b), K)
 
 
 def test_gemm_zero_depth_and_empty():
