@@ -1273,7 +1273,13 @@ bool activation_backward_is_elementwise(const Activation& a, const ActContext& c
 }
 
 bool activation_backward_is_identity(const Activation& a) {
-  return a.kind == Act::Identity || (a.kind == Act::BinaryStep && a.straight_through);
+  // Whichever kinds visit_elementwise_backward maps to BIdentity (the same in
+  // training and evaluation).
+  bool identity = false;
+  visit_elementwise_backward(a, false, [&](const auto& g, Src, double) {
+    identity = kIsIdentity<std::decay_t<decltype(g)>>;
+  });
+  return identity;
 }
 
 void activation_backward_run(const Activation& a, const float* z, const float* y, const float* dy,

@@ -739,16 +739,13 @@ int tile_threads(const Tiling& t, Index M, Index N, Index K) {
   return threads_for(2.0 * static_cast<double>(M) * N * K, t.row_tiles * t.col_tiles);
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
 // Row tiles spanning all columns, on the packed path (gemm_tile's tests for
 // the other paths fail for every tile here): op(B) is packed once for all.
 bool packs_whole_b(const Tiling& t, Index N, Index K) {
-#if defined(__AVX2__) && defined(__FMA__)
   return t.row_tiles > 1 && t.col_tiles == 1 && K > kSmallDepth && N > 1;
-#else
-  (void)t, (void)N, (void)K;
-  return false;
-#endif
 }
+#endif
 
 void run_tiles(const Tiling& t, int threads, bool trans_a, bool trans_b, Index M, Index N, Index K,
                const float* A, Index lda, const float* B, Index ldb, float* C, Index ldc,
