@@ -1,8 +1,15 @@
-"""nerve.benchmark: FLOP accounting and a tiny end-to-end run (no PyTorch needed)."""
+"""nerve.benchmark: FLOP accounting and a tiny end-to-end run (no PyTorch
+needed); bench/ab_builds.py on two copies of one build."""
 import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import numpy as np
 
+import nerve
 from nerve import benchmark
 
 
@@ -37,3 +44,15 @@ def test_roof_share_shows_the_median_and_the_best_round():
     r = {"nerve_vs_best_sgemm": 0.874, "nerve_best_vs_best_sgemm": 0.912}
     assert benchmark.roof_share(r) == "87% (best round 91%)"
     assert benchmark.roof_share({"nerve_vs_best_sgemm": 0.9}) == "90%"  # older results: median only
+
+
+def test_ab_builds_script_compares_two_builds():
+    # Both sides the installed build: the script runs, alternates, and prints
+    # a pair row and the summary line for a ratio it computed.
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "ab_builds.py"
+    build = os.path.dirname(os.path.dirname(nerve.__file__))
+    out = subprocess.run([sys.executable, str(script), build, build, "--batch", "8", "--threads", "1",
+                          "--pairs", "1"], check=True, capture_output=True, text=True).stdout
+    assert re.search(r"^\| 1 \| \d+ \| \d+ \| \d+ \| \d+ \| \d+\.\d{3} \|$", out, re.M), out
+    ratio = float(re.search(r"median B / A: (\d+\.\d+)", out).group(1))
+    assert 0.2 < ratio < 5.0
