@@ -1,13 +1,13 @@
-"""Dense forward, where the bias + activation tail runs on each block of
-Z = X W as the product finishes it (CBlockHook in cpp/include/nerve/gemm.hpp),
-on every path of the product: packed row and column tiles, whole-B row tiles,
-several depth blocks, partial micro-panels, the depth-1-to-4 update, Eigen's
-matrix-vector and tiny products, the batch-1 vector product split by depth.
+"""Dense forward (Z = X W, then the bias + activation tail) on every path of
+the product: packed row and column tiles, whole-B row tiles, several depth
+blocks, partial micro-panels, the depth-1-to-4 update, Eigen's matrix-vector
+and tiny products, the batch-1 vector product split by depth.
 
-The oracle is the unfused composition of kernels tested on their own:
-_core.gemm (against numpy in test_gemm_kernel.py), the bias added in float32
-(one rounding, as in the kernel), then activation_forward (against formulas in
-test_activations.py). Every element must come out with the same bits.
+The oracle is the composition of kernels tested on their own: _core.gemm
+(against numpy in test_gemm_kernel.py), the bias added in float32 (one
+rounding, as in the kernel), then activation_forward (against formulas in
+test_activations.py). Every element must come out with the same bits, on 1
+and 2 threads.
 """
 import numpy as np
 import pytest

@@ -778,9 +778,13 @@ void rrelu_train_pass(const RreluSlopes& sl, const float* x, const float* dy, fl
   });
 }
 
-void rrelu_train_forward(const Activation& a, float* z, const float* bias, float* y, Index rows,
+void rrelu_forward(const Activation& a, float* z, const float* bias, float* y, Index rows,
                    Index cols, const ActContext& ctx) {
-  // Training only (evaluation is elementwise: visit_elementwise_forward).
+  if (!ctx.training) {
+    const float slope = 0.5f * (a.lower + a.upper);
+    forward_map(FLeaky{slope}, z, bias, y, rows, cols, bias != nullptr, 1.0);
+    return;
+  }
   if (bias) {
     // z + bias is the pre-activation backward reads (rrelu's derivative needs x).
     const int t = threads_for(static_cast<double>(rows) * static_cast<double>(cols), rows);
@@ -1146,88 +1150,44 @@ Activation make_activation(const std::string& name, const std::map<std::string, 
   return a;
 }
 
-namespace {
-// Calls f(functor, flops_per_element) with `a`'s forward as an elementwise
-// functor (y = f(x)) and returns true; false for crelu, softmax,
-// log_softmax and rrelu in training (whose slopes are drawn per element).
-template <class F>
-bool visit_elementwise_forward(const Activation& a, bool training, F&& f) {
-  switch (a.kind) {
-    case Act::Identity: f(FIdentity{}, 1); return true;
-    case Act::Sigmoid: f(FSigmoid{}, 20); return true;
-    case Act::Tanh: f(FTanh{}, 25); return true;
-    case Act::Relu: f(FRelu{}, 1); return true;
-    case Act::LeakyRelu: f(FLeaky{a.alpha}, 1); return true;
-    case Act::Elu: f(FElu{a.alpha}, 20); return true;
-    case Act::Selu: f(FSelu{}, 20); return true;
-    case Act::Swish:
-      if (a.beta == 1.0f)
-        f(FSilu{}, 20);
-      else
-        f(FSwish{a.beta}, 20);
-      return true;
-    case Act::BinaryStep: f(FStep{}, 1); return true;
-    case Act::Gelu:
-      if (a.approximate_tanh)
-        f(FGeluTanh{}, 25);
-      else
-        f(FGeluErf{}, 35);
-      return true;
-    case Act::Softplus: f(FSoftplus{a.beta, a.threshold}, 40); return true;
-    case Act::Mish: f(FMish{}, 25); return true;
-    case Act::HardSigmoid: f(FHardSigmoid{}, 4); return true;
-    case Act::HardSwish: f(FHardSwish{}, 5); return true;
-    case Act::Relu6: f(FRelu6{}, 2); return true;
-    case Act::Rrelu:
-      // Evaluation: the mean slope.
-      if (training) return false;
-      f(FLeaky{0.5f * (a.lower + a.upper)}, 1);
-      return true;
-    case Act::Crelu:
-    case Act::Softmax:
-    case Act::LogSoftmax: return false;
-  }
-  return false;
-}
-
-// z + bias is kept in z for the activations whose derivative reads it.
-bool keeps_pre_activation(const Activation& a, const float* bias) {
-  return bias != nullptr && activation_info(a.kind).grad_from == GradFrom::Input;
-}
-}  // namespace
-
 void activation_forward(const Activation& a, float* z, const float* bias, float* y, Index rows,
                         Index cols, const ActContext& ctx) {
   if (rows <= 0 || cols <= 0) return;
+  const bool keep = bias != nullptr && activation_info(a.kind).grad_from == GradFrom::Input;
   if (a.kind == Act::Identity && !bias && y == z) return;
-  const bool keep = keeps_pre_activation(a, bias);
-  if (visit_elementwise_forward(a, ctx.training, [&](const auto& f, double flops) {
-        forward_map(f, z, bias, y, rows, cols, keep, flops);
-      }))
-    return;
   switch (a.kind) {
+    case Act::Identity: forward_map(FIdentity{}, z, bias, y, rows, cols, keep, 1); break;
+    case Act::Sigmoid: forward_map(FSigmoid{}, z, bias, y, rows, cols, keep, 20); break;
+    case Act::Tanh: forward_map(FTanh{}, z, bias, y, rows, cols, keep, 25); break;
+    case Act::Relu: forward_map(FRelu{}, z, bias, y, rows, cols, keep, 1); break;
+    case Act::LeakyRelu: forward_map(FLeaky{a.alpha}, z, bias, y, rows, cols, keep, 1); break;
+    case Act::Elu: forward_map(FElu{a.alpha}, z, bias, y, rows, cols, keep, 20); break;
+    case Act::Selu: forward_map(FSelu{}, z, bias, y, rows, cols, keep, 20); break;
     case Act::Crelu: crelu_forward(z, bias, y, rows, cols); break;
+    case Act::Swish:
+      if (a.beta == 1.0f)
+        forward_map(FSilu{}, z, bias, y, rows, cols, keep, 20);
+      else
+        forward_map(FSwish{a.beta}, z, bias, y, rows, cols, keep, 20);
+      break;
+    case Act::BinaryStep: forward_map(FStep{}, z, bias, y, rows, cols, keep, 1); break;
     case Act::Softmax: softmax_forward<false>(z, bias, y, rows, cols); break;
     case Act::LogSoftmax: softmax_forward<true>(z, bias, y, rows, cols); break;
-    case Act::Rrelu: rrelu_train_forward(a, z, bias, y, rows, cols, ctx); break;
-    default: break;  // elementwise, done above
+    case Act::Gelu:
+      if (a.approximate_tanh)
+        forward_map(FGeluTanh{}, z, bias, y, rows, cols, keep, 25);
+      else
+        forward_map(FGeluErf{}, z, bias, y, rows, cols, keep, 35);
+      break;
+    case Act::Softplus:
+      forward_map(FSoftplus{a.beta, a.threshold}, z, bias, y, rows, cols, keep, 40);
+      break;
+    case Act::Mish: forward_map(FMish{}, z, bias, y, rows, cols, keep, 25); break;
+    case Act::HardSigmoid: forward_map(FHardSigmoid{}, z, bias, y, rows, cols, keep, 4); break;
+    case Act::HardSwish: forward_map(FHardSwish{}, z, bias, y, rows, cols, keep, 5); break;
+    case Act::Relu6: forward_map(FRelu6{}, z, bias, y, rows, cols, keep, 2); break;
+    case Act::Rrelu: rrelu_forward(a, z, bias, y, rows, cols, ctx); break;
   }
-}
-
-bool activation_forward_is_elementwise(const Activation& a, const ActContext& ctx) {
-  return visit_elementwise_forward(a, ctx.training, [](const auto&, double) {});
-}
-
-void activation_forward_block(const Activation& a, float* z, Index ldz, const float* bias, float* y,
-                              Index ldy, Index rows, Index cols, const ActContext& ctx) {
-  if (a.kind == Act::Identity && !bias && y == z) return;
-  const bool keep = keeps_pre_activation(a, bias);
-  visit_elementwise_forward(a, ctx.training, [&](const auto& f, double) {
-    for (Index r = 0; r < rows; ++r) {
-      float* zr = z + r * ldz;
-      map_span(f, zr, bias, keep ? zr : nullptr, y + r * ldy, cols);
-    }
-  });
 }
 
 namespace {

@@ -402,12 +402,10 @@ Index packed_b_offset(Index K, Index jc, Index pc, Index nc) {
 }
 
 // prepacked_b: all of op(B) (n columns) already packed by pack_whole_b, or
-// null to pack each block here. finish: as gemm's, called on each mc x nc
-// block after its last depth block, this tile's first row and column being
-// (row0, col0) of the whole product.
+// null to pack each block here.
 void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const float* A, Index lda,
                  const float* B, Index ldb, float* C, Index ldc, bool accumulate,
-                 const float* prepacked_b, const CBlockHook* finish, Index row0, Index col0) {
+                 const float* prepacked_b) {
   const Index kc_max = balanced_block(K, kMaxKC, 1);
   const Index mc_max = balanced_block(m, kMaxMC, kMR);
   const Index nc_max = balanced_block(n, kMaxNC, kNR);
@@ -435,7 +433,6 @@ void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const fl
         pack_b(trans_b, kc, nc, trans_b ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, block_b);
       // The first depth block writes C, later ones (and accumulate) add to it.
       const bool add = accumulate || pc > 0;
-      const bool last_depth = pc + kc == K;
       for (Index ic = 0; ic < m; ic += mc_max) {
         const Index mc = std::min(mc_max, m - ic);
         if (trans_a)
@@ -452,9 +449,6 @@ void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const fl
               block_product(kc, A + (ic + ir) * lda + pc, lda, 1, packed_b + jr * kc, c, ldc, rows,
                             cols, add);
           }
-        // The block was last written just now: in L2 (72 x 128 floats on a
-        // forward's column tile: 36 KB).
-        if (finish && last_depth) finish->done(finish->ctx, row0 + ic, mc, col0 + jc, nc);
       }
     }
   }
@@ -591,15 +585,9 @@ void small_depth(bool trans_a, bool trans_b, Index m, Index n, const float* A, I
 }
 
 // shared_b: op(B) packed once for the whole product (pack_whole_b), or null.
-// finish, row0, col0: as packed_gemm's.
 void gemm_tile(bool trans_a, bool trans_b, Index m, Index n, Index K, const float* A, Index lda,
                const float* B, Index ldb, float* C, Index ldc, bool accumulate,
-               const float* shared_b, const CBlockHook* finish = nullptr, Index row0 = 0,
-               Index col0 = 0) {
-  // The packed path hands over its blocks itself; the others, the tile.
-  const auto tile_done = [&] {
-    if (finish) finish->done(finish->ctx, row0, m, col0, n);
-  };
+               const float* shared_b) {
   if (K <= kSmallDepth && m > 1 && n > 1) {
     switch (K) {
       case 1: small_depth<1>(trans_a, trans_b, m, n, A, lda, B, ldb, C, ldc, accumulate); break;
@@ -607,7 +595,6 @@ void gemm_tile(bool trans_a, bool trans_b, Index m, Index n, Index K, const floa
       case 3: small_depth<3>(trans_a, trans_b, m, n, A, lda, B, ldb, C, ldc, accumulate); break;
       default: small_depth<4>(trans_a, trans_b, m, n, A, lda, B, ldb, C, ldc, accumulate); break;
     }
-    tile_done();
     return;
   }
   // A single row or column is a matrix-vector product, and a tiny product is
@@ -632,12 +619,10 @@ void gemm_tile(bool trans_a, bool trans_b, Index m, Index n, Index K, const floa
     else
       run(ConstMap(A, K, m, Eigen::OuterStride<>(lda)).transpose(),
           ConstMap(B, n, K, Eigen::OuterStride<>(ldb)).transpose());
-    tile_done();
     return;
   }
 #if defined(__AVX2__) && defined(__FMA__)
-  packed_gemm(trans_a, trans_b, m, n, K, A, lda, B, ldb, C, ldc, accumulate, shared_b, finish, row0,
-              col0);
+  packed_gemm(trans_a, trans_b, m, n, K, A, lda, B, ldb, C, ldc, accumulate, shared_b);
 #else
   (void)shared_b;
   if (!accumulate)
@@ -651,7 +636,6 @@ void gemm_tile(bool trans_a, bool trans_b, Index m, Index n, Index K, const floa
     eigen_gemm<Eigen::ColMajor, Eigen::RowMajor>(m, n, K, A, lda, B, ldb, C, ldc);
   else
     eigen_gemm<Eigen::ColMajor, Eigen::ColMajor>(m, n, K, A, lda, B, ldb, C, ldc);
-  tile_done();
 #endif
 }
 
@@ -765,7 +749,7 @@ bool packs_whole_b(const Tiling& t, Index N, Index K) {
 
 void run_tiles(const Tiling& t, int threads, bool trans_a, bool trans_b, Index M, Index N, Index K,
                const float* A, Index lda, const float* B, Index ldb, float* C, Index ldc,
-               bool accumulate, const float* shared_b, const CBlockHook* finish) {
+               bool accumulate, const float* shared_b) {
   parallel_for(t.row_tiles * t.col_tiles, threads, [&](Index tile) {
     const Index r0 = row_start(t, M, tile / t.col_tiles);
     const Index c0 = (tile % t.col_tiles) * t.col_tile;
@@ -775,36 +759,29 @@ void run_tiles(const Tiling& t, int threads, bool trans_a, bool trans_b, Index M
     const float* a = trans_a ? A + r0 : A + r0 * lda;
     const float* b = trans_b ? B + c0 * ldb : B + c0;
     gemm_tile(trans_a, trans_b, m, n, K, a, lda, b, ldb, C + r0 * ldc + c0, ldc, accumulate,
-              shared_b, finish, r0, c0);
+              shared_b);
   });
 }
 
 }  // namespace
 
 void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A, Index lda,
-          const float* B, Index ldb, float* C, Index ldc, bool accumulate, const CBlockHook* finish) {
+          const float* B, Index ldb, float* C, Index ldc, bool accumulate) {
   if (M == 0 || N == 0) return;
-  // The untiled products below hand all of C over at once, on this thread.
-  const auto all_done = [&] {
-    if (finish) finish->done(finish->ctx, 0, M, 0, N);
-  };
   if (K == 0) {
     if (!accumulate)
       for (Index i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
-    all_done();
     return;
   }
   if (M == 1 && !trans_a && !trans_b && K >= 2 * kVectorDepthChunk &&
       stream_work(static_cast<double>(N) * K) >= kParallelFlops) {
     vector_matrix_split(N, K, A, B, ldb, C, accumulate);
-    all_done();
     return;
   }
   const float* shared_b = nullptr;
 #if defined(__AVX2__) && defined(__FMA__)
   if (narrow_product(trans_a, trans_b, M, N, K)) {
     narrow_gemm(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
-    all_done();
     return;
   }
 #endif
@@ -813,7 +790,7 @@ void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A,
 #if defined(__AVX2__) && defined(__FMA__)
   if (packs_whole_b(t, N, K)) shared_b = pack_whole_b(trans_b, N, K, B, ldb, threads);
 #endif
-  run_tiles(t, threads, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate, shared_b, finish);
+  run_tiles(t, threads, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate, shared_b);
 }
 
 bool gemm_b_pass(bool trans_a, Index M, Index N, Index K, const float* A, Index lda, float* B,
@@ -824,7 +801,7 @@ bool gemm_b_pass(bool trans_a, Index M, Index N, Index K, const float* A, Index 
   if (narrow_product(trans_a, false, M, N, K) || !packs_whole_b(t, N, K)) return false;
   const int threads = tile_threads(t, M, N, K);
   const float* shared_b = pack_whole_b(false, N, K, B, ldb, threads, &pass);
-  run_tiles(t, threads, trans_a, false, M, N, K, A, lda, B, ldb, C, ldc, accumulate, shared_b, nullptr);
+  run_tiles(t, threads, trans_a, false, M, N, K, A, lda, B, ldb, C, ldc, accumulate, shared_b);
   return true;
 #else
   (void)trans_a, (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C,

@@ -160,37 +160,13 @@ void Dense::plan(Index capacity) {
 
 void Dense::forward(const float* x, float* y, Index batch, const StepContext& ctx) {
   // GEMM straight into the output when the derivative can be taken from y;
-  // otherwise into z, which backward needs. The bias + activation tail runs
-  // on each block of the product as the product finishes it, while the
-  // block is in L2, instead of in a pass over the result of its own
-  // (bench/README.md, "Levers"); activations that are not elementwise
-  // (softmax, crelu, rrelu in training) make that pass after the product.
+  // otherwise into z, which backward needs. The bias + activation tail is one
+  // pass over the result either way.
   float* z = keeps_z_ ? z_.data() : y;
-  const ActContext actx = act_context(ctx, stream);
-  const float* b = use_bias ? bias.value() : nullptr;
-  if (!activation_forward_is_elementwise(act, actx)) {
-    gemm(false, false, batch, units, in_features, x, in_features, kernel.value(), units, z, units,
-         false);
-    activation_forward(act, z, b, y, batch, units, actx);
-    return;
-  }
-  struct Tail {
-    const Activation& act;
-    const ActContext& actx;
-    const float* bias;
-    float *z, *y;
-    Index units;
-  } tail{act, actx, b, z, y, units};
-  CBlockHook finish;
-  finish.ctx = &tail;
-  finish.done = [](const void* p, Index row, Index rows, Index col, Index cols) {
-    const Tail& t = *static_cast<const Tail*>(p);
-    const Index at = row * t.units + col;
-    activation_forward_block(t.act, t.z + at, t.units, t.bias ? t.bias + col : nullptr, t.y + at,
-                             t.units, rows, cols, t.actx);
-  };
   gemm(false, false, batch, units, in_features, x, in_features, kernel.value(), units, z, units,
-       false, &finish);
+       false);
+  activation_forward(act, z, use_bias ? bias.value() : nullptr, y, batch, units,
+                     act_context(ctx, stream));
 }
 
 void Dense::backward(const float* x, const float* y, float* dy, float* dx, Index batch,

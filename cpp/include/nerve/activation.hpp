@@ -98,16 +98,6 @@ struct ActContext {
 void activation_forward(const Activation& a, float* z, const float* bias, float* y, Index rows,
                         Index cols, const ActContext& ctx);
 
-// activation_forward on a rows x cols block of a larger matrix (rows ldz and
-// ldy floats apart; bias: the block's first column's), on the calling
-// thread, with activation_forward's bits: for a matrix product that applies
-// it to each block of its result as it finishes it (Dense's forward). Only
-// for activations where activation_forward_is_elementwise.
-void activation_forward_block(const Activation& a, float* z, Index ldz, const float* bias, float* y,
-                              Index ldy, Index rows, Index cols, const ActContext& ctx);
-// False for softmax, log_softmax, crelu and rrelu in training.
-bool activation_forward_is_elementwise(const Activation& a, const ActContext& ctx);
-
 // dz = dy * act'(z) (elementwise), or the row-wise Jacobian-vector product for
 // softmax / log_softmax, or the width-halving sum for crelu.
 //   z: the pre-activation (rows x cols); may be null when grad_from == Output.

@@ -20,23 +20,11 @@
 
 namespace nerve {
 
-// Work on C as the product finishes it: every element of C lies in exactly
-// one block handed to `done` (rows [row, row + rows), columns [col, col +
-// cols)), once that block is final and while it is still in cache, so that
-// a layer's bias + activation need no pass of their own over C. Blocks may
-// be handed over concurrently, on the product's threads.
-struct CBlockHook {
-  void (*done)(const void* ctx, Index row, Index rows, Index col, Index cols) = nullptr;
-  const void* ctx = nullptr;
-};
-
-// C (M x N) = op(A) * op(B), or C += op(A) * op(B) when accumulate; then
-// `finish` (if given) on every block of C.
+// C (M x N) = op(A) * op(B), or C += op(A) * op(B) when accumulate.
 // All matrices row-major with leading dimensions lda, ldb, ldc (row strides).
 // op(A) is M x K: A is M x K (lda >= K), or K x M transposed (lda >= M).
 void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A, Index lda,
-          const float* B, Index ldb, float* C, Index ldc, bool accumulate,
-          const CBlockHook* finish = nullptr);
+          const float* B, Index ldb, float* C, Index ldc, bool accumulate);
 
 // Work on B's rows that gemm_b_pass does while it packs B, so that B is read
 // once for all of it: backward's dW = X^T dZ applies the activation's
