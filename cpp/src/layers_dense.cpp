@@ -175,6 +175,9 @@ void Dense::backward(const float* x, const float* y, float* dy, float* dx, Index
   const ActContext actx = act_context(ctx, stream);
   const float* z = keeps_z_ ? z_.data() : nullptr;
   kernel_updated_ = false;
+  // dz overwrites dy in place unless the activation changed the width.
+  float* dz = info.width_factor == 1 ? dy : dz_.data();
+  bool dz_and_grads_done = false;  // dZ, the bias sums and dW made by the fused pass below
   if (batch > kMaxRowBatch && trainable && info.width_factor == 1 &&
       activation_backward_is_elementwise(act, actx)) {
     // dW = X^T dZ packs dZ once for the whole product (the large ones): the
@@ -200,25 +203,20 @@ void Dense::backward(const float* x, const float* y, float* dy, float* dx, Index
       pass.col_sums = bias.grad();
       pass.accumulate_sums = accumulate;
     }
-    if (gemm_b_pass(true, in_features, units, batch, x, in_features, dy, units, kernel.grad(), units,
-                    accumulate, pass)) {
-      if (dx)
-        gemm(false, true, batch, in_features, units, dy, units, kernel.value(), units, dx,
-             in_features, false);
+    dz_and_grads_done = gemm_b_pass(true, in_features, units, batch, x, in_features, dz, units,
+                                   kernel.grad(), units, accumulate, pass);
+  }
+  if (!dz_and_grads_done) {
+    activation_backward(act, z, y, dy, dz, batch, units, actx);
+    if (trainable && use_bias) column_sums(dz, batch, units, bias.grad(), accumulate);
+    if (batch <= kMaxRowBatch) {
+      small_batch_backward(x, dz, dx, batch, ctx, accumulate);
       return;
     }
+    if (trainable)
+      gemm(true, false, in_features, units, batch, x, in_features, dz, units, kernel.grad(), units,
+           accumulate);
   }
-  // dz overwrites dy in place unless the activation changed the width.
-  float* dz = info.width_factor == 1 ? dy : dz_.data();
-  activation_backward(act, z, y, dy, dz, batch, units, actx);
-  if (trainable && use_bias) column_sums(dz, batch, units, bias.grad(), accumulate);
-  if (batch <= kMaxRowBatch) {
-    small_batch_backward(x, dz, dx, batch, ctx, accumulate);
-    return;
-  }
-  if (trainable)
-    gemm(true, false, in_features, units, batch, x, in_features, dz, units, kernel.grad(), units,
-         accumulate);
   if (dx)
     gemm(false, true, batch, in_features, units, dz, units, kernel.value(), units, dx, in_features,
          false);
