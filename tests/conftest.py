@@ -54,3 +54,73 @@ def directional_grad_check(loss_fn, params, analytic, eps=1e-3, trials=4, seed=0
             p += eps * d
         numeric = (up - down) / (2 * eps)
         assert abs(numeric - expected) <= atol + rtol * max(abs(numeric), abs(expected)), (numeric, expected)
+
+
+# -- models with every layer kind, for the export and interop tests -----------
+
+# Non-default parameters for activations that take them, so exporters must
+# carry the values, not the defaults.
+ACTIVATION_VARIANTS = {
+    "leaky_relu": [{"alpha": 0.2}], "elu": [{"alpha": 0.7}], "swish": [{}, {"beta": 1.7}],
+    "gelu": [{}, {"approximate": "tanh"}], "softplus": [{}, {"beta": 2.0, "threshold": 3.0}],
+    "binary_step": [{}, {"straight_through": True}], "rrelu": [{"lower": 0.1, "upper": 0.3}],
+}
+
+
+def activation_cases():
+    """[(label, name, params)] for every registered activation (and variants)."""
+    out = []
+    for row in nv.activations.names():
+        for params in ACTIVATION_VARIANTS.get(row["name"], [{}]):
+            label = row["name"] + "".join(f"-{k}={v}" for k, v in params.items())
+            out.append((label, row["name"], params))
+    return out
+
+
+def trained_briefly(model, x, classes=3, epochs=2):
+    """A couple of epochs so BatchNorm running statistics and weights move off their init."""
+    model.compile(optimizer=nv.optimizers.Adam(lr=1e-2), loss="cross_entropy")
+    y = np.arange(len(x)) % classes
+    model.fit(x, y, epochs=epochs, batch_size=16, verbose=0)
+    return model
+
+
+def layer_kind_models():
+    """[(label, model built for 6 inputs)]: every nerve layer kind at least once
+    (Dense with and without bias, Maxout, Activation, BatchNorm, Dropout,
+    AlphaDropout, GaussianNoise, Residual with BatchNorm inside, PReLU shared
+    and per feature, Swish learnable and fixed), trained a little."""
+    L = nv.layers
+    x = rng(5).standard_normal((64, 6)).astype(np.float32)
+    specs = {
+        "dense": lambda: [L.Dense(9, activation="tanh"), L.Dense(3)],
+        "dense_nobias": lambda: [L.Dense(9, activation="relu", use_bias=False), L.Dense(3, use_bias=False)],
+        "maxout": lambda: [L.Maxout(5, pieces=3), L.Maxout(3, pieces=2, use_bias=False)],
+        "activation_batchnorm": lambda: [L.Dense(8), L.BatchNorm(momentum=0.3), L.Activation("elu"),
+                                         L.Dense(3)],
+        "batchnorm_first": lambda: [L.BatchNorm(eps=1e-3), L.Dense(3)],
+        "noise": lambda: [L.GaussianNoise(0.3), L.Dense(8, activation="selu"), L.AlphaDropout(0.2),
+                          L.Dropout(0.3), L.Dense(3)],
+        "residual": lambda: [L.Dense(8, activation="relu"),
+                             L.Residual([L.Dense(8, activation="gelu"), L.BatchNorm(), L.Dropout(0.1),
+                                         L.Dense(8)]),
+                             L.Residual([L.Residual([L.Dense(8, activation="tanh")])]), L.Dense(3)],
+        "prelu": lambda: [L.Dense(8), L.PReLU(init=0.1), L.Dense(7), L.PReLU(shared=False), L.Dense(3)],
+        "swish": lambda: [L.Dense(8), L.Swish(beta=1.3), L.Dense(8), L.Swish(beta=0.8, learnable=False),
+                          L.Dense(3)],
+    }
+    out = []
+    for label, make in specs.items():
+        nv.manual_seed(7)
+        out.append((label, trained_briefly(nv.Sequential(make(), input_dim=6), x)))
+    return out
+
+
+def close_to_scale(got, want, rtol=1e-5):
+    """max |got - want| <= rtol * max |want| (relative to the output's scale,
+    so outputs near zero are held to the same absolute accuracy)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    scale = max(float(np.abs(want).max()), 1e-30)
+    err = float(np.abs(got - want).max())
+    assert err <= rtol * scale, f"max |diff| {err:.3g} > {rtol} x scale {scale:.3g}"

@@ -36,6 +36,7 @@ from . import (  # noqa: E402
     surfaces,
 )
 from . import pruning  # noqa: E402  (after model: it works on Sequential models)
+from . import interop, onnx, safetensors  # noqa: E402  (import torch / onnx only when used)
 from .model import Sequential, History, load_model  # noqa: E402
 from .optimizers import clip_grad_norm_, clip_grad_value_  # noqa: E402
 
@@ -115,6 +116,9 @@ __all__ = [
     "losses",
     "optimizers",
     "pruning",
+    "interop",
+    "onnx",
+    "safetensors",
     "regularizers",
     "schedules",
     "surfaces",

@@ -511,6 +511,26 @@ class Sequential:
             print_fn(text)
         return text
 
+    # -- interop and inference (nerve/safetensors.py, nerve/inference.py) -------------
+    def save_weights(self, path):
+        """Writes every parameter and buffer to a safetensors file under stable
+        names (``layers.{i}.kernel``, ``layers.{i}.running_mean``, ...; see
+        nv.safetensors.model_tensors). Readable by safetensors and torch."""
+        from . import safetensors
+        safetensors.save_weights(self, path)
+
+    def load_weights(self, path):
+        """Reads weights written by save_weights into this (built, same-architecture)
+        model; names, shapes and values are all checked before anything changes."""
+        from . import safetensors
+        safetensors.load_weights(self, path)
+
+    def optimize_for_inference(self, **options):
+        """A predict-only copy: BatchNorm folded into the Dense next to it, dropout
+        and noise removed, pruned kernels run sparse (nv.inference.optimize)."""
+        from . import inference
+        return inference.optimize(self, **options)
+
     # -- files ------------------------------------------------------------------------
     def get_config(self):
         return {"input_dim": self.input_dim, "name": self.name,
