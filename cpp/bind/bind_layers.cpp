@@ -16,6 +16,19 @@ Optimizer& unwrap_optimizer(py::object o);
 
 namespace {
 
+// Optional per-row sample weights: None or a C-contiguous float32 (rows,) array
+// (the Python layer converts and checks values). No conversion here: the
+// pointer stays valid only because it points into the caller's own array.
+const float* weights_from_python(const py::object& w, Index rows) {
+  if (w.is_none()) return nullptr;
+  using W = py::array_t<float, py::array::c_style>;
+  require(py::isinstance<W>(w), "sample weights must be a C-contiguous float32 array");
+  W arr = py::reinterpret_borrow<W>(w);
+  require(arr.ndim() == 1 && arr.shape(0) == rows,
+          "sample weights must have shape (" + std::to_string(rows) + ",)");
+  return arr.data();
+}
+
 FloatArray new_matrix(Index rows, Index cols) { return FloatArray(std::vector<py::ssize_t>{rows, cols}); }
 
 void bind_param(ParamRef& ref, const std::shared_ptr<ParamArena>& arena, Index offset, Index size) {
@@ -34,6 +47,7 @@ struct PyNetwork {
   AlignedBuffer batch_x;        // gathered rows for train_batches
   AlignedBuffer batch_values;
   std::vector<std::int64_t> batch_labels;
+  std::vector<float> batch_weights;
 
   PyNetwork(Index input_dim, std::vector<std::shared_ptr<Layer>> layers)
       : net(input_dim, std::move(layers)) {}
@@ -289,10 +303,11 @@ void bind_layers(py::module_& m) {
       .def(
           "train_step",
           [](PyNetwork& n, py::array x, py::object labels, py::object values, const Loss& loss,
-             py::object opt, bool count) {
+             py::object opt, bool count, py::object weights) {
             Index rows;
             n.check_input(x, rows);
             Target t = target_from_python(labels, values, rows, n.net.output_dim());
+            t.weights = weights_from_python(weights, rows);
             Optimizer& o = unwrap_optimizer(opt);
             const float* xp = fptr(x);
             StepResult r;
@@ -303,13 +318,14 @@ void bind_layers(py::module_& m) {
             return py::make_tuple(r.loss, r.correct);
           },
           py::arg("x"), py::arg("labels"), py::arg("values"), py::arg("loss"), py::arg("optimizer"),
-          py::arg("count") = false)
+          py::arg("count") = false, py::arg("weights") = py::none())
       .def(
           "train_batches",
           [](PyNetwork& n, py::array X, py::object labels, py::object values, LabelArray order,
-             Index batch_size, const Loss& loss, py::object opt, bool count) {
+             Index batch_size, const Loss& loss, py::object opt, bool count, py::object weights) {
             Index rows;
             n.check_input(X, rows);
+            const float* all_weights = weights_from_python(weights, rows);
             require(batch_size > 0, "batch_size must be positive, got " + std::to_string(batch_size));
             const Index in = n.net.input_dim(), out = n.net.output_dim();
             // Whole-array checks first: nothing is trained if any batch would fail.
@@ -332,6 +348,7 @@ void bind_layers(py::module_& m) {
             n.batch_x.reserve(cap * in);
             if (all.values) n.batch_values.reserve(cap * out);
             if (all.labels && static_cast<Index>(n.batch_labels.size()) < cap) n.batch_labels.resize(cap);
+            if (all_weights && static_cast<Index>(n.batch_weights.size()) < cap) n.batch_weights.resize(cap);
             py::array_t<double> losses(batches);
             py::array_t<std::int64_t> correct(batches);
             double* lp = losses.mutable_data();
@@ -356,11 +373,13 @@ void bind_layers(py::module_& m) {
                       std::copy(all.values + src * out, all.values + (src + 1) * out,
                                 n.batch_values.data() + r * out);
                     if (all.labels) n.batch_labels[r] = all.labels[src];
+                    if (all_weights) n.batch_weights[r] = all_weights[src];
                   }
                 });
                 Target t;
                 if (all.values) t.values = n.batch_values.data();
                 if (all.labels) t.labels = n.batch_labels.data();
+                if (all_weights) t.weights = n.batch_weights.data();
                 // x and the targets were checked whole above.
                 StepResult res = n.net.train_step(n.batch_x.data(), m, t, loss, o, count, true);
                 lp[b] = res.loss;
@@ -371,7 +390,9 @@ void bind_layers(py::module_& m) {
           },
           py::arg("x"), py::arg("labels"), py::arg("values"), py::arg("order"),
           py::arg("batch_size"), py::arg("loss"), py::arg("optimizer"), py::arg("count") = false,
-          "Runs train_step over x[order] in batches; returns per-batch losses and correct counts")
+          py::arg("weights") = py::none(),
+          "Runs train_step over x[order] in batches (rows of the loss gradient scaled by weights[row] "
+          "when given); returns per-batch losses and correct counts")
       .def(
           "predict",
           [](PyNetwork& n, py::array X, Index batch_size) {

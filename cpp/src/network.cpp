@@ -74,6 +74,27 @@ void Network::check_finite(const float* x, Index rows, Index cols, const char* w
                      ", column " + std::to_string(c));
 }
 
+// Per-sample weights (Keras semantics): the batch loss is sum_i w_i l_i / batch,
+// where l_i is row i's own loss, so d loss / d pred_i is w_i times the
+// unweighted row gradient (every loss is a mean of per-row terms over the rows;
+// cross_entropy's weight= divides by the batch's class-weight sum instead, and
+// is combined here row by row). The per-row losses are recomputed without a
+// gradient: one cheap pass over the output, next to the backward's GEMMs.
+static double weight_rows(const Loss& loss, const float* y, const Target& target, Index batch, Index out,
+                          float* grad) {
+  double total = 0.0;
+  for (Index i = 0; i < batch; ++i) {
+    const double w = target.weights[i];
+    Target row;
+    if (target.values) row.values = target.values + i * out;
+    if (target.labels) row.labels = target.labels + i;
+    total += w * loss_forward_backward(loss, y + i * out, row, 1, out, nullptr);
+    float* g = grad + i * out;
+    for (Index j = 0; j < out; ++j) g[j] = static_cast<float>(g[j] * w);
+  }
+  return total / static_cast<double>(batch);
+}
+
 StepResult Network::train_step(const float* x, Index batch, const Target& target, const Loss& loss,
                                Optimizer& opt, bool count, bool data_checked) {
   require(batch > 0, "train_step: empty batch");
@@ -89,6 +110,7 @@ StepResult Network::train_step(const float* x, Index batch, const Target& target
   const float* y = forward(x, batch, true);
   StepResult result;
   result.loss = loss_forward_backward(loss, y, target, batch, out, loss_grad());
+  if (target.weights) result.loss = weight_rows(loss, y, target, batch, out, loss_grad());
   if (count)
     // One logit column (trained with BCE-with-logits) is decided at 0, not 0.5.
     result.correct = loss.kind == LossKind::BinaryCrossEntropyWithLogits

@@ -173,6 +173,7 @@ class Sequential:
         for m in mets:
             if not isinstance(m, _losses.Metric):
                 raise ValueError(f"unknown metric {m!r}")
+        _check_output_for_loss(self.layers, loss_fn)
         self.optimizer, self.loss, self.metrics = opt, loss_fn, mets
         self._opt_signature = None
         if self.built:
@@ -247,6 +248,32 @@ class Sequential:
             self.build(x.shape[1])
         return self._net.predict(x, int(batch_size))
 
+    def predict_proba(self, x, batch_size=256):
+        """Class probabilities for x, for models compiled with a classification loss.
+
+        The logits losses take raw scores and apply the link themselves, so
+        this applies the same link to ``predict(x)``: softmax over the columns
+        for cross_entropy, focal and distillation (rows sum to 1);
+        sigmoid for binary_cross_entropy_with_logits (per column: the
+        probability of the positive class). binary_cross_entropy already takes
+        probabilities, so its outputs are returned as they are. Other losses
+        (mse, mae, huber, ...) are regressions and raise ValueError."""
+        if self.loss is None:
+            raise RuntimeError("call model.compile(...) before predict_proba: the loss decides how "
+                               "outputs become probabilities")
+        link = _PROBA_LINK.get(self.loss.name)
+        if link is None:
+            raise ValueError(f"predict_proba needs a classification loss (cross_entropy, focal, distillation, "
+                             f"binary_cross_entropy[_with_logits]); this model is compiled with "
+                             f"{self.loss.name!r}, whose outputs are not probabilities: use predict")
+        out = self.predict(x, batch_size).astype(np.float64)
+        if link == "softmax":
+            out = np.exp(out - out.max(axis=1, keepdims=True))
+            out /= out.sum(axis=1, keepdims=True)
+        elif link == "sigmoid":
+            out = 0.5 * (1.0 + np.tanh(0.5 * out))  # = 1 / (1 + exp(-z)) without overflow
+        return out.astype(np.float32)
+
     def evaluate(self, x, y, batch_size=256, verbose=0):
         """{"loss": ..., metric: ...} on (x, y); the loss includes weight penalties, as in fit."""
         if self.loss is None:
@@ -265,12 +292,31 @@ class Sequential:
         return logs
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
-            shuffle=True, callbacks=None, verbose=1, seed=None, augment=None, cache_frozen=False):
+            shuffle=True, callbacks=None, verbose=1, seed=None, augment=None, cache_frozen=False,
+            sample_weight=None, class_weight=None, validation_split_mode="last"):
         """Trains for `epochs` passes over (x, y) in shuffled mini-batches.
 
         float64 (or integer) inputs are converted to float32. Every input is
         checked before the first step (shapes, NaN/Inf, label range): bad data
-        raises ValueError and trains nothing. Returns a History.
+        raises ValueError and trains nothing. Returns a History. Positions in
+        error messages are 0-based (row r of x, column c), as numpy indexes them.
+
+        validation_split: the fraction of rows held out for validation
+        (``round(n * validation_split)`` rows). validation_split_mode says which:
+        "last" (default, Keras's rule: the last rows, before any shuffling, so
+        a script ported from Keras validates on the same rows, and time-ordered
+        data never validates on rows older than the training ones); "random"
+        (a random subset, drawn from `seed`); "stratified" (random within each
+        class, so every class keeps its share: use it for class-sorted data,
+        where "last" holds out one class only).
+
+        sample_weight: per-row loss weights, shape (n,), finite and >= 0
+        (Keras semantics): a batch's loss is sum_i w_i l_i / batch_size, so a
+        weight of 2 counts a row twice and 0 ignores it. class_weight: a dict
+        {class: weight} (or "balanced": n / (classes * count(class))) that
+        multiplies each row's weight by the weight of its class (the label, or
+        the arg-max of a one-hot target). Weighting applies to the training
+        loss; the reported accuracy and validation metrics stay unweighted.
 
         augment: a callable ``augment(x_batch, rng) -> x_batch`` (e.g. an
         ``nv.augment.Compose``) applied to every training batch before the
@@ -295,6 +341,10 @@ class Sequential:
         n = x.shape[0]
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+        if validation_split_mode not in ("last", "random", "stratified"):
+            raise ValueError(f"validation_split_mode must be 'last', 'random' or 'stratified', "
+                             f"got {validation_split_mode!r}")
+        weights = _sample_weights(sample_weight, class_weight, y, n)
         if validation_data is None and validation_split > 0:
             n_val = int(round(n * validation_split))
             if n_val == 0 or n_val == n:
@@ -302,13 +352,17 @@ class Sequential:
             # Distillation targets are a (teacher_logits, labels) pair: split both.
             paired = self.loss.name == "distillation" and isinstance(y, (tuple, list))
             y_arr = tuple(y) if paired else np.asarray(y)
-            split = (lambda a: (a[: n - n_val], a[n - n_val:]))
+            train_rows, val_rows = _validation_rows(validation_split_mode, n, n_val, y_arr[1] if paired else y_arr,
+                                                    seed)
+            split = (lambda a: (a[train_rows], a[val_rows]))
             if paired:
                 parts = [split(np.asarray(a)) for a in y_arr]
                 y, y_val = tuple(p[0] for p in parts), tuple(p[1] for p in parts)
             else:
                 y, y_val = split(y_arr)
-            x, x_val = x[: n - n_val], x[n - n_val:]
+            x, x_val = x[train_rows], x[val_rows]
+            if weights is not None:
+                weights = np.ascontiguousarray(weights[train_rows])
             validation_data = (x_val, y_val)
             n = x.shape[0]
         labels, values = self._split_y(y, n)
@@ -316,11 +370,10 @@ class Sequential:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise ValueError("validation_data must be (x_val, y_val)")
             x_val = _as_x(validation_data[0], self.input_dim, "validation x")
-            if not np.all(np.isfinite(x_val)):
-                raise ValueError("validation x contains NaN or Inf")
+            _check_finite(x_val, "validation x")
             _, val_values = self._split_y(validation_data[1], x_val.shape[0])  # checks shapes and labels now
-            if val_values is not None and not np.all(np.isfinite(val_values)):
-                raise ValueError("validation y contains NaN or Inf")
+            if val_values is not None:
+                _check_finite(val_values, "validation y")
             validation_data = (x_val, validation_data[1])
 
         if augment is not None:
@@ -388,12 +441,13 @@ class Sequential:
                 if augment is not None:
                     bx, blab, bval, brows = self._augmented(augment, key, epoch, first, rows, batch_size,
                                                             train_x, labels, values)
+                    bw = None if weights is None else np.ascontiguousarray(weights[rows])
                 else:
-                    bx, blab, bval, brows = train_x, labels, values, rows
+                    bx, blab, bval, brows, bw = train_x, labels, values, rows, weights
                 if net is not self._net:
                     net.step = self._net.step
                 batch_losses, batch_correct = net.train_batches(
-                    bx, blab, bval, brows, batch_size, self.loss._spec, self.optimizer._core, count)
+                    bx, blab, bval, brows, batch_size, self.loss._spec, self.optimizer._core, count, bw)
                 if net is not self._net:
                     # The full network keeps the step count that keys random draws.
                     self._net.step = net.step
@@ -540,7 +594,9 @@ class Sequential:
         """Writes architecture, weights and optimizer state to `path` (a zip of
         .npy arrays and JSON: no pickle, so loading never runs code). The file
         is written to a temporary name and renamed, so an interrupted save
-        leaves any previous file intact."""
+        leaves any previous file intact. `path` may also be a binary file
+        object opened for writing (``io.BytesIO()``, ``open(p, "wb")``): the
+        model is written at its current position and the object stays open."""
         if not self.built:
             raise RuntimeError("build or train the model before saving it")
         config = {"format": "nerve-model", "format_version": 1, "nerve_version": __version__,
@@ -570,7 +626,170 @@ class Sequential:
             for name, arr in state["slots"].items():
                 arrays[f"slot_{name}"] = arr
         arrays["config"] = np.frombuffer(json.dumps(config).encode("utf-8"), dtype=np.uint8)
+        if hasattr(path, "write"):
+            if isinstance(path, _io.TextIOBase):
+                raise ValueError("model.save needs a binary file object (open(path, 'wb'), io.BytesIO()), "
+                                 "got a text stream")
+            np.savez(path, **arrays)
+            return
         _atomic_savez(os.fspath(path), arrays)
+
+    def to_bytes(self):
+        """The model file's bytes (what ``save`` writes); ``nv.load_model(io.BytesIO(b))`` reads them."""
+        buf = _io.BytesIO()
+        self.save(buf)
+        return buf.getvalue()
+
+    # pickle and copy.deepcopy go through the model file: the payload is the
+    # zip's bytes (arrays and JSON), so unpickling a model runs no model code
+    # beyond load_model's fixed layer registry. An unbuilt model carries its
+    # layer configs and compile settings.
+    def __reduce__(self):
+        if self.built:
+            return (_model_from_bytes, (self.to_bytes(),))
+        data = {"name": self.name,
+                "layers": [{"class": type(l).__name__, "config": l.get_config()} for l in self.layers]}
+        if self.optimizer is not None and self.loss is not None:
+            data["compile"] = {"optimizer": {"class": type(self.optimizer).__name__,
+                                             "config": self.optimizer.get_config()},
+                               "loss": self.loss.get_config(), "metrics": [m.name for m in self.metrics]}
+        return (_model_from_bytes, (data,))
+
+    def __deepcopy__(self, memo):
+        fn, args = self.__reduce__()
+        return fn(*args)
+
+
+def _check_finite(arr, what):
+    """ValueError naming the first non-finite entry as (row, column), 0-based."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        r, c = (int(i) for i in np.argwhere(bad.reshape(arr.shape[0], -1))[0])
+        raise ValueError(f"{what} contains {'NaN' if np.isnan(arr.reshape(arr.shape[0], -1)[r, c]) else 'Inf'} "
+                         f"at row {r}, column {c} (0-based)")
+
+
+def _class_of_rows(y):
+    """Each row's class: the label, or the arg-max of a one-hot / probability row."""
+    if isinstance(y, (tuple, list)) and len(y) == 2 and np.ndim(y[0]) == 2:
+        y = y[1]  # distillation: (teacher_logits, labels)
+    t = np.asarray(y)
+    if t.ndim == 2 and t.shape[1] > 1:
+        return t.argmax(axis=1)
+    return t.reshape(len(t), -1)[:, 0] if t.ndim == 2 else t
+
+
+def _sample_weights(sample_weight, class_weight, y, n):
+    """float32 (n,) per-row loss weights, or None when neither is given."""
+    if sample_weight is None and class_weight is None:
+        return None
+    w = np.ones(n, np.float64)
+    if sample_weight is not None:
+        sw = np.asarray(sample_weight)
+        if sw.dtype.kind not in "fiub":
+            raise ValueError(f"sample_weight must be numeric, got dtype {sw.dtype}")
+        if sw.shape != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},) (one weight per row of x), got {sw.shape}")
+        sw = sw.astype(np.float64)
+        if not np.all(np.isfinite(sw)):
+            raise ValueError(f"sample_weight contains NaN or Inf at row {int(np.flatnonzero(~np.isfinite(sw))[0])}")
+        if np.any(sw < 0):
+            raise ValueError(f"sample_weight must be >= 0, got {sw[sw < 0][0]} at row {int(np.flatnonzero(sw < 0)[0])}")
+        w *= sw
+    if class_weight is not None:
+        cls = _class_of_rows(y)
+        if np.shape(cls) != (n,):
+            raise ValueError(f"class_weight needs one class per row, got targets of shape {np.shape(y)}")
+        if isinstance(class_weight, str):
+            if class_weight != "balanced":
+                raise ValueError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
+            values, counts = np.unique(cls, return_counts=True)
+            class_weight = {v: n / (len(values) * c) for v, c in zip(values.tolist(), counts)}
+        if not isinstance(class_weight, dict):
+            raise ValueError(f"class_weight must be a dict {{class: weight}} or 'balanced', got "
+                             f"{type(class_weight).__name__}")
+        for k, v in class_weight.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(v) or v < 0:
+                raise ValueError(f"class_weight[{k!r}] must be a finite number >= 0, got {v!r}")
+        lookup = {(k.item() if isinstance(k, np.generic) else k): float(v) for k, v in class_weight.items()}
+        w *= np.array([lookup.get(c, 1.0) for c in np.asarray(cls).tolist()], np.float64)
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _validation_rows(mode, n, n_val, y, seed):
+    """(train rows, validation rows) for validation_split, in their original order."""
+    if mode == "last":
+        return np.arange(n - n_val), np.arange(n - n_val, n)
+    key = (0 if seed is None else int(seed), 1)
+    gen = np.random.Generator(np.random.Philox(key=np.array(key, dtype=np.uint64)))
+    if mode == "random":
+        val = np.sort(gen.permutation(n)[:n_val])
+    else:  # stratified: each class's share of the validation rows, by largest remainder
+        cls = _class_of_rows(y)
+        if np.shape(cls) != (n,):
+            raise ValueError("validation_split_mode='stratified' needs one class per row")
+        values, inverse = np.unique(np.asarray(cls), return_inverse=True)
+        counts = np.bincount(inverse)
+        share = counts * (n_val / n)
+        take = np.floor(share).astype(int)
+        for i in np.argsort(-(share - take), kind="stable")[: n_val - take.sum()]:
+            take[i] += 1
+        val = np.sort(np.concatenate([gen.permutation(np.flatnonzero(inverse == k))[:take[k]]
+                                      for k in range(len(values))]))
+    mask = np.ones(n, bool)
+    mask[val] = False
+    return np.flatnonzero(mask), val
+
+
+# How predict_proba turns outputs into probabilities, per loss.
+_PROBA_LINK = {"cross_entropy": "softmax", "focal": "softmax", "distillation": "softmax",
+               "binary_cross_entropy_with_logits": "sigmoid", "binary_cross_entropy": "identity"}
+# Losses that apply their own link to raw scores (logits), and the output
+# activations that would make it apply twice.
+_LOGIT_LOSSES = {"cross_entropy": "softmax", "focal": "softmax", "distillation": "softmax",
+                 "binary_cross_entropy_with_logits": "sigmoid"}
+_PROB_ACTIVATIONS = {"softmax", "sigmoid", "log_softmax", "hard_sigmoid"}
+
+
+def _check_output_for_loss(layers, loss_fn):
+    """A logits loss after a probability output layer applies the link twice
+    (softmax of a softmax trains, but towards the wrong optimum and with tiny
+    gradients); refuse it with the fix named, as binary_cross_entropy refuses logits."""
+    if not layers or loss_fn.name not in _LOGIT_LOSSES:
+        return
+    act = getattr(layers[-1], "activation", None)
+    name = getattr(act, "name", None)
+    if name not in _PROB_ACTIVATIONS:
+        return
+    link = _LOGIT_LOSSES[loss_fn.name]
+    alt = (f"; or keep the {name} output and use loss='binary_cross_entropy', which takes probabilities"
+           if name in ("sigmoid", "hard_sigmoid") else "")
+    raise ValueError(
+        f"the last layer ({layers[-1].describe()}) applies activation {name!r}, but loss {loss_fn.name!r} "
+        f"takes raw scores (logits) and applies {link} itself, so it would be applied twice. Fix: drop the "
+        f"activation from the last layer (Dense(units) with activation=None) and use "
+        f"model.predict_proba(x) for probabilities{alt}.")
+
+
+def _model_from_bytes(data):
+    """Unpickling helper: a model from the bytes of its model file (no code runs)."""
+    if isinstance(data, dict):  # an unbuilt model: its architecture and compile settings only
+        model = Sequential([_layers.LAYER_CLASSES[e["class"]].from_config(dict(e["config"]))
+                            for e in data["layers"]], name=data.get("name"))
+        if data.get("compile"):
+            c = data["compile"]
+            model.compile(optimizer=_optimizer_from_config(c["optimizer"]), loss=_losses.get(c["loss"]),
+                          metrics=list(c["metrics"]))
+        return model
+    return load_model(_io.BytesIO(data))
+
+
+def _optimizer_from_config(entry):
+    opt_config = dict(entry["config"])
+    if "betas" in opt_config:
+        opt_config["betas"] = tuple(opt_config["betas"])
+    return _optimizers.by_class_name(entry["class"])(**opt_config)
 
 
 def _atomic_savez(path, arrays):
@@ -622,10 +841,14 @@ def _read_array(archive, name, max_values):
 def load_model(path, compile=True):
     """Loads a model written by ``model.save``. The file is data only (JSON +
     .npy, read with allow_pickle=False; layer classes come from a fixed
-    registry), so a hostile file can fail to load but never runs code."""
-    path = os.fspath(path)
+    registry), so a hostile file can fail to load but never runs code.
+    `path` may also be a binary file object (``io.BytesIO(data)``, ``open(p, "rb")``)."""
+    source = path
+    path = getattr(path, "name", "<file object>") if hasattr(path, "read") else os.fspath(path)
+    if not isinstance(path, str):
+        path = "<file object>"
     try:
-        archive = np.load(path, allow_pickle=False)
+        archive = np.load(source if hasattr(source, "read") else path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise ValueError(f"{path}: not a nerve model file ({e})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -710,11 +933,8 @@ def _load(archive, compile):
         model._set_streams(int(net["stream"]))
     if compile and config.get("compile"):
         ccfg = config["compile"]
-        opt_cls = _optimizers.by_class_name(ccfg["optimizer"]["class"])
-        opt_config = dict(ccfg["optimizer"]["config"])
-        if "betas" in opt_config:
-            opt_config["betas"] = tuple(opt_config["betas"])
-        optimizer = opt_cls(**opt_config)
+        optimizer = _optimizer_from_config(ccfg["optimizer"])
+        opt_cls = type(optimizer)
         model.compile(optimizer=optimizer, loss=_losses.get(ccfg["loss"]), metrics=list(ccfg.get("metrics", [])))
         st = ccfg["optimizer_state"]
         slots = {name: _read_array(archive, f"slot_{name}", optimizer._core.total_size) for name in st["slots"]}

@@ -54,6 +54,9 @@ Loss make_loss(const std::string& name, const std::map<std::string, double>& par
 struct Target {
   const float* values = nullptr;        // rows x cols (regression targets, probabilities, teacher logits)
   const std::int64_t* labels = nullptr;  // rows class indices in [0, cols)
+  // Optional per-row loss weights (Keras sample_weight), used by Network::train_step only:
+  // the loss becomes sum_i w_i l_i / rows and row i of its gradient is scaled by w_i.
+  const float* weights = nullptr;
 };
 
 // Throws ValueError (before any work) when labels are outside [0, cols), or
