@@ -1,3 +1,10 @@
+import os
+
+# scikit-learn's array-API check (run for nerve.sklearn's estimators in
+# tests/test_sklearn.py) needs this set before scipy is imported; without it
+# the check skips itself, and every check must run.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
 import numpy as np
 import pytest
 
