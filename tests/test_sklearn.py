@@ -21,6 +21,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 import nerve as nv  # noqa: E402
 from nerve.sklearn import NerveClassifier, NerveRegressor, expected_failed_checks  # noqa: E402
 
+# Short runs on purpose: MLP's "maximum iterations reached" warning is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 # Small networks and iteration caps keep the ~60 checks per configuration fast;
 # 300 epochs is what the checks' score thresholds need on their tiny data sets.
 _SMALL = dict(hidden_layer_sizes=(32,), max_iter=300)
