@@ -370,7 +370,8 @@ def test_bad_parameters(name, params, match):
 
 @pytest.mark.parametrize("typo,suggestion", [("cross_entropyy", "cross_entropy"), ("hubber", "huber"),
                                              ("smoothl1", "smooth_l1"), ("accuracyy", "accuracy"),
-                                             ("binary_crossentropy", "binary_cross_entropy")])
+                                             ("binary_crosentropy", "binary_crossentropy"),
+                                             ("mean_squared_eror", "mean_squared_error")])
 def test_unknown_names_suggest_close_matches(typo, suggestion):
     with pytest.raises(ValueError, match=f"did you mean.*'{suggestion}'"):
         nv.losses.get(typo)

@@ -18,6 +18,8 @@ than the label, and Hinton et al. report T in 2.5-4 working best for small
 students. ``binary_cross_entropy`` takes probabilities in [0, 1] (values
 outside raise ValueError) and clamps its logs at -100 like PyTorch.
 """
+import difflib
+
 import numpy as np
 
 from . import _core
@@ -29,6 +31,18 @@ for _row in _ROWS:
     _BY_NAME[_row["name"]] = _row
     for _alias in _row["aliases"]:
         _BY_NAME[_alias] = _row
+
+# Keras's loss names as aliases. nerve's cross-entropies take logits, so
+# categorical_crossentropy / sparse_categorical_crossentropy mean Keras's
+# from_logits=True (one-hot / probability targets, or integer labels; both go
+# to cross_entropy, which takes either); with a softmax output layer compile
+# refuses them and names the fix. binary_crossentropy is Keras's default
+# from_logits=False: probabilities, i.e. nerve's binary_cross_entropy.
+KERAS_ALIASES = {"categorical_crossentropy": "cross_entropy", "sparse_categorical_crossentropy": "cross_entropy",
+                 "categorical_focal_crossentropy": "focal", "binary_crossentropy": "binary_cross_entropy",
+                 "mean_squared_error": "mse", "mean_absolute_error": "mae", "huber_loss": "huber"}
+for _alias, _canon in KERAS_ALIASES.items():
+    _BY_NAME.setdefault(_alias, next(r for r in _ROWS if r["name"] == _canon))
 
 DISTILLATION_TEMPERATURE = [r for r in _ROWS if r["name"] == "distillation"][0]["params"]["temperature"]
 
@@ -93,6 +107,10 @@ def split_target(name, shape, target, check_label_range=True):
     if values.shape != (rows, cols):
         if values.ndim == 1 and values.size == rows and cols == 1:
             values = values.reshape(rows, 1)
+        elif name in _LABEL_LOSSES and t.shape == (rows, 1):
+            # A column of labels: the usual fix is a flat label array, not one-hot targets.
+            raise ValueError(f"{name}: target has shape {t.shape}, a column; class labels go as shape "
+                             f"({rows},) (y.ravel()), or as one-hot / probability targets of shape {(rows, cols)}")
         else:
             raise ValueError(f"target: expected shape {(rows, cols)} (like pred), got {t.shape}")
     return None, values
@@ -102,7 +120,7 @@ class LossFunction:
     """A resolved loss with its parameters."""
 
     def __init__(self, name, weight=None, **params):
-        key = resolve("loss", name, {**_BY_NAME, **_METRICS})
+        key = _loss_key(name)
         if key in _METRICS:
             raise ValueError(f"{key!r} is a metric, not a differentiable loss")
         row = _BY_NAME[key]
@@ -189,14 +207,29 @@ class Metric:
         return {"name": self.name}
 
 
+def _loss_key(name):
+    """The loss (or accuracy metric) key of `name`; unknown names list the losses only."""
+    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
+    if key in _METRICS:
+        return key
+    try:
+        return resolve("loss", name, _BY_NAME)
+    except ValueError as e:
+        close = difflib.get_close_matches(key, list(_METRICS), n=1, cutoff=0.7)
+        if close and "did you mean" not in str(e):
+            raise ValueError(f"unknown loss {name!r} — did you mean {close[0]!r}? (a metric, for "
+                             f"compile(metrics=[...]); known losses: {', '.join(sorted(_BY_NAME))})") from None
+        raise
+
+
 def get(name, **params):
-    """A loss (or metric) by name; aliases accepted."""
+    """A loss (or metric) by name; aliases accepted (Keras's names too, see KERAS_ALIASES)."""
     if isinstance(name, (LossFunction, Metric)):
         return name
     if isinstance(name, dict):
         cfg = dict(name)
         return get(cfg.pop("name"), **cfg)
-    key = resolve("loss", name, {**_BY_NAME, **_METRICS})
+    key = _loss_key(name)
     if key in _METRICS:
         if params:
             raise ValueError(f"metric {key!r} takes no parameters")

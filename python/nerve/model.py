@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 
 from . import _core, _random, callbacks as _callbacks, layers as _layers, losses as _losses
-from . import optimizers as _optimizers
+from . import metrics as _metrics, optimizers as _optimizers
 from ._progress import Progress
 from ._version import __version__
 
@@ -169,9 +169,9 @@ class Sequential:
         loss_fn = _losses.get(loss)
         if not isinstance(loss_fn, _losses.LossFunction):
             raise ValueError(f"{loss_fn.name!r} is a metric; compile needs a differentiable loss")
-        mets = [_losses.Metric(m) if isinstance(m, str) else m for m in (metrics or [])]
+        mets = [_metrics.get(m) if isinstance(m, (str, dict)) else m for m in (metrics or [])]
         for m in mets:
-            if not isinstance(m, _losses.Metric):
+            if not isinstance(m, (_losses.Metric, _metrics.Metric)):
                 raise ValueError(f"unknown metric {m!r}")
         _check_output_for_loss(self.layers, loss_fn)
         self.optimizer, self.loss, self.metrics = opt, loss_fn, mets
@@ -467,6 +467,12 @@ class Sequential:
                 if self.stop_training:
                     break
             logs = self._train_logs(loss_sum, correct, seen, count)
+            extra = [m for m in self.metrics if m.name not in ("accuracy", "zero_one")]
+            if extra:
+                # Metrics not counted inside the step: on the training rows at the epoch's end.
+                pred = net.predict(train_x, max(256, batch_size))
+                for m in extra:
+                    logs[m.name] = m.forward(pred, y, self._logit_outputs())
             if validation_data is not None:
                 if val_x is not None:
                     val = self._evaluate_on(net, val_x, validation_data[1], max(256, batch_size))
@@ -539,6 +545,8 @@ class Sequential:
     def _train_logs(self, loss_sum, correct, seen, count):
         logs = {"loss": loss_sum / max(seen, 1)}
         for m in self.metrics:
+            if m.name not in ("accuracy", "zero_one"):
+                continue  # computed at the epoch's end (fit)
             acc = correct / max(seen, 1)
             logs[m.name] = 1.0 - acc if m.name == "zero_one" else acc
         return logs
@@ -621,7 +629,7 @@ class Sequential:
                                     "nadam_mu_product": state["nadam_mu_product"],
                                     "slots": list(state["slots"])},
                 "loss": self.loss.get_config(),
-                "metrics": [m.name for m in self.metrics],
+                "metrics": [m.name if len(m.get_config()) == 1 else m.get_config() for m in self.metrics],
             }
             for name, arr in state["slots"].items():
                 arrays[f"slot_{name}"] = arr
@@ -652,7 +660,7 @@ class Sequential:
         if self.optimizer is not None and self.loss is not None:
             data["compile"] = {"optimizer": {"class": type(self.optimizer).__name__,
                                              "config": self.optimizer.get_config()},
-                               "loss": self.loss.get_config(), "metrics": [m.name for m in self.metrics]}
+                               "loss": self.loss.get_config(), "metrics": [m.get_config() for m in self.metrics]}
         return (_model_from_bytes, (data,))
 
     def __deepcopy__(self, memo):

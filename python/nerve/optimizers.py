@@ -15,6 +15,7 @@ classes are saved with the model), and ``exclude_from_weight_decay`` (parameter 
 ``("bias", "scale")``, or a predicate on a Parameter) for optimizers with
 weight decay.
 """
+import functools
 import numbers
 
 import numpy as np
@@ -40,6 +41,24 @@ class Optimizer:
     _kind = None
     # python argument name -> OptHyper field
     _fields = {}
+
+    def __init_subclass__(cls, **kwargs):
+        # learning_rate= (Keras's name) is an alias of lr= in every optimizer:
+        # each subclass's __init__ is wrapped once to translate it.
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def __init__(self, *args, learning_rate=None, **kw):
+            if learning_rate is not None:
+                if "lr" in kw or len(args) > 1:
+                    raise ValueError(f"{cls.__name__}: give lr= or learning_rate= (its alias), not both")
+                kw["lr"] = learning_rate
+            init(self, *args, **kw)
+
+        cls.__init__ = __init__
 
     def __init__(self, params=None, *, lr, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  schedule=None, exclude_from_weight_decay=None, **hyper):
