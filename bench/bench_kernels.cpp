@@ -231,10 +231,10 @@ void BM_optimizer(benchmark::State& st) {
   AlignedBuffer p(n), g(n);
   fill(p, -0.1f, 0.1f, 7);
   fill(g, -1e-2f, 1e-2f, 8);
-  nerve::OptHyper h;
-  h.lr = 1e-6;  // parameters barely move: every step does the same work
-  if (!adam) h.momentum = 0.9;
-  nerve::Optimizer opt(adam ? nerve::OptKind::Adam : nerve::OptKind::SGD, h);
+  // lr 1e-6: parameters barely move, so every step does the same work.
+  nerve::Optimizer opt(adam ? "Adam" : "SGD",
+                       adam ? std::vector<std::pair<std::string, double>>{{"lr", 1e-6}}
+                            : std::vector<std::pair<std::string, double>>{{"lr", 1e-6}, {"momentum", 0.9}});
   opt.bind({nerve::ParamSpan{p.data(), g.data(), n, true}});
   opt.step();
   for (auto _ : st) {

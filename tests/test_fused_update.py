@@ -85,7 +85,7 @@ def bits(a):
 
 def state(m):
     core = m.optimizer._core
-    out = [("iterations", np.array([core.iterations])), ("mu", np.array([core.nadam_mu_product]))]
+    out = [("iterations", np.array([core.iterations])), ("scalars", np.array(core.scalar_state))]
     for layer_index, layer in enumerate(m.layers):
         for k, p in enumerate(layer.parameters()):
             out.append((f"layer {layer_index} param {k} value", bits(p.value)))

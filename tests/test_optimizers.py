@@ -709,3 +709,70 @@ def test_results_do_not_depend_on_thread_count(name, hyper):
         nv.set_num_threads(before)
     for a, b in zip(*finals):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# The table: every class, its signature and its validation come from the C++
+# policies (cpp/src/optim/), one unit per optimizer.
+
+def test_classes_and_signatures_come_from_the_table():
+    import inspect
+    table = nv._core.optimizer_table()
+    assert [r["name"] for r in table][:len(DEFAULTS)] == list(DEFAULTS)
+    for name, defaults in DEFAULTS.items():
+        sig = inspect.signature(getattr(nv.optimizers, name))
+        params = list(sig.parameters.values())
+        assert params[0].name == "params" and params[0].default is None
+        positional = {p.name: p.default for p in params[1:] if p.kind == p.POSITIONAL_OR_KEYWORD}
+        assert positional == defaults, name  # names, order-independent values; order below
+        assert list(positional) == list(defaults), name
+        keyword_only = [p.name for p in params if p.kind == p.KEYWORD_ONLY]
+        assert keyword_only == ["clipnorm", "clipvalue", "global_clipnorm", "schedule", "exclude_from_weight_decay"]
+        assert getattr(nv.optimizers, name).__doc__.strip()
+        opt = getattr(nv.optimizers, name)()
+        assert opt.get_config() == defaults, name
+        # Positional arguments in the documented order.
+        args = [v for v in defaults.values()]
+        assert getattr(nv.optimizers, name)(None, *args).get_config() == defaults
+
+
+@pytest.mark.parametrize("name", list(DEFAULTS))
+def test_every_float_hyper_parameter_must_be_finite_float32(name):
+    cls = getattr(nv.optimizers, name)
+    for arg, default in DEFAULTS[name].items():
+        if isinstance(default, bool):
+            with pytest.raises(ValueError, match=arg):
+                cls(**{arg: 1.5})
+            continue
+        big = (1e39, 0.999) if isinstance(default, tuple) else 1e39
+        with pytest.raises(ValueError, match="float32|must be" if arg != "lr" else "lr"):
+            cls(**{arg: big})
+        for bad in (float("inf"), float("nan")):
+            with pytest.raises(ValueError):
+                cls(**{arg: (bad, 0.9) if isinstance(default, tuple) else bad})
+    with pytest.raises(ValueError, match=r"Invalid lr value: 1e\+39 \(must be finite and within the float32 range"):
+        nv.optimizers.Adam(lr=1e39)
+    # Assignment is checked the same way and changes nothing.
+    opt = cls(make_params(), lr=0.01)
+    with pytest.raises(ValueError, match="float32"):
+        opt.lr = 1e39
+    assert opt.lr == pytest.approx(0.01)
+
+
+def test_state_keys_from_older_files_still_load():
+    # Files written before the table carried nadam_mu_product = 1.0 for every
+    # optimizer: still accepted where it is not the optimizer's own state.
+    a = make_params()
+    opt = nv.optimizers.Adam(a, lr=0.01)
+    for p, g in zip(a, grad_sequence(1)[0]):
+        p.grad[...] = g
+    opt.step()
+    state = opt.state_dict()
+    assert "nadam_mu_product" not in state
+    old = {**state, "nadam_mu_product": 1.0}
+    fresh = nv.optimizers.Adam(make_params(), lr=0.01)
+    fresh.load_state_dict(old)
+    assert fresh.iterations == 1
+    np.testing.assert_array_equal(fresh.state_dict()["slots"]["exp_avg"], state["slots"]["exp_avg"])
+    nadam = nv.optimizers.NAdam(make_params())
+    assert nadam.state_dict()["nadam_mu_product"] == 1.0

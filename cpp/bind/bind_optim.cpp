@@ -11,7 +11,7 @@ namespace {
 struct BoundOptimizer {
   Optimizer opt;
   std::vector<std::shared_ptr<ParamArena>> arenas;
-  BoundOptimizer(OptKind kind, const OptHyper& h) : opt(kind, h) {}
+  BoundOptimizer(const HyperValues& h, const Clipping& c) : opt(h, c) {}
 };
 
 // (arena, offset, size, decay) tuples -> spans; adjacent slices of one arena
@@ -43,55 +43,72 @@ std::vector<ParamSpan> to_spans(const py::list& items, std::vector<std::shared_p
   return spans;
 }
 
+// name -> value pairs from a Python dict (bools as 0/1).
+std::vector<std::pair<std::string, double>> to_pairs(const py::dict& values) {
+  std::vector<std::pair<std::string, double>> out;
+  for (const auto& kv : values) out.emplace_back(kv.first.cast<std::string>(), kv.second.cast<double>());
+  return out;
+}
+
+py::dict hyper_dict(const HyperValues& h) {
+  py::dict d;
+  const auto& specs = h.policy->hyper();
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    if (specs[i].flag) d[specs[i].name] = h.v[i] != 0.0;
+    else d[specs[i].name] = h.v[i];
+  }
+  return d;
+}
+
 }  // namespace
 
 void bind_optim(py::module_& m) {
-  py::enum_<OptKind>(m, "OptKind")
-      .value("SGD", OptKind::SGD)
-      .value("Adagrad", OptKind::Adagrad)
-      .value("RMSprop", OptKind::RMSprop)
-      .value("Adadelta", OptKind::Adadelta)
-      .value("Adam", OptKind::Adam)
-      .value("AdamW", OptKind::AdamW)
-      .value("Adamax", OptKind::Adamax)
-      .value("NAdam", OptKind::NAdam)
-      .value("Ftrl", OptKind::Ftrl);
-
-  py::class_<OptHyper>(m, "OptHyper")
-      .def(py::init<>())
-      .def_readwrite("lr", &OptHyper::lr)
-      .def_readwrite("weight_decay", &OptHyper::weight_decay)
-      .def_readwrite("momentum", &OptHyper::momentum)
-      .def_readwrite("dampening", &OptHyper::dampening)
-      .def_readwrite("nesterov", &OptHyper::nesterov)
-      .def_readwrite("beta1", &OptHyper::beta1)
-      .def_readwrite("beta2", &OptHyper::beta2)
-      .def_readwrite("eps", &OptHyper::eps)
-      .def_readwrite("amsgrad", &OptHyper::amsgrad)
-      .def_readwrite("momentum_decay", &OptHyper::momentum_decay)
-      .def_readwrite("lr_decay", &OptHyper::lr_decay)
-      .def_readwrite("initial_accumulator_value", &OptHyper::initial_accumulator_value)
-      .def_readwrite("alpha", &OptHyper::alpha)
-      .def_readwrite("centered", &OptHyper::centered)
-      .def_readwrite("learning_rate_power", &OptHyper::learning_rate_power)
-      .def_readwrite("ftrl_initial_accumulator", &OptHyper::ftrl_initial_accumulator)
-      .def_readwrite("l1", &OptHyper::l1)
-      .def_readwrite("l2", &OptHyper::l2)
-      .def_readwrite("l2_shrinkage", &OptHyper::l2_shrinkage)
-      .def_readwrite("ftrl_beta", &OptHyper::ftrl_beta)
-      .def_readwrite("clipvalue", &OptHyper::clipvalue)
-      .def_readwrite("clipnorm", &OptHyper::clipnorm)
-      .def_readwrite("global_clipnorm", &OptHyper::global_clipnorm);
-
-  m.def("validate_hyper", &validate_hyper, py::arg("kind"), py::arg("hyper"));
-  m.def("state_slot_names", &state_slot_names, py::arg("kind"), py::arg("hyper"));
+  // The table Python builds its optimizer classes from (nerve/optimizers.py).
+  m.def("optimizer_table", [] {
+    py::list rows;
+    for (const Policy* p : optimizer_policies()) {
+      py::dict d;
+      d["name"] = p->name();
+      d["doc"] = p->doc();
+      py::list hyper;
+      for (const HyperSpec& s : p->hyper()) {
+        py::dict h;
+        h["name"] = s.name;
+        h["default"] = s.flag ? py::object(py::bool_(s.default_value != 0.0)) : py::object(py::float_(s.default_value));
+        h["flag"] = s.flag;
+        h["lo"] = s.lo;
+        h["hi"] = s.hi;
+        h["lo_open"] = s.lo_bound == Bound::Open;
+        h["hi_open"] = s.hi_bound == Bound::Open;
+        h["group"] = s.group ? py::object(py::str(s.group)) : py::object(py::none());
+        h["layout"] = s.layout;
+        hyper.append(h);
+      }
+      d["hyper"] = hyper;
+      py::list scalars;
+      for (const ScalarSpec& s : p->scalars()) {
+        py::dict h;
+        h["name"] = s.name;
+        h["init"] = s.init;
+        h["lo"] = s.lo;
+        h["hi"] = s.hi;
+        scalars.append(h);
+      }
+      d["scalars"] = scalars;
+      d["has_weight_decay"] = p->index_of("weight_decay") >= 0;
+      rows.append(d);
+    }
+    return rows;
+  });
 
   py::class_<BoundOptimizer>(m, "Optimizer")
-      .def(py::init([](OptKind kind, const OptHyper& h) {
-             validate_hyper(kind, h);
-             return std::make_unique<BoundOptimizer>(kind, h);
+      .def(py::init([](const std::string& name, const py::dict& values, double clipvalue, double clipnorm,
+                       double global_clipnorm) {
+             const HyperValues h = make_hyper(optimizer_policy(name), to_pairs(values));
+             return std::make_unique<BoundOptimizer>(h, Clipping{clipvalue, clipnorm, global_clipnorm});
            }),
-           py::arg("kind"), py::arg("hyper"))
+           py::arg("name"), py::arg("values"), py::arg("clipvalue") = 0.0, py::arg("clipnorm") = 0.0,
+           py::arg("global_clipnorm") = 0.0)
       .def(
           "bind",
           [](BoundOptimizer& b, const py::list& slices, bool merge) {
@@ -104,20 +121,26 @@ void bind_optim(py::module_& m) {
              py::gil_scoped_release nogil;
              b.opt.step();
            })
+      .def_property_readonly("name", [](BoundOptimizer& b) { return std::string(b.opt.policy().name()); })
+      .def_property_readonly("hyper", [](BoundOptimizer& b) { return hyper_dict(b.opt.hyper()); },
+                             "name -> value of every hyper-parameter (a copy)")
+      .def("get", [](BoundOptimizer& b, const std::string& name) { return b.opt.get(name); }, py::arg("name"))
+      .def("set", [](BoundOptimizer& b, const std::string& name, double v) { b.opt.set(name, v); },
+           py::arg("name"), py::arg("value"))
+      .def(
+          "validate",
+          [](BoundOptimizer& b, const py::dict& changes) {
+            HyperValues h = b.opt.hyper();
+            for (const auto& kv : to_pairs(changes)) {
+              const int i = h.policy->index_of(kv.first.c_str());
+              require(i >= 0, std::string(h.policy->name()) + " has no hyper-parameter '" + kv.first + "'");
+              h.v[static_cast<std::size_t>(i)] = kv.second;
+            }
+            validate_hyper(h);
+          },
+          py::arg("changes"), "Raises ValueError if these changes would make the hyper-parameters invalid")
       .def_property(
-          "hyper", [](BoundOptimizer& b) { return b.opt.hyper(); },
-          [](BoundOptimizer& b, const OptHyper& h) {
-            validate_hyper(b.opt.kind(), h);
-            b.opt.hyper() = h;
-          })
-      .def_property(
-          "lr", [](BoundOptimizer& b) { return b.opt.hyper().lr; },
-          [](BoundOptimizer& b, double lr) {
-            OptHyper h = b.opt.hyper();
-            h.lr = lr;
-            validate_hyper(b.opt.kind(), h);
-            b.opt.hyper().lr = lr;
-          })
+          "lr", [](BoundOptimizer& b) { return b.opt.lr(); }, [](BoundOptimizer& b, double lr) { b.opt.set_lr(lr); })
       .def_property(
           "iterations", [](BoundOptimizer& b) { return b.opt.iterations; },
           [](BoundOptimizer& b, std::int64_t t) {
@@ -125,8 +148,17 @@ void bind_optim(py::module_& m) {
             b.opt.iterations = t;
           })
       .def_property(
-          "nadam_mu_product", [](BoundOptimizer& b) { return b.opt.nadam_mu_product; },
-          [](BoundOptimizer& b, double v) { b.opt.nadam_mu_product = v; })
+          "scalar_state", [](BoundOptimizer& b) { return b.opt.scalar_state; },
+          [](BoundOptimizer& b, const std::vector<double>& v) {
+            const auto& specs = b.opt.policy().scalars();
+            require(v.size() == specs.size(), "scalar state of the wrong length");
+            for (std::size_t i = 0; i < v.size(); ++i)
+              require(v[i] > specs[i].lo && v[i] <= specs[i].hi,
+                      std::string(specs[i].name) + " must be in (" + format_value(specs[i].lo) + ", " +
+                          format_value(specs[i].hi) + "], got " + format_value(v[i]));
+            b.opt.scalar_state = v;
+          },
+          "The policy's scalars kept between steps (NAdam: the running product of mu_t), in double")
       .def_property_readonly("slot_names", [](BoundOptimizer& b) { return b.opt.slot_names; })
       .def_property_readonly("total_size", [](BoundOptimizer& b) { return b.opt.total_size(); })
       .def_property_readonly("span_count", [](BoundOptimizer& b) { return b.opt.spans().size(); })

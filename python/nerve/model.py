@@ -625,8 +625,8 @@ class Sequential:
             state = self.optimizer.state_dict()
             config["compile"] = {
                 "optimizer": {"class": state["class"], "config": state["config"]},
-                "optimizer_state": {"iterations": state["iterations"], "lr": state["lr"],
-                                    "nadam_mu_product": state["nadam_mu_product"],
+                # iterations, lr and the optimizer's own scalars (NAdam: nadam_mu_product)
+                "optimizer_state": {**{k: v for k, v in state.items() if k not in ("class", "config", "slots")},
                                     "slots": list(state["slots"])},
                 "loss": self.loss.get_config(),
                 "metrics": [m.name if len(m.get_config()) == 1 else m.get_config() for m in self.metrics],
@@ -946,6 +946,6 @@ def _load(archive, compile):
         model.compile(optimizer=optimizer, loss=_losses.get(ccfg["loss"]), metrics=list(ccfg.get("metrics", [])))
         st = ccfg["optimizer_state"]
         slots = {name: _read_array(archive, f"slot_{name}", optimizer._core.total_size) for name in st["slots"]}
-        optimizer.load_state_dict({"class": opt_cls.__name__, "lr": st["lr"], "iterations": st["iterations"],
-                                   "nadam_mu_product": st.get("nadam_mu_product", 1.0), "slots": slots})
+        optimizer.load_state_dict({**{k: v for k, v in st.items() if k != "slots"},
+                                   "class": opt_cls.__name__, "slots": slots})
     return model

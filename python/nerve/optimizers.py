@@ -16,6 +16,7 @@ classes are saved with the model), and ``exclude_from_weight_decay`` (parameter 
 weight decay.
 """
 import functools
+import inspect
 import numbers
 
 import numpy as np
@@ -35,12 +36,20 @@ def _number(name, value):
     return value
 
 
-class Optimizer:
-    """Base class: holds the parameters, the C++ optimizer and the schedule."""
+_COMMON = ("clipnorm", "clipvalue", "global_clipnorm", "schedule", "exclude_from_weight_decay")
+# Keys older files saved for every optimizer: nadam_mu_product was 1.0 for all but NAdam.
+_LEGACY_SCALARS = {"nadam_mu_product": 1.0}
 
-    _kind = None
-    # python argument name -> OptHyper field
-    _fields = {}
+
+class Optimizer:
+    """Base class: holds the parameters, the C++ optimizer and the schedule.
+
+    Each subclass is made from one row of the C++ table (``_core.optimizer_table()``):
+    its name, hyper-parameters (defaults, ranges), state slots and kernels live in
+    one C++ unit (``cpp/src/optim/``)."""
+
+    _row = None          # the table row of this class
+    _args = {}           # python argument name -> list of C++ hyper-parameter names (betas: two)
 
     def __init_subclass__(cls, **kwargs):
         # learning_rate= (Keras's name) is an alias of lr= in every optimizer:
@@ -67,8 +76,7 @@ class Optimizer:
         self.schedule = schedule
         if schedule is not None and not callable(schedule):
             raise ValueError("schedule must be callable: schedule(step) -> learning rate")
-        allowed = ["lr", *self._fields, "clipnorm", "clipvalue", "global_clipnorm", "schedule",
-                   "exclude_from_weight_decay"]
+        allowed = ["lr", *self._args, *_COMMON]
         check_params("optimizer", type(self).__name__, hyper, allowed)
         self._config = {"lr": lr, **hyper}
         self._clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
@@ -83,32 +91,38 @@ class Optimizer:
             if not all(isinstance(k, str) for k in exclude_from_weight_decay):
                 raise ValueError(f"exclude_from_weight_decay kinds must be strings, got {exclude_from_weight_decay!r}")
         self._exclude = exclude_from_weight_decay
-        h = _core.OptHyper()
         lr0 = schedule(0) if schedule is not None else lr
-        h.lr = _number("lr", lr0)
+        values = {"lr": _number("lr", lr0)}
         for arg, value in hyper.items():
-            field = self._fields[arg]
-            if isinstance(field, tuple):  # betas=(b1, b2)
-                if not isinstance(value, (tuple, list)) or len(value) != len(field):
-                    raise ValueError(f"{arg} must be a pair of numbers, got {value!r}")
-                for f, v in zip(field, value):
-                    setattr(h, f, _number(arg, v))
-            elif isinstance(value, bool):
-                setattr(h, field, value)
-            else:
-                setattr(h, field, _number(arg, value))
+            values.update(self._values(arg, value))
+        clip = {}
         for arg, value in self._clip.items():
             if value is not None:
                 v = _number(arg, value)
                 if v <= 0:
                     raise ValueError(f"{arg} must be > 0, got {v}")
-                setattr(h, arg, v)
-        self._core = _core.Optimizer(self._kind, h)
+                clip[arg] = v
+        self._core = _core.Optimizer(self._row["name"], values, **clip)
         self._model = None  # weak reference to the model compiled with this optimizer
         self.params = []
         self._arenas = []
         if params is not None:
             self._attach(params)
+
+    @classmethod
+    def _values(cls, arg, value):
+        """Python argument -> {C++ hyper-parameter: number} (betas=(b1, b2) gives two)."""
+        names = cls._args[arg]
+        specs = [cls._specs[n] for n in names]
+        if len(names) > 1:
+            if not isinstance(value, (tuple, list)) or len(value) != len(names):
+                raise ValueError(f"{arg} must be a pair of numbers, got {value!r}")
+            return {n: _number(arg, v) for n, v in zip(names, value)}
+        if specs[0]["flag"]:
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{arg} must be True or False, got {value!r}")
+            return {names[0]: float(bool(value))}
+        return {names[0]: _number(arg, value)}
 
     # -- parameters ---------------------------------------------------------
     def _decays(self, p):
@@ -137,13 +151,13 @@ class Optimizer:
         # Arenas whose pruning masks step() re-applies (nv.pruning), distinct, in order.
         self._arenas = list({id(p._arena): p._arena for p in params}.values())
         if kept is not None:
-            slots, iterations, mu_product = kept
+            slots, iterations, scalars = kept
             for k, view in enumerate(self._slot_views()):
                 for p, v in zip(params, view):
                     if id(p) in slots:
                         v[...] = slots[id(p)][k]
             self._core.iterations = iterations
-            self._core.nadam_mu_product = mu_product
+            self._core.scalar_state = scalars
 
     def _slot_views(self):
         """Per slot, the views of each parameter's part: the state layout is the
@@ -160,7 +174,7 @@ class Optimizer:
     def _state_by_param(self):
         per_slot = self._slot_views()
         slots = {id(p): [per_slot[k][j].copy() for k in range(len(per_slot))] for j, p in enumerate(self.params)}
-        return slots, self._core.iterations, self._core.nadam_mu_product
+        return slots, self._core.iterations, self._core.scalar_state
 
     # -- the torch.optim interface -----------------------------------------
     @property
@@ -208,15 +222,18 @@ class Optimizer:
             p.grad.fill(0.0)
 
     def state_dict(self):
-        """Hyper-parameters, step count and state slots (copies)."""
-        return {
+        """Hyper-parameters, step count, the optimizer's scalars kept between
+        steps (NAdam: ``nadam_mu_product``) and state slots (copies)."""
+        state = {
             "class": type(self).__name__,
             "config": self.get_config(),
             "lr": self.lr,
             "iterations": int(self._core.iterations),
-            "nadam_mu_product": float(self._core.nadam_mu_product),
-            "slots": {name: self._core.slot(i).copy() for i, name in enumerate(self._core.slot_names)},
         }
+        for spec, value in zip(self._row["scalars"], self._core.scalar_state):
+            state[spec["name"]] = float(value)
+        state["slots"] = {name: self._core.slot(i).copy() for i, name in enumerate(self._core.slot_names)}
+        return state
 
     def load_state_dict(self, state):
         """Restores what state_dict() returned; the same trajectory continues."""
@@ -241,17 +258,23 @@ class Optimizer:
         iterations = state["iterations"]
         if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
             raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
-        mu_product = _number("nadam_mu_product", state.get("nadam_mu_product", 1.0))
-        if not 0.0 < mu_product <= 1.0:
-            raise ValueError(f"nadam_mu_product must be in (0, 1], got {mu_product}")
+        scalars = []
+        for spec in self._row["scalars"]:
+            v = _number(spec["name"], state.get(spec["name"], spec["init"]))
+            if not spec["lo"] < v <= spec["hi"]:
+                raise ValueError(f"{spec['name']} must be in ({spec['lo']:g}, {spec['hi']:g}], got {v}")
+            scalars.append(v)
+        own = {s["name"] for s in self._row["scalars"]}
+        for key, neutral in _LEGACY_SCALARS.items():
+            if key in state and key not in own and _number(key, state[key]) != neutral:
+                raise ValueError(f"{key} is not state of {type(self).__name__} (expected {neutral} or nothing, "
+                                 f"got {state[key]!r})")
         lr = _number("lr", state["lr"])
-        trial = self._core.hyper  # a copy
-        trial.lr = lr
-        _core.validate_hyper(self._kind, trial)
+        self._core.validate({"lr": lr})
         for i, name in enumerate(names):
             self._core.slot(i)[...] = np.asarray(slots[name], dtype=np.float32).reshape(-1)
         self._core.iterations = int(iterations)
-        self._core.nadam_mu_product = mu_product
+        self._core.scalar_state = scalars
         self._core.lr = lr
 
     def get_config(self):
@@ -270,151 +293,64 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-class SGD(Optimizer):
-    """Stochastic gradient descent with momentum (PyTorch semantics).
+def _make_class(row):
+    """An Optimizer subclass from one row of the C++ table: the constructor's
+    signature (positional order and defaults) is the table's."""
+    args = {}      # python argument -> C++ names
+    defaults = {}  # python argument -> default
+    for spec in row["hyper"]:
+        key = spec["group"] or spec["name"]
+        if key not in args:
+            args[key], defaults[key] = [], []
+        args[key].append(spec["name"])
+        defaults[key].append(spec["default"])
+    defaults = {k: (tuple(v) if len(v) > 1 else v[0]) for k, v in defaults.items()}
+    P = inspect.Parameter
+    sig = inspect.Signature(
+        [P("self", P.POSITIONAL_OR_KEYWORD), P("params", P.POSITIONAL_OR_KEYWORD, default=None)]
+        + [P(a, P.POSITIONAL_OR_KEYWORD, default=d) for a, d in defaults.items()]
+        + [P(k, P.KEYWORD_ONLY, default=None) for k in _COMMON])
+    own = {k for k in args if k != "lr"}
 
-    g ← g + λθ; b ← μb + (1−τ)g (b = g at the first step); g ← g + μb if
-    nesterov else b; θ ← θ − ηg. References: Polyak (1964); Sutskever et al.
-    (2013) for Nesterov momentum; torch.optim.SGD.
-    """
+    def __init__(self, *a, **kw):
+        unknown = {k: v for k, v in kw.items() if k not in sig.parameters or k == "self"}
+        check_params("optimizer", row["name"], unknown, list(sig.parameters)[2:])
+        bound = sig.bind(self, *a, **kw)
+        bound.apply_defaults()
+        given = dict(bound.arguments)
+        given.pop("self")
+        params = given.pop("params")
+        hyper = {k: (tuple(v) if isinstance(v, list) and len(args.get(k, ())) > 1 else v)
+                 for k, v in given.items() if k in own}
+        common = {k: given[k] for k in _COMMON}
+        Optimizer.__init__(self, params, lr=given["lr"], **common, **hyper)
 
-    _kind = _core.OptKind.SGD
-    _fields = {"momentum": "momentum", "dampening": "dampening", "nesterov": "nesterov",
-               "weight_decay": "weight_decay"}
-
-    def __init__(self, params=None, lr=1e-2, momentum=0.0, dampening=0.0, nesterov=False,
-                 weight_decay=0.0, **kw):
-        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                         weight_decay=weight_decay, **kw)
-
-
-class Adagrad(Optimizer):
-    """AdaGrad (Duchi et al., 2011), torch.optim.Adagrad semantics.
-
-    η_t = η / (1 + (t−1)·lr_decay); s ← s + g²; θ ← θ − η_t·g / (√s + ε).
-    """
-
-    _kind = _core.OptKind.Adagrad
-    _fields = {"lr_decay": "lr_decay", "weight_decay": "weight_decay",
-               "initial_accumulator_value": "initial_accumulator_value", "eps": "eps"}
-
-    def __init__(self, params=None, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, **kw):
-        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                         initial_accumulator_value=initial_accumulator_value, eps=eps, **kw)
-
-
-class RMSprop(Optimizer):
-    """RMSProp (Hinton, 2012 lecture 6e), torch.optim.RMSprop semantics.
-
-    v ← αv + (1−α)g²; (centered: ḡ ← αḡ + (1−α)g, v̂ = v − ḡ²); with momentum
-    b ← μb + g/(√v̂ + ε), θ ← θ − ηb; without, θ ← θ − ηg/(√v̂ + ε).
-    nesterov=True (as optax): u = g/(√v̂ + ε), b ← μb + u, θ ← θ − η(u + μb).
-    """
-
-    _kind = _core.OptKind.RMSprop
-    _fields = {"alpha": "alpha", "eps": "eps", "weight_decay": "weight_decay", "momentum": "momentum",
-               "centered": "centered", "nesterov": "nesterov"}
-
-    def __init__(self, params=None, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, nesterov=False, **kw):
-        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                         momentum=momentum, centered=centered, nesterov=nesterov, **kw)
+    __init__.__signature__ = sig
+    __init__.__doc__ = row["doc"]
+    doc = row["doc"] + "\n\nArguments (defaults): " + ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+    cls = type(row["name"], (Optimizer,), {
+        "__init__": __init__, "__doc__": doc, "__module__": __name__,
+        "_row": row, "_args": {k: v for k, v in args.items() if k != "lr"},
+        "_specs": {s["name"]: s for s in row["hyper"]}})
+    cls.__signature__ = inspect.Signature(list(sig.parameters.values())[1:])
+    return cls
 
 
-class Adadelta(Optimizer):
-    """AdaDelta (Zeiler, 2012), torch.optim.Adadelta semantics.
+# One class per row of the C++ table, in its order.
+_TABLE = _core.optimizer_table()
+__all__ = []
+for _row in _TABLE:
+    globals()[_row["name"]] = _make_class(_row)
+    __all__.append(_row["name"])
+__all__ += ["Optimizer", "get", "by_class_name", "clip_grad_value_", "clip_grad_norm_", "names"]
 
-    v ← ρv + (1−ρ)g²; Δ = √(u + ε)/√(v + ε)·g; u ← ρu + (1−ρ)Δ²; θ ← θ − ηΔ.
-    """
-
-    _kind = _core.OptKind.Adadelta
-    _fields = {"rho": "alpha", "eps": "eps", "weight_decay": "weight_decay"}  # OptHyper keeps rho in alpha
-
-    def __init__(self, params=None, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, **kw):
-        super().__init__(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, **kw)
+_CLASSES = {name.lower(): globals()[name] for name in __all__[:len(_TABLE)]}
 
 
-class Adam(Optimizer):
-    """Adam (Kingma & Ba, 2015), torch.optim.Adam semantics.
-
-    m ← β1m + (1−β1)g; v ← β2v + (1−β2)g²; θ ← θ − η·(m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + ε).
-    amsgrad (Reddi et al., 2018) uses the running maximum of v. weight_decay
-    adds λθ to g (L2); see AdamW for decoupled decay.
-    """
-
-    _kind = _core.OptKind.Adam
-    _fields = {"betas": ("beta1", "beta2"), "eps": "eps", "weight_decay": "weight_decay",
-               "amsgrad": "amsgrad"}
-
-    def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, **kw):
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, **kw)
-
-
-class AdamW(Adam):
-    """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay,
-    θ ← θ(1 − ηλ) before the Adam update (torch.optim.AdamW)."""
-
-    _kind = _core.OptKind.AdamW
-
-    def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, **kw):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, **kw)
-
-
-class Adamax(Optimizer):
-    """AdaMax (Kingma & Ba, 2015, §7): u ← max(β2u, |g| + ε);
-    θ ← θ − η/(1−β1ᵗ)·m/u (torch.optim.Adamax)."""
-
-    _kind = _core.OptKind.Adamax
-    _fields = {"betas": ("beta1", "beta2"), "eps": "eps", "weight_decay": "weight_decay"}
-
-    def __init__(self, params=None, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, **kw):
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **kw)
-
-
-class NAdam(Optimizer):
-    """NAdam (Dozat, 2016), torch.optim.NAdam semantics:
-    μ_t = β1(1 − ½·0.96^(tψ)), with ψ = momentum_decay."""
-
-    _kind = _core.OptKind.NAdam
-    _fields = {"betas": ("beta1", "beta2"), "eps": "eps", "weight_decay": "weight_decay",
-               "momentum_decay": "momentum_decay"}
-
-    def __init__(self, params=None, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, **kw):
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                         momentum_decay=momentum_decay, **kw)
-
-
-class Ftrl(Optimizer):
-    """FTRL-Proximal (McMahan et al., 2013) with Keras's semantics
-    (tf.keras.optimizers.Ftrl): per-coordinate rates n^(−lr_power), L1 gives
-    exact zeros, L2 enters the denominator as 2·l2 as in Keras."""
-
-    _kind = _core.OptKind.Ftrl
-    _fields = {"learning_rate_power": "learning_rate_power",
-               "initial_accumulator_value": "ftrl_initial_accumulator",
-               "l1_regularization_strength": "l1", "l2_regularization_strength": "l2",
-               "l2_shrinkage_regularization_strength": "l2_shrinkage", "beta": "ftrl_beta"}
-
-    def __init__(self, params=None, lr=1e-3, learning_rate_power=-0.5, initial_accumulator_value=0.1,
-                 l1_regularization_strength=0.0, l2_regularization_strength=0.0,
-                 l2_shrinkage_regularization_strength=0.0, beta=0.0, **kw):
-        super().__init__(params, lr=lr, learning_rate_power=learning_rate_power,
-                         initial_accumulator_value=initial_accumulator_value,
-                         l1_regularization_strength=l1_regularization_strength,
-                         l2_regularization_strength=l2_regularization_strength,
-                         l2_shrinkage_regularization_strength=l2_shrinkage_regularization_strength,
-                         beta=beta, **kw)
-
-
-_CLASSES = {c.__name__.lower(): c for c in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, NAdam, Ftrl)}
-_CLASSES["nadam"] = NAdam
-_CLASSES["rmsprop"] = RMSprop
+def names():
+    """The optimizers' class names with their arguments and defaults (from the C++ table)."""
+    return [{"name": r["name"], "arguments": {k: v.default for k, v in _CLASSES[r["name"].lower()].__signature__.parameters.items()
+                                              if k != "params" and k not in _COMMON}} for r in _TABLE]
 
 
 def get(name, **kw):
