@@ -123,3 +123,57 @@ def test_train_step_allocates_nothing_after_the_first(tmp_path):
         assert counts["short"] > 0, counts
         # ... and 9 more steps cost no allocation at all.
         assert counts["long"] == counts["short"], (threads, batch, counts)
+
+
+INFERENCE_CHILD = textwrap.dedent("""
+    import ctypes, json, sys
+    import numpy as np
+    import nerve as nv
+
+    calls = ctypes.CDLL(None).nerve_test_malloc_calls
+    calls.restype = ctypes.c_longlong
+    out = []
+    for threads, batch in json.loads(sys.argv[1]):
+        nv.set_num_threads(threads)
+        nv.manual_seed(0)
+        L = nv.layers
+        m = nv.Sequential([L.Dense(256, activation="relu"), L.BatchNorm(), L.Dropout(0.1),
+                           L.Dense(128, activation="crelu"), L.Dense(64, activation="gelu"), L.Dense(10)],
+                          input_dim=100)
+        nv.pruning.prune_magnitude(m, 0.9)
+        net = m.optimize_for_inference()._net
+        r = np.random.default_rng(0)
+        short = r.standard_normal((3 * batch, 100)).astype(np.float32)
+        long = r.standard_normal((12 * batch, 100)).astype(np.float32)
+        counts = {}
+        for name, x in (("w1", short), ("w2", long), ("w3", short), ("w4", long), ("short", short), ("long", long)):
+            c0 = calls()
+            net.predict(x, batch)
+            counts[name] = calls() - c0
+        out.append([threads, batch, counts])
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc hook (LD_PRELOAD)")
+def test_optimized_predict_allocates_nothing_per_batch(tmp_path):
+    # optimize_for_inference(): sparse kernels (gather path at batch 1, panels
+    # above), a dense GEMM and an activation that doubles the width; a predict
+    # call of 12 batches allocates exactly what one of 3 batches does (its result).
+    import json
+
+    lib = _compile_shim(tmp_path)
+    cases = [[1, 1], [2, 1], [1, 40], [2, 300]]
+    env = dict(os.environ, LD_PRELOAD=str(lib))
+    import nerve
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(nerve.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", INFERENCE_CHILD, json.dumps(cases)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    results = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(results) == len(cases)
+    for threads, batch, counts in results:
+        assert counts["short"] > 0, counts
+        assert counts["long"] == counts["short"], (threads, batch, counts)

@@ -46,5 +46,6 @@ void bind_activation(py::module_& m);
 void bind_loss(py::module_& m);
 void bind_optim(py::module_& m);
 void bind_layers(py::module_& m);
+void bind_sparse(py::module_& m);
 
 }  // namespace nerve::bind

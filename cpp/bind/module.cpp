@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
   nerve::bind::bind_loss(m);
   nerve::bind::bind_optim(m);
   nerve::bind::bind_layers(m);
+  nerve::bind::bind_sparse(m);
 }

@@ -1,0 +1,139 @@
+"""model.optimize_for_inference(): BatchNorm folded, noise removed, pruned
+kernels through the sparse C++ product (checked against numpy), the same
+predictions as model.predict within float32 rounding."""
+import numpy as np
+import pytest
+
+import nerve as nv
+from nerve import _core
+from conftest import close_to_scale, layer_kind_models, rng
+
+L = nv.layers
+
+
+def pruned(shape, sparsity, seed=0):
+    r = rng(seed)
+    w = r.standard_normal(shape).astype(np.float32)
+    w[r.random(shape) < sparsity] = 0.0
+    return w
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 7, 8, 9, 31, 32, 33, 64, 100])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 1.0])
+def test_sparse_product_against_numpy(batch, sparsity):
+    w = pruned((37, 29), sparsity)
+    x = rng(batch).standard_normal((batch, 37)).astype(np.float32)
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    got = _core.sparse_matmul(w, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
+
+
+def test_sparse_product_is_thread_count_invariant():
+    w = pruned((300, 200), 0.9)
+    before = nv.get_num_threads()
+    try:
+        for batch in (1, 5, 96, 257):
+            x = rng(batch).standard_normal((batch, 300)).astype(np.float32)
+            nv.set_num_threads(1)
+            one = _core.sparse_matmul(w, x)
+            nv.set_num_threads(2)
+            np.testing.assert_array_equal(_core.sparse_matmul(w, x), one)
+    finally:
+        nv.set_num_threads(before)
+
+
+def test_sparse_product_refuses_bad_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        _core.sparse_matmul(np.zeros((3, 2), np.float32), np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        _core.sparse_matmul(np.zeros((3, 2)), np.zeros((4, 3), np.float32))
+
+
+@pytest.mark.parametrize("label,model", layer_kind_models(), ids=lambda v: v if isinstance(v, str) else "")
+def test_same_predictions_for_every_layer_kind(label, model):
+    fast = model.optimize_for_inference()
+    for batch in (1, 3, 40):
+        x = rng(batch).standard_normal((batch, 6)).astype(np.float32)
+        close_to_scale(fast.predict(x), model.predict(x), rtol=2e-6)
+    assert fast.output_dim == model.output_dim
+
+
+def test_batchnorm_folds_both_ways_and_noise_goes():
+    nv.manual_seed(0)
+    x = rng(0).standard_normal((64, 5)).astype(np.float32)
+    model = nv.Sequential([L.BatchNorm(), L.Dense(8, use_bias=False), L.BatchNorm(), L.Dropout(0.3),
+                           L.Activation("relu"), L.GaussianNoise(0.5), L.BatchNorm(), L.Maxout(4, 2),
+                           L.Dense(6, activation="tanh"), L.BatchNorm(), L.PReLU(), L.Dense(3)], input_dim=5)
+    model.compile(optimizer="adam", loss="cross_entropy")
+    model.fit(x, np.arange(64) % 3, epochs=3, batch_size=16, verbose=0)
+    fast = model.optimize_for_inference()
+    r = fast.report
+    assert sorted(r["removed"]) == ["3:Dropout", "5:GaussianNoise"]
+    assert len(r["folded"]) == 3  # the first before the Dense, the second after it, the third into Maxout
+    kinds = [c.type for c in fast._cores]
+    # Dense+BN+BN folded into one Dense; the BN after tanh has no affine neighbour (PReLU follows): it stays.
+    assert kinds == ["Dense", "Activation", "Maxout", "Dense", "BatchNorm", "PReLU", "Dense"]
+    close_to_scale(fast.predict(x), model.predict(x), rtol=2e-6)
+
+
+def test_pruned_mlp_runs_sparse_above_the_threshold():
+    nv.manual_seed(1)
+    model = nv.Sequential([L.Dense(64, activation="relu"), L.Dense(32, activation="gelu"),
+                           L.Dense(16, activation="crelu"), L.Dense(4)], input_dim=50)
+    nv.pruning.prune_magnitude(model, 0.9)
+    model.layers[3].kernel.value[...] = rng(3).standard_normal((32, 4))  # this one dense again
+    fast = model.optimize_for_inference()
+    assert [s["layer"] for s in fast.report["sparse"]] == ["0", "1", "2"]
+    assert [c.type for c in fast._cores] == ["SparseDense"] * 3 + ["Dense"]
+    nnz = [int(np.count_nonzero(l.kernel.value)) for l in model.layers[:3]]
+    assert [c.nnz for c in fast._cores[:3]] == nnz
+    for batch in (1, 2, 5, 32, 70, 300):
+        x = rng(batch).standard_normal((batch, 50)).astype(np.float32)
+        close_to_scale(fast.predict(x, batch_size=128), model.predict(x), rtol=2e-6)
+    every = model.optimize_for_inference(sparse_threshold=0.0)  # every Dense sparse: still right
+    assert [c.type for c in every._cores] == ["SparseDense"] * 4
+    x = rng(9).standard_normal((11, 50)).astype(np.float32)
+    close_to_scale(every.predict(x), model.predict(x), rtol=2e-6)
+    assert [c.type for c in model.optimize_for_inference(sparse_threshold=1.0)._cores] == ["Dense"] * 4
+
+
+def test_predict_only_and_independent_of_the_original():
+    nv.manual_seed(2)
+    model = nv.Sequential([L.Dense(8, activation="relu"), L.BatchNorm(), L.Dense(3)], input_dim=4)
+    nv.pruning.prune_magnitude(model, 0.9)
+    fast = model.optimize_for_inference(sparse_threshold=0.5)
+    x = rng(0).standard_normal((6, 4)).astype(np.float32)
+    before = fast.predict(x)
+    model.layers[0].kernel.value[...] = 1.0  # the optimized model holds copies
+    np.testing.assert_array_equal(fast.predict(x), before)
+    with pytest.raises(RuntimeError, match="predict-only"):
+        fast.fit(x, np.zeros(6))
+    fast._net.forward(x, True)  # the layers are frozen: training mode runs as inference ...
+    with pytest.raises(RuntimeError, match="predict-only"):  # ... and no gradient exists
+        fast._net.backward(np.ones((6, 3), np.float32), True, True)
+    with pytest.raises(ValueError, match=r"expected shape \(batch, 4\)"):
+        fast.predict(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        fast.predict(np.full((2, 4), np.nan, np.float32))
+    np.testing.assert_array_equal(fast.predict(x.astype(np.float64)), before)
+    with pytest.raises(ValueError, match="sparse_threshold"):
+        model.optimize_for_inference(sparse_threshold=2)
+    assert "SparseDense" in fast.summary(print_fn=None)
+
+
+def test_moderately_sparse_layers_keep_a_dense_copy_for_single_rows():
+    nv.manual_seed(5)
+    model = nv.Sequential([L.Dense(40, activation="relu"), L.Dense(30, activation="tanh"), L.Dense(3)],
+                          input_dim=20)
+    nv.pruning.prune_magnitude(model, 0.75)
+    fast = model.optimize_for_inference()
+    assert [s["single_rows"] for s in fast.report["sparse"]] == ["dense"] * 3  # 0.75 < 0.87
+    assert all(c.dense_single_rows for c in fast._cores)
+    for batch in (1, 2, 9):
+        x = rng(batch).standard_normal((batch, 20)).astype(np.float32)
+        close_to_scale(fast.predict(x), model.predict(x), rtol=2e-6)
+    nv.pruning.prune_magnitude(model, 0.95)
+    fast = model.optimize_for_inference()
+    assert [s["single_rows"] for s in fast.report["sparse"]] == ["sparse"] * 3
+    x = rng(0).standard_normal((1, 20)).astype(np.float32)
+    close_to_scale(fast.predict(x), model.predict(x), rtol=2e-6)
