@@ -62,6 +62,42 @@ struct PyNetwork {
                        shape_str(x));
     require(rows > 0, "x is empty");
   }
+
+  // Copies rows idx[0, m) of x (and of the targets) into the batch buffers;
+  // returns the batch's target. The buffers hold at least m rows. (The same
+  // gather as train_batches' loop, for compute_gradients_rows.)
+  Target gather(const float* xp, const Target& all, const std::int64_t* idx, Index m) {
+    const Index in = net.input_dim(), out = net.output_dim();
+    // The gather streams m rows from all over x: shared over the
+    // threads like any streaming loop (one thread copying 512
+    // rows of 784 floats cost fit ~3% of a 2-thread step).
+    constexpr Index kGatherRows = 32;
+    const Index blocks = (m + kGatherRows - 1) / kGatherRows;
+    const int threads = threads_for(stream_work(static_cast<double>(m) * (in + out)), blocks);
+    parallel_for(blocks, threads, [&](Index blk) {
+      for (Index r = blk * kGatherRows, end = std::min(m, r + kGatherRows); r < end; ++r) {
+        const Index src = idx[r];
+        std::copy(xp + src * in, xp + (src + 1) * in, batch_x.data() + r * in);
+        if (all.values)
+          std::copy(all.values + src * out, all.values + (src + 1) * out, batch_values.data() + r * out);
+        if (all.labels) batch_labels[r] = all.labels[src];
+        if (all.weights) batch_weights[r] = all.weights[src];
+      }
+    });
+    Target t;
+    if (all.values) t.values = batch_values.data();
+    if (all.labels) t.labels = batch_labels.data();
+    if (all.weights) t.weights = batch_weights.data();
+    return t;
+  }
+
+  // Room for batches of `cap` rows in the gather buffers.
+  void reserve_batch(Index cap, const Target& all) {
+    batch_x.reserve(cap * net.input_dim());
+    if (all.values) batch_values.reserve(cap * net.output_dim());
+    if (all.labels && static_cast<Index>(batch_labels.size()) < cap) batch_labels.resize(cap);
+    if (all.weights && static_cast<Index>(batch_weights.size()) < cap) batch_weights.resize(cap);
+  }
 };
 
 }  // namespace
@@ -393,6 +429,75 @@ void bind_layers(py::module_& m) {
           py::arg("weights") = py::none(),
           "Runs train_step over x[order] in batches (rows of the loss gradient scaled by weights[row] "
           "when given); returns per-batch losses and correct counts")
+      .def(
+          "compute_gradients",
+          [](PyNetwork& n, py::array x, py::object labels, py::object values, const Loss& loss, bool count,
+             double grad_scale, py::object weights) {
+            Index rows;
+            n.check_input(x, rows);
+            Target t = target_from_python(labels, values, rows, n.net.output_dim());
+            t.weights = weights_from_python(weights, rows);
+            const float* xp = fptr(x);
+            StepResult r;
+            {
+              py::gil_scoped_release nogil;
+              r = n.net.compute_gradients(xp, rows, t, loss, count, false, static_cast<float>(grad_scale));
+            }
+            return py::make_tuple(r.loss, r.correct);
+          },
+          py::arg("x"), py::arg("labels"), py::arg("values"), py::arg("loss"), py::arg("count") = false,
+          py::arg("grad_scale") = 1.0, py::arg("weights") = py::none(),
+          "First half of train_step: forward, loss and backward; assigns every trainable gradient "
+          "(of the data loss, times grad_scale) and updates nothing. Returns (loss, correct)")
+      .def(
+          "compute_gradients_rows",
+          [](PyNetwork& n, py::array X, py::object labels, py::object values, LabelArray rows_idx,
+             const Loss& loss, bool count, double grad_scale, py::object weights) {
+            Index rows;
+            n.check_input(X, rows);
+            Target all = target_from_python(labels, values, rows, n.net.output_dim());
+            all.weights = weights_from_python(weights, rows);
+            require(rows_idx.ndim() == 1 && rows_idx.shape(0) > 0, "rows must be a non-empty 1-D array");
+            const Index m = rows_idx.shape(0);
+            const std::int64_t* idx = rows_idx.data();
+            for (Index i = 0; i < m; ++i) require(idx[i] >= 0 && idx[i] < rows, "row index out of range");
+            n.net.check_batch(m, true);
+            n.reserve_batch(m, all);
+            const float* xp = fptr(X);
+            StepResult r;
+            {
+              py::gil_scoped_release nogil;
+              n.net.plan(m);
+              const Target t = n.gather(xp, all, idx, m);
+              // Only the gathered rows are checked (NaN/Inf, label range):
+              // O(batch), not O(x); errors name the row of x.
+              const Index in = n.net.input_dim(), out = n.net.output_dim();
+              Index br = 0, bc = 0;
+              if (!all_finite(n.batch_x.data(), m, in, &br, &bc))
+                throw ValueError("x contains NaN or Inf at row " + std::to_string(idx[br]) + ", column " +
+                                 std::to_string(bc));
+              if (t.values && loss.kind != LossKind::Distillation && !all_finite(t.values, m, out, &br, &bc))
+                throw ValueError("y contains NaN or Inf at row " + std::to_string(idx[br]) + ", column " +
+                                 std::to_string(bc));
+              validate_target(loss, t, m, out);
+              r = n.net.compute_gradients(n.batch_x.data(), m, t, loss, count, true,
+                                          static_cast<float>(grad_scale));
+            }
+            return py::make_tuple(r.loss, r.correct);
+          },
+          py::arg("x"), py::arg("labels"), py::arg("values"), py::arg("rows"), py::arg("loss"),
+          py::arg("count") = false, py::arg("grad_scale") = 1.0, py::arg("weights") = py::none(),
+          "compute_gradients on the rows x[rows] (gathered into a reused buffer, as train_batches)")
+      .def(
+          "apply_update",
+          [](PyNetwork& n, py::object opt) {
+            Optimizer& o = unwrap_optimizer(opt);
+            py::gil_scoped_release nogil;
+            return n.net.apply_update(o);
+          },
+          py::arg("optimizer"),
+          "Second half of train_step: penalty gradients, clipping, the optimizer update, masks, "
+          "constraints, step += 1. Returns the weight penalty (train_step adds it to the loss)")
       .def(
           "predict",
           [](PyNetwork& n, py::array X, Index batch_size) {

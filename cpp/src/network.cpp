@@ -1,6 +1,7 @@
 #include "nerve/network.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "nerve/gemm.hpp"
@@ -93,6 +94,45 @@ static double weight_rows(const Loss& loss, const float* y, const Target& target
     for (Index j = 0; j < out; ++j) g[j] = static_cast<float>(g[j] * w);
   }
   return total / static_cast<double>(batch);
+}
+
+StepResult Network::compute_gradients(const float* x, Index batch, const Target& target, const Loss& loss,
+                                      bool count, bool data_checked, float grad_scale) {
+  require(batch > 0, "compute_gradients: empty batch");
+  require(std::isfinite(grad_scale), "compute_gradients: grad_scale must be finite");
+  const Index out = output_dim();
+  check_batch(batch, true);
+  if (!data_checked) {
+    check_finite(x, batch, input_dim_, "input batch");
+    validate_target(loss, target, batch, out);
+    if (target.values && loss.kind != LossKind::Distillation)
+      check_finite(target.values, batch, out, "target batch");
+  }
+  const float* y = forward(x, batch, true);
+  StepResult result;
+  float* dy = loss_grad();
+  result.loss = loss_forward_backward(loss, y, target, batch, out, dy);
+  if (target.weights) result.loss = weight_rows(loss, y, target, batch, out, dy);
+  if (count)
+    result.correct = loss.kind == LossKind::BinaryCrossEntropyWithLogits
+                         ? count_correct_logit_threshold(y, target, batch, out)
+                         : count_correct(y, target, batch, out);
+  if (grad_scale != 1.0f)
+    for (Index i = 0, n = batch * out; i < n; ++i) dy[i] *= grad_scale;
+  backward(dy, batch, false, nullptr, nullptr);
+  return result;
+}
+
+double Network::apply_update(Optimizer& opt) {
+  // train_step's order without the fused slices: validation and per-step
+  // scalars, penalty gradients, the update, masks, constraints.
+  opt.begin_step();
+  const double penalty = regularize(true);
+  opt.finish_step();
+  apply_masks();
+  apply_constraints();
+  step += 1;
+  return penalty;
 }
 
 StepResult Network::train_step(const float* x, Index batch, const Target& target, const Loss& loss,

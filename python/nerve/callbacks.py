@@ -193,6 +193,14 @@ class EarlyStopping(Callback):
 
 
 # -- checkpoints -----------------------------------------------------------------------
+def _writes_files(model):
+    """False on ranks other than 0 of a distributed fit: the replicas are
+    identical, one copy of each file is enough (and ranks writing one path
+    would race)."""
+    dist = getattr(model, "_dist", None)
+    return dist is None or dist.rank == 0
+
+
 class ModelCheckpoint(Callback):
     """Saves the model (``model.save``: architecture, weights, optimizer state)
     after every epoch, or only when `monitor` improves (``save_best_only``).
@@ -200,7 +208,8 @@ class ModelCheckpoint(Callback):
     `path` may contain ``str.format`` fields: ``{epoch}`` (1-based, as Keras)
     and any logged value, e.g. ``"ckpt-{epoch:03d}-{val_loss:.3f}.nerve"``.
     Writes are atomic: the file is written under a temporary name and renamed,
-    so an interrupted save leaves the previous checkpoint intact.
+    so an interrupted save leaves the previous checkpoint intact. In a
+    distributed fit only rank 0 writes.
     """
 
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto", verbose=0):
@@ -229,6 +238,8 @@ class ModelCheckpoint(Callback):
                 return
             self._tracker.best = current
         path = self._filename(epoch, logs)
+        if not _writes_files(self.model):
+            return
         self.model.save(path)
         self.saved.append(path)
         if self.verbose:
@@ -343,7 +354,8 @@ class LearningRateScheduler(Callback):
 class CSVLogger(Callback):
     """Writes one CSV row per epoch: ``epoch`` (0-based, as Keras) then every
     logged value, columns in sorted order; the header is written first.
-    ``append=True`` continues an existing file (no second header)."""
+    ``append=True`` continues an existing file (no second header). In a
+    distributed fit only rank 0 writes."""
 
     def __init__(self, path, separator=",", append=False):
         super().__init__()
@@ -355,12 +367,17 @@ class CSVLogger(Callback):
         self._keys = None
 
     def on_train_begin(self, logs=None):
+        if not _writes_files(self.model):
+            self._file = None
+            return
         exists = self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0
         self._file = open(self.path, "a" if self.append else "w", newline="")
         self._keys = None
         self._header_written = exists
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._file is None:
+            return
         logs = logs or {}
         if self._keys is None:
             self._keys = sorted(logs)

@@ -37,9 +37,20 @@ def train(args):
     import nerve as nv
 
     nv.manual_seed(args.seed)
-    if args.threads:
+    nvd, rank, ranks = None, 0, 1
+    if args.distributed:
+        # One process per rank (mpirun / srun): every rank loads the data with
+        # the same seed, trains on its block of the training rows and tests on
+        # its block of the test rows; rank 0 prints and saves.
+        import nerve.distributed as nvd
+
+        nvd.init(threads=args.threads or "auto")
+        rank, ranks = nvd.rank(), nvd.world_size()
+    elif args.threads:
         nv.set_num_threads(args.threads)
     kind, x_tr, y_tr, x_te, y_te = _load(args.dataset, args.seed)
+    n_train = x_tr.shape[0]
+    out = print if rank == 0 else (lambda *a, **k: None)
     defaults = _DEFAULTS[kind]
     layers = [int(u) for u in (args.layers or defaults["layers"]).split(",") if u.strip()]
     epochs = args.epochs if args.epochs is not None else defaults["epochs"]
@@ -56,19 +67,25 @@ def train(args):
     optimizer = nv.optimizers.get(args.optimizer, lr=lr)
     model.compile(optimizer=optimizer, loss="cross_entropy" if classification else "mse",
                   metrics=["accuracy"] if classification else [])
-    print(f"nerve {nv.__version__}: {kind} — {x_tr.shape[0]} train / {x_te.shape[0]} test rows, "
-          f"{x_tr.shape[1]} features; layers {layers} ({args.activation}), {type(optimizer).__name__} "
-          f"lr={lr}, batch {batch_size}, {epochs} epochs, {nv.get_num_threads()} threads")
+    where = f", {ranks} ranks x batch {batch_size} per rank" if nvd else ""
+    out(f"nerve {nv.__version__}: {kind} — {x_tr.shape[0]} train / {x_te.shape[0]} test rows, "
+        f"{x_tr.shape[1]} features; layers {layers} ({args.activation}), {type(optimizer).__name__} "
+        f"lr={lr}, batch {batch_size}, {epochs} epochs, {nv.get_num_threads()} threads{where}")
+    if nvd:
+        x_tr, y_tr = nvd.shard(x_tr, y_tr)
+        x_te, y_te = nvd.shard(x_te, y_te)
+        nvd.barrier()
     t0 = time.perf_counter()
-    model.fit(x_tr, y_tr, epochs=epochs, batch_size=batch_size, verbose=1, seed=args.seed)
+    model.fit(x_tr, y_tr, epochs=epochs, batch_size=batch_size, verbose=1, seed=args.seed,
+              distributed=bool(nvd))
     seconds = time.perf_counter() - t0
-    result = model.evaluate(x_te, y_te)
+    result = nvd.evaluate(model, x_te, y_te) if nvd else model.evaluate(x_te, y_te)
     summary = {
         "dataset": kind if kind != "file" else args.dataset,
         "test_loss": round(float(result["loss"]), 6),
         "epochs": epochs,
         "train_seconds": round(seconds, 3),
-        "samples_per_sec": round(epochs * x_tr.shape[0] / seconds, 1),
+        "samples_per_sec": round(epochs * n_train / seconds, 1),
         "layers": layers,
         "activation": args.activation,
         "optimizer": type(optimizer).__name__,
@@ -77,11 +94,16 @@ def train(args):
         "threads": nv.get_num_threads(),
         "seed": args.seed,
     }
+    if nvd:
+        summary["ranks"] = ranks
     if classification:
         summary["test_accuracy"] = round(float(result["accuracy"]), 4)
     if args.save:
-        model.save(args.save)
+        if rank == 0:
+            model.save(args.save)
         summary["saved"] = args.save
+    if rank != 0:
+        return 0
     if args.json:
         print(json.dumps(summary))
     else:
@@ -120,6 +142,9 @@ def main(argv=None):
     t.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
     t.add_argument("--save", help="write the trained model to this file")
     t.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI: run under mpirun -n N (needs nerve[mpi]); "
+                        "--batch-size is per rank")
     sub.add_parser("info", help="build information (compiler, SIMD, OpenMP, threads)")
     b = sub.add_parser("bench", help="end-to-end training benchmark (optionally against PyTorch)")
     b.add_argument("--against", choices=["torch"], help="compare with PyTorch eager in the same run")

@@ -63,6 +63,7 @@ class Sequential:
         self.metrics = []
         self._opt_signature = None
         self.stop_training = False
+        self._dist = None  # the distributed fit in progress (nerve.distributed), if any
         for layer in layers or []:
             self.add(layer)
         if input_dim is not None:
@@ -293,7 +294,7 @@ class Sequential:
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
             shuffle=True, callbacks=None, verbose=1, seed=None, augment=None, cache_frozen=False,
-            sample_weight=None, class_weight=None, validation_split_mode="last"):
+            sample_weight=None, class_weight=None, validation_split_mode="last", distributed=False):
         """Trains for `epochs` passes over (x, y) in shuffled mini-batches.
 
         float64 (or integer) inputs are converted to float32. Every input is
@@ -332,6 +333,12 @@ class Sequential:
         rounding (a row's GEMM rounding depends on its position in the batch,
         ~1e-7). Raises ValueError when not applicable (a trainable layer 0,
         a random layer in the prefix, or augment=).
+
+        distributed: True (or a ``nerve.distributed.Options``) trains
+        data-parallel over MPI, one process per rank, each passing its own
+        shard of rows: weights broadcast from rank 0, gradients averaged by one
+        allreduce per step, batch_size rows per rank per step; epoch logs and
+        validation averaged over the ranks (docs/distributed.md).
         """
         for name, v, lo in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
@@ -405,10 +412,27 @@ class Sequential:
         per_batch = any(cb.wants_batches() for cb in cbs) or self.optimizer.schedule is not None
         count = any(m.name in ("accuracy", "zero_one") for m in self.metrics)
         steps = -(-n // batch_size)
-        # A layer that cannot take some batch size (BatchNorm: a last batch of
-        # one row) fails here, before any step, not mid-epoch.
-        self._net.check_batch(min(batch_size, n), True)
-        self._net.check_batch(n - (steps - 1) * batch_size, True)
+
+        def check_batches():
+            # A layer that cannot take some batch size (BatchNorm: a last batch of
+            # one row) fails here, before any step, not mid-epoch.
+            self._net.check_batch(min(batch_size, n), True)
+            self._net.check_batch(n - (steps - 1) * batch_size, True)
+
+        dist = None
+        if distributed:
+            from . import distributed as _dist
+
+            # Collective from here on: every rank runs the same steps (those the
+            # largest shard needs); a failed check on any rank fails all of them.
+            dist = _dist._Trainer(self, distributed, n, batch_size, validation_data is not None,
+                                  lambda: (check_batches(), _dist._check_finite(train_x, values)))
+            steps = dist.steps
+            if dist.rank != 0:
+                verbose = 0
+        else:
+            check_batches()
+        self._dist = dist
         for cb in cbs:
             cb.set_model(self)
             cb.set_params({"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n,
@@ -438,7 +462,7 @@ class Sequential:
                     for cb in cbs:
                         cb.on_batch_begin(first)
                     self.optimizer._before_step()
-                if augment is not None:
+                if augment is not None and len(rows):
                     bx, blab, bval, brows = self._augmented(augment, key, epoch, first, rows, batch_size,
                                                             train_x, labels, values)
                     bw = None if weights is None else np.ascontiguousarray(weights[rows])
@@ -446,14 +470,20 @@ class Sequential:
                     bx, blab, bval, brows, bw = train_x, labels, values, rows, weights
                 if net is not self._net:
                     net.step = self._net.step
-                batch_losses, batch_correct = net.train_batches(
-                    bx, blab, bval, brows, batch_size, self.loss._spec, self.optimizer._core, count, bw)
+                if dist is not None:
+                    batch_losses, batch_correct, sizes = dist.train_batches(
+                        net, bx, blab, bval, brows, first, min(chunk, steps - first), self.loss._spec,
+                        self.optimizer._core, count, bw)
+                else:
+                    batch_losses, batch_correct = net.train_batches(
+                        bx, blab, bval, brows, batch_size, self.loss._spec, self.optimizer._core, count, bw)
                 if net is not self._net:
                     # The full network keeps the step count that keys random draws.
                     self._net.step = net.step
                     batch_losses = batch_losses + penalty
-                sizes = np.full(len(batch_losses), batch_size, dtype=np.float64)
-                sizes[-1] = len(rows) - batch_size * (len(batch_losses) - 1)
+                if dist is None:
+                    sizes = np.full(len(batch_losses), batch_size, dtype=np.float64)
+                    sizes[-1] = len(rows) - batch_size * (len(batch_losses) - 1)
                 loss_sum += float(np.dot(batch_losses, sizes))
                 correct += int(batch_correct.sum())
                 seen += len(rows)
@@ -464,8 +494,14 @@ class Sequential:
                     for cb in cbs:
                         cb.on_batch_end(first, {**logs, "loss": float(batch_losses[-1])})
                 progress.update(first + len(batch_losses), seen, logs)
+                if dist is not None:
+                    self.stop_training = dist.agree_stop(self.stop_training)
                 if self.stop_training:
                     break
+            if dist is not None:
+                # Every rank's rows: the same epoch logs (and decisions) everywhere.
+                loss_sum, correct, seen = dist.epoch_logs(loss_sum, correct, seen)
+                dist.sync_buffers()
             logs = self._train_logs(loss_sum, correct, seen, count)
             extra = [m for m in self.metrics if m.name not in ("accuracy", "zero_one")]
             if extra:
@@ -478,14 +514,21 @@ class Sequential:
                     val = self._evaluate_on(net, val_x, validation_data[1], max(256, batch_size))
                 else:
                     val = self.evaluate(validation_data[0], validation_data[1], batch_size=max(256, batch_size))
+                if dist is not None:
+                    val = dist.validation_logs(val, len(validation_data[0]))
                 logs.update({f"val_{k}": v for k, v in val.items()})
             progress.end_epoch(seen, logs)
             for cb in cbs:
                 cb.on_epoch_end(epoch, logs)
+            if dist is not None:
+                self.stop_training = dist.agree_stop(self.stop_training)
             if self.stop_training:
                 break
         for cb in cbs:
             cb.on_train_end()
+        if dist is not None:
+            dist.finish()
+            self._dist = None
         return history
 
     def _augmented(self, augment, key, epoch, first, rows, batch_size, x, labels, values):

@@ -55,6 +55,22 @@ class Network {
   StepResult train_step(const float* x, Index batch, const Target& target, const Loss& loss,
                         Optimizer& opt, bool count, bool data_checked = false);
 
+  // The same step in two calls, for data-parallel training: the caller
+  // averages the gradient arena over the ranks in between.
+  // compute_gradients: checks (as train_step), forward, loss, and a backward
+  // that assigns every trainable parameter's gradient of the data loss times
+  // grad_scale (the loss gradient is scaled before backward: with a power of
+  // two, e.g. 1/world_size, exactly the same bits as scaling afterwards).
+  // Nothing is updated and `step` does not move.
+  // apply_update: weight-penalty gradients, clipping (so global_clipnorm sees
+  // the averaged gradient), the optimizer, masks, constraints, step += 1;
+  // returns the penalty. With grad_scale 1, the pair gives the same bits as
+  // train_step (whose fused Dense update is bit-identical to the separate one).
+  // Neither allocates once the network is planned for the batch.
+  StepResult compute_gradients(const float* x, Index batch, const Target& target, const Loss& loss,
+                               bool count, bool data_checked = false, float grad_scale = 1.0f);
+  double apply_update(Optimizer& opt);
+
   // Throws ValueError naming the row and column of the first NaN/Inf.
   void check_finite(const float* x, Index rows, Index cols, const char* what) const;
 
