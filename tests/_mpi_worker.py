@@ -130,6 +130,18 @@ def scenario_two(tmp):
             out["adam_clip_grad_norm"] = float(np.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum())
                                                             for p in probe.parameters())))
 
+    # Sample weights: each rank's weighted mean over its rows, scaled by its
+    # share, sums to the global batch's weighted loss (sum_i w_i l_i / B).
+    sw = np.random.default_rng(4).uniform(0.1, 2.0, len(x)).astype(np.float32)
+    m = mlp(3)
+    m.fit(x[idx], y[idx], epochs=1, batch_size=per_rank, shuffle=False, verbose=0, sample_weight=sw[idx],
+          distributed=True)
+    if r == 0:
+        ref = mlp(3)
+        ref.fit(x, y, epochs=1, batch_size=w * per_rank, shuffle=False, verbose=0, sample_weight=sw)
+        out["sample_weight_max_diff"] = max_diff(m, ref)
+        out["sample_weight_changed"] = max_diff(ref, mlp(3))
+
     # 2. Fixed reduction order: bit-identical to the same steps in one process.
     shards = [(x[block_rows(k, w, per_rank, len(x))], y[block_rows(k, w, per_rank, len(x))]) for k in range(w)]
     for reduction in ("sum", "ordered"):

@@ -70,6 +70,7 @@ def test_two_ranks(tmp_path):
         assert r[f"{name}_loss_diff"] <= 1e-6, r       # epoch loss averaged over the ranks' rows
         assert r[f"{name}_acc_equal"], r
     assert r["adam_clip_grad_norm"] > 0.05 * 4, r      # global_clipnorm=0.05 was active
+    assert r["sample_weight_max_diff"] <= 2e-6 and r["sample_weight_changed"] > 1e-2, r
     assert r["bits_sum"] and r["bits_ordered"], r
     assert not r["dropout_local_losses_equal"] and r["plain_local_losses_equal"], r
     assert r["bn_none_differ"] and r["bn_mean_equal_ranks"] and r["bn_mean_is_mean"], r
