@@ -206,14 +206,14 @@ def _state_arrays(model):
 
 def broadcast_model(model, root=0):
     """Copies ``root``'s parameters, buffers, optimizer state (slots, step
-    count, lr), random seed and step counter to every rank, in place."""
+    count, lr, kept scalars such as NAdam's mu product), random seed and step counter to every rank, in place."""
     c = comm()
     opt = model.optimizer
     scalars = {"seed": int(model._net.seed), "step": int(model._net.step),
                "sizes": [int(a.size) for a in _state_arrays(model)]}
     if opt is not None and opt.params:
         scalars.update(iterations=int(opt._core.iterations), lr=float(opt._core.lr),
-                       mu=float(opt._core.nadam_mu_product))
+                       scalar_state=[float(v) for v in opt._core.scalar_state])
     got = c.bcast(scalars, root=root)
     if got["sizes"] != scalars["sizes"]:
         raise ValueError(f"rank {c.Get_rank()}: the model's state arrays {scalars['sizes']} differ from "
@@ -226,7 +226,7 @@ def broadcast_model(model, root=0):
     if "iterations" in got:
         opt._core.iterations = got["iterations"]
         opt._core.lr = got["lr"]
-        opt._core.nadam_mu_product = got["mu"]
+        opt._core.scalar_state = got["scalar_state"]
 
 
 def check_replicas(model):
