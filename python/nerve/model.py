@@ -64,6 +64,9 @@ class Sequential:
         self._opt_signature = None
         self.stop_training = False
         self._dist = None  # the distributed fit in progress (nerve.distributed), if any
+        # Free JSON-serializable facts saved with the model (the CLI keeps its
+        # class names and feature scaling here for `nerve predict`).
+        self.metadata = {}
         for layer in layers or []:
             self.add(layer)
         if input_dim is not None:
@@ -653,6 +656,8 @@ class Sequential:
         config = {"format": "nerve-model", "format_version": 1, "nerve_version": __version__,
                   "model": self.get_config(), "net": {"seed": int(self._net.seed), "step": int(self._net.step),
                           "stream": self._stream}}
+        if self.metadata:
+            config["metadata"] = self.metadata
         arrays = {"params": np.concatenate([p.value.reshape(-1) for p in self.parameters()]
                                            or [np.zeros(0, np.float32)])}
         buffers = self.buffers()
@@ -845,6 +850,9 @@ def _optimizer_from_config(entry):
 
 def _atomic_savez(path, arrays):
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        # Said here: mkstemp's own error would name the temporary file, not the target.
+        raise FileNotFoundError(f"cannot save the model to {path}: the folder {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=".nerve-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -977,6 +985,8 @@ def _load(archive, compile):
                 p._arena.mask(p._offset, p.size)[...] = m
         for p in params:
             p._arena.apply_mask()
+    if isinstance(config.get("metadata"), dict):
+        model.metadata = config["metadata"]
     net = config.get("net", {})
     model._net.seed = int(net.get("seed", 0))
     model._net.step = int(net.get("step", 0))
