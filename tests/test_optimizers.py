@@ -30,7 +30,10 @@ DEFAULTS = {
     "Ftrl": dict(lr=1e-3, learning_rate_power=-0.5, initial_accumulator_value=0.1,
                  l1_regularization_strength=0.0, l2_regularization_strength=0.0,
                  l2_shrinkage_regularization_strength=0.0, beta=0.0),
+    "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
 }
+# torch.optim lacks these (the torch oracle skips them)
+NOT_IN_TORCH = {"Ftrl", "Lion"}
 
 
 class Oracle:
@@ -159,6 +162,13 @@ class Oracle:
             quadratic = n_new ** pw / lr + 2 * l2
             self.p = (np.clip(s["z"], -l1, l1) - s["z"]) / quadratic
             s["n"] = n_new
+        elif n == "Lion":
+            # Chen et al. (2023), Program 1: decoupled weight decay.
+            b1, b2 = h["betas"]
+            m = s.get("m", np.zeros_like(p))
+            c = b1 * m + (1 - b1) * g
+            self.p = p - lr * (np.sign(c) + wd * p)
+            s["m"] = b2 * m + (1 - b2) * g
         else:  # pragma: no cover
             raise AssertionError(n)
         return self.p
@@ -193,6 +203,8 @@ CASES = [
     ("Ftrl", dict(lr=0.1, l2_shrinkage_regularization_strength=0.05, learning_rate_power=-0.3,
                   initial_accumulator_value=0.2)),
     ("Ftrl", dict(lr=0.1, learning_rate_power=0.0)),
+    ("Lion", dict(lr=1e-3)),
+    ("Lion", dict(lr=1e-3, betas=(0.8, 0.95), weight_decay=0.5)),
 ]
 
 
@@ -408,7 +420,8 @@ def import_torch():
 
 
 # torch has no FTRL and no RMSprop with Nesterov momentum
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] != "Ftrl" and not (c[0] == "RMSprop" and c[1].get("nesterov"))],
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] not in NOT_IN_TORCH
+                                  and not (c[0] == "RMSprop" and c[1].get("nesterov"))],
                          ids=case_id)
 def test_trajectory_matches_torch(case):
     torch = import_torch()
