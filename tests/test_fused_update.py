@@ -36,6 +36,9 @@ OPTIMIZERS = {
     "ftrl_power0": lambda: nv.optimizers.Ftrl(lr=0.1, learning_rate_power=0.0, l2_shrinkage_regularization_strength=1e-2),
     "lion": lambda: nv.optimizers.Lion(lr=1e-3),
     "lion_wd": lambda: nv.optimizers.Lion(lr=1e-3, betas=(0.8, 0.95), weight_decay=0.5),
+    "adabelief": lambda: nv.optimizers.AdaBelief(lr=1e-2, weight_decay=1e-2),
+    "adabelief_l2_amsgrad": lambda: nv.optimizers.AdaBelief(lr=1e-2, weight_decay=1e-2, weight_decouple=False,
+                                                            amsgrad=True, rectify=False),
     "adam_clipvalue": lambda: nv.optimizers.Adam(lr=1e-2, clipvalue=0.01),
     "sgd_clipnorm": lambda: nv.optimizers.SGD(lr=0.05, momentum=0.9, clipnorm=0.1),  # never fused
     "adam_global_clipnorm": lambda: nv.optimizers.Adam(lr=1e-2, global_clipnorm=0.1, clipvalue=0.05),

@@ -31,9 +31,12 @@ DEFAULTS = {
                  l1_regularization_strength=0.0, l2_regularization_strength=0.0,
                  l2_shrinkage_regularization_strength=0.0, beta=0.0),
     "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
+    # adabelief-pytorch 0.2.1's defaults
+    "AdaBelief": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0.0, amsgrad=False,
+                      weight_decouple=True, fixed_decay=False, rectify=True, degenerated_to_sgd=True),
 }
 # torch.optim lacks these (the torch oracle skips them)
-NOT_IN_TORCH = {"Ftrl", "Lion"}
+NOT_IN_TORCH = {"Ftrl", "Lion", "AdaBelief"}
 
 
 class Oracle:
@@ -169,6 +172,38 @@ class Oracle:
             c = b1 * m + (1 - b1) * g
             self.p = p - lr * (np.sign(c) + wd * p)
             s["m"] = b2 * m + (1 - b2) * g
+        elif n == "AdaBelief":
+            # adabelief_pytorch 0.2.1, AdaBelief.step, line by line.
+            b1, b2 = h["betas"]
+            eps = h["eps"]
+            if h["weight_decouple"]:
+                p = p * (1.0 - (wd if h["fixed_decay"] else lr * wd))
+            elif wd:
+                g = g + wd * p
+            if t == 1:
+                s["m"], s["s"], s["smax"] = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+            s["m"] = b1 * s["m"] + (1 - b1) * g
+            r = g - s["m"]
+            s["s"] = b2 * s["s"] + (1 - b2) * r * r + eps
+            if h["amsgrad"]:
+                s["smax"] = np.maximum(s["smax"], s["s"])
+                denom = np.sqrt(s["smax"]) / np.sqrt(bc2) + eps
+            else:
+                denom = np.sqrt(s["s"]) / np.sqrt(bc2) + eps
+            if not h["rectify"]:
+                p = p - lr / bc1 * s["m"] / denom
+            else:
+                b2t = b2 ** t
+                n_max = 2 / (1 - b2) - 1
+                n_sma = n_max - 2 * t * b2t / (1 - b2t)
+                if n_sma >= 5:
+                    step = np.sqrt((1 - b2t) * (n_sma - 4) / (n_max - 4) * (n_sma - 2) / n_sma * n_max
+                                   / (n_max - 2)) / bc1
+                    p = p - step * lr * s["m"] / (np.sqrt(s["s"]) + eps)
+                elif h["degenerated_to_sgd"]:
+                    p = p - lr / bc1 * s["m"]
+            self.p = p
         else:  # pragma: no cover
             raise AssertionError(n)
         return self.p
@@ -205,6 +240,13 @@ CASES = [
     ("Ftrl", dict(lr=0.1, learning_rate_power=0.0)),
     ("Lion", dict(lr=1e-3)),
     ("Lion", dict(lr=1e-3, betas=(0.8, 0.95), weight_decay=0.5)),
+    ("AdaBelief", dict(lr=1e-2)),
+    ("AdaBelief", dict(lr=1e-2, weight_decay=0.1)),
+    ("AdaBelief", dict(lr=1e-2, weight_decay=0.01, weight_decouple=False, betas=(0.8, 0.99))),
+    ("AdaBelief", dict(lr=1e-2, weight_decay=0.01, fixed_decay=True, amsgrad=True)),
+    ("AdaBelief", dict(lr=1e-2, rectify=False, eps=1e-12)),
+    ("AdaBelief", dict(lr=1e-2, rectify=False, amsgrad=True, weight_decay=0.05)),
+    ("AdaBelief", dict(lr=1e-2, degenerated_to_sgd=False)),
 ]
 
 
@@ -438,6 +480,26 @@ def test_trajectory_matches_torch(case):
         topt.step()
     for p, tp in zip(params, tparams):
         np.testing.assert_allclose(p.value, tp.detach().numpy(), **tolerance(name))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] == "AdaBelief"], ids=case_id)
+def test_adabelief_matches_the_authors_package(case):
+    # Optional second oracle: the authors' adabelief-pytorch (0.2.1), when installed.
+    torch = import_torch()
+    adabelief_pytorch = pytest.importorskip("adabelief_pytorch")
+    _, hyper = case
+    params = make_params(shapes=TORCH_SHAPES)
+    tparams = [torch.nn.Parameter(torch.tensor(p.value.copy())) for p in params]
+    opt = nv.optimizers.AdaBelief(params, **hyper)
+    topt = adabelief_pytorch.AdaBelief(tparams, **hyper, print_change_log=False)
+    for gs in grad_sequence(shapes=TORCH_SHAPES):
+        for p, tp, g in zip(params, tparams, gs):
+            p.grad[...] = g
+            tp.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    for p, tp in zip(params, tparams):
+        np.testing.assert_allclose(p.value, tp.detach().numpy(), **tolerance("AdaBelief"))
 
 
 def test_lr_change_matches_torch():

@@ -20,11 +20,13 @@ const Policy& adamax_policy();
 const Policy& nadam_policy();
 const Policy& ftrl_policy();
 const Policy& lion_policy();
+const Policy& adabelief_policy();
 
 const std::vector<const Policy*>& optimizer_policies() {
   static const std::vector<const Policy*> table{
       &sgd_policy(),   &adagrad_policy(), &rmsprop_policy(), &adadelta_policy(), &adam_policy(),
       &adamw_policy(), &adamax_policy(),  &nadam_policy(),   &ftrl_policy(),   &lion_policy(),
+      &adabelief_policy(),
   };
   return table;
 }
