@@ -137,3 +137,31 @@ def test_moderately_sparse_layers_keep_a_dense_copy_for_single_rows():
     assert [s["single_rows"] for s in fast.report["sparse"]] == ["sparse"] * 3
     x = rng(0).standard_normal((1, 20)).astype(np.float32)
     close_to_scale(fast.predict(x), model.predict(x), rtol=2e-6)
+
+
+@pytest.mark.parametrize("rows", [2, 3, 5, 7, 8, 13, 16])
+def test_skinny_product_against_numpy(rows):
+    # model.predict at batches of 2-16 reads the kernel unpacked (skinny_gemm).
+    for n, k in ((512, 784), (10, 256), (37, 40), (8, 16)):
+        a = rng(rows).standard_normal((rows, k)).astype(np.float32)
+        b = rng(n).standard_normal((k, n)).astype(np.float32)
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        np.testing.assert_allclose(_core.skinny_gemm(a, b), want, rtol=1e-5, atol=2e-5 * np.abs(want).max())
+    with pytest.raises(ValueError, match="skinny_gemm takes"):
+        _core.skinny_gemm(np.zeros((17, 16), np.float32), np.zeros((16, 8), np.float32))
+
+
+def test_small_batch_predict_matches_training_forward_and_threads():
+    nv.manual_seed(3)
+    model = nv.Sequential([L.Dense(64, activation="relu"), L.Dense(20, activation="tanh"), L.Dense(5)], input_dim=30)
+    before = nv.get_num_threads()
+    try:
+        for batch in (2, 5, 16, 17):
+            x = rng(batch).standard_normal((batch, 30)).astype(np.float32)
+            nv.set_num_threads(1)
+            one = model.predict(x)
+            nv.set_num_threads(2)
+            np.testing.assert_array_equal(model.predict(x), one)  # thread-count invariant
+            close_to_scale(one, model.forward(x, training=True), rtol=2e-6)  # the training (packed) product
+    finally:
+        nv.set_num_threads(before)

@@ -2,6 +2,7 @@
 // layer and the bare product, for tests and benchmarks.
 #include "common.hpp"
 #include "nerve/parallel.hpp"
+#include "nerve/skinny.hpp"
 #include "nerve/sparse.hpp"
 
 namespace nerve::bind {
@@ -61,6 +62,26 @@ void bind_sparse(py::module_& m) {
         return y;
       },
       py::arg("kernel"), py::arg("x"), "x @ kernel through the CSR product (builds the CSR each call)");
+
+  m.def(
+      "skinny_gemm",
+      [](py::array a, py::array b) {
+        Index M, K, K2, N;
+        matrix_shape(a, M, K, "a");
+        matrix_shape(b, K2, N, "b");
+        require(a.ndim() == 2 && b.ndim() == 2 && K == K2, "a (M, K) and b (K, N) must be 2-D with matching K");
+        require(skinny_applies(M, N, K), "skinny_gemm takes 2 <= M <= " + std::to_string(kSkinnyMaxRows) +
+                                             ", N >= 8, K >= 16");
+        FloatArray c(std::vector<py::ssize_t>{M, N});
+        float* cp = c.mutable_data();
+        const float *ap = fptr(a), *bp = fptr(b);
+        {
+          py::gil_scoped_release nogil;
+          skinny_gemm(M, N, K, ap, K, bp, N, cp, N);
+        }
+        return c;
+      },
+      py::arg("a"), py::arg("b"), "a @ b through the few-row inference product");
 }
 
 }  // namespace nerve::bind

@@ -6,6 +6,7 @@
 #endif
 
 #include "nerve/gemm.hpp"
+#include "nerve/skinny.hpp"
 #include "nerve/layer.hpp"
 #include "nerve/parallel.hpp"
 
@@ -163,8 +164,11 @@ void Dense::forward(const float* x, float* y, Index batch, const StepContext& ct
   // otherwise into z, which backward needs. The bias + activation tail is one
   // pass over the result either way.
   float* z = keeps_z_ ? z_.data() : y;
-  gemm(false, false, batch, units, in_features, x, in_features, kernel.value(), units, z, units,
-       false);
+  if (!ctx.training && skinny_applies(batch, units, in_features))  // predict at small batches: B unpacked
+    skinny_gemm(batch, units, in_features, x, in_features, kernel.value(), units, z, units);
+  else
+    gemm(false, false, batch, units, in_features, x, in_features, kernel.value(), units, z, units,
+         false);
   activation_forward(act, z, use_bias ? bias.value() : nullptr, y, batch, units,
                      act_context(ctx, stream));
 }
