@@ -233,16 +233,12 @@ def to_onnx(model, softmax=False, opset=DEFAULT_OPSET, name=None):
     from ._version import __version__
     proto = helper.make_model(graph, producer_name="nerve", producer_version=__version__,
                               opset_imports=[helper.make_opsetid("", opset)])
-    # The IR version this onnx package writes may be newer than onnxruntime
-    # reads; the opset's own IR version is what every runtime of it accepts.
-    proto.ir_version = min(proto.ir_version, _ir_for_opset(opset))
+    # The IR version this onnx package writes may be newer than an older
+    # onnxruntime reads; the lowest IR version that carries the opset is what
+    # every runtime of that opset accepts.
+    proto.ir_version = helper.find_min_ir_version_for(list(proto.opset_import))
     onnx.checker.check_model(proto, full_check=True)
     return proto
-
-
-def _ir_for_opset(opset):
-    # onnx's release table: opset 14-15 -> IR 8, 16-18 -> IR 9, 19-20 -> IR 9/10, 21+ -> IR 10.
-    return 8 if opset <= 15 else (9 if opset <= 18 else 10)
 
 
 def _axes_as_inputs(g, numpy_helper, helper):
