@@ -811,3 +811,22 @@ def test_prelu_and_maxout_gradients_do_not_depend_on_threads():
         nv.set_num_threads(old)
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("row", nv.activations.names(), ids=lambda r: r["name"])
+def test_the_derivative_reads_what_the_table_says(row):
+    # The one fact per activation (C++ unit's kFrom): output-based
+    # derivatives read y alone, input-based ones x alone. Garbage in the
+    # other operand must not change dx.
+    act = nv.activations.get(row["name"])
+    r = np.random.default_rng(5)
+    x = r.standard_normal((6, 9)).astype(np.float32)
+    y = act.forward(x)
+    dy = r.standard_normal(y.shape).astype(np.float32)
+    dx = act.backward(x, dy, y=y)
+    garbage = np.full_like(x, np.nan)
+    if row["grad_from_output"]:
+        np.testing.assert_array_equal(act.backward(garbage, dy, y=y), dx)
+    else:
+        np.testing.assert_array_equal(act.backward(x, dy, y=np.full_like(y, np.nan)), dx)
+    assert act._spec.passes_gradient == (row["name"] == "identity")

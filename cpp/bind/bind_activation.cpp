@@ -15,7 +15,9 @@ void bind_activation(py::module_& m) {
       .def_readonly("lower", &Activation::lower)
       .def_readonly("upper", &Activation::upper)
       .def_readonly("straight_through", &Activation::straight_through)
-      .def_readonly("approximate_tanh", &Activation::approximate_tanh);
+      .def_readonly("approximate_tanh", &Activation::approximate_tanh)
+      .def_property_readonly("passes_gradient", &activation_backward_is_identity,
+                             "True where the derivative is 1 everywhere (dz = dy)");
 
   m.def("activation_registry", [] {
     py::list rows;

@@ -19,8 +19,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <sstream>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "nerve/parallel.hpp"
 #include "nerve/rng.hpp"
@@ -44,50 +47,6 @@ constexpr float kSqrt2OverPi = 0.79788456080286536f;
 constexpr float kGeluKappa = 0.044715f;
 constexpr double kSqrt2OverPiD = 0.79788456080286535588;
 constexpr double kGeluKappaD = 0.044715;
-
-std::vector<ActInfo> build_registry() {
-  using G = GradFrom;
-  std::vector<ActInfo> r;
-  auto add = [&](std::string name, std::vector<std::string> aliases, Act kind,
-                 std::vector<ActParamInfo> params, bool rowwise, int wf, G g, std::string formula) {
-    r.push_back(ActInfo{std::move(name), std::move(aliases), kind, std::move(params), rowwise, wf,
-                        g, std::move(formula)});
-  };
-  add("identity", {"linear"}, Act::Identity, {}, false, 1, G::Output, "y = x");
-  add("sigmoid", {"logistic"}, Act::Sigmoid, {}, false, 1, G::Output, "y = 1 / (1 + exp(-x))");
-  add("tanh", {}, Act::Tanh, {}, false, 1, G::Output, "y = tanh(x)");
-  add("relu", {}, Act::Relu, {}, false, 1, G::Output, "y = max(x, 0)");
-  add("leaky_relu", {}, Act::LeakyRelu, {{"alpha", 0.01}}, false, 1, G::Output,
-      "y = x if x > 0 else alpha * x   (alpha >= 0)");
-  add("elu", {}, Act::Elu, {{"alpha", 1.0}}, false, 1, G::Output,
-      "y = x if x > 0 else alpha * (exp(x) - 1)   (alpha >= 0)");
-  add("selu", {}, Act::Selu, {}, false, 1, G::Output,
-      "y = scale * (x if x > 0 else alpha * (exp(x) - 1)), alpha = 1.6732632, scale = 1.0507010");
-  add("crelu", {}, Act::Crelu, {}, false, 2, G::Output,
-      "y = [max(x, 0), max(-x, 0)] concatenated along columns (output width 2 * input width)");
-  add("swish", {"silu"}, Act::Swish, {{"beta", 1.0}}, false, 1, G::Input,
-      "y = x * sigmoid(beta * x)");
-  add("binary_step", {}, Act::BinaryStep, {{"straight_through", 0.0}}, false, 1, G::Output,
-      "y = 1 if x >= 0 else 0; gradient 0, or dy passed through if straight_through = 1");
-  add("softmax", {}, Act::Softmax, {}, true, 1, G::Output,
-      "y_i = exp(x_i - max(x)) / sum_j exp(x_j - max(x))   (per row)");
-  add("log_softmax", {}, Act::LogSoftmax, {}, true, 1, G::Output,
-      "y_i = x_i - max(x) - log(sum_j exp(x_j - max(x)))   (per row)");
-  add("gelu", {}, Act::Gelu, {{"approximate", 0.0}}, false, 1, G::Input,
-      "y = x * Phi(x); approximate = 1: y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))");
-  add("softplus", {}, Act::Softplus, {{"beta", 1.0}, {"threshold", 20.0}}, false, 1, G::Input,
-      "y = log(1 + exp(beta * x)) / beta, or x where beta * x > threshold");
-  add("mish", {}, Act::Mish, {}, false, 1, G::Input, "y = x * tanh(softplus(x))");
-  add("hard_sigmoid", {}, Act::HardSigmoid, {}, false, 1, G::Input,
-      "y = min(max(x + 3, 0), 6) / 6");
-  add("hard_swish", {}, Act::HardSwish, {}, false, 1, G::Input,
-      "y = x * min(max(x + 3, 0), 6) / 6");
-  add("relu6", {}, Act::Relu6, {}, false, 1, G::Output, "y = min(max(x, 0), 6)");
-  add("rrelu", {}, Act::Rrelu, {{"lower", 1.0 / 8.0}, {"upper", 1.0 / 3.0}}, false, 1, G::Input,
-      "y = x if x > 0 else a * x; a ~ U(lower, upper) per element in training, "
-      "(lower + upper) / 2 in evaluation");
-  return r;
-}
 
 std::string join(const std::vector<std::string>& v) {
   std::string s;
@@ -371,7 +330,10 @@ struct FRelu6 {
 // ---------------------------------------------------------------------------
 // Backward functors. Output-based ones read y, input-based ones read z.
 
+// Derivatives that read dy alone (kReadsSrc = false) are handed dy as their
+// source, so they run where neither y nor z was kept.
 struct BIdentity {
+  static constexpr bool kReadsSrc = false;
   NERVE_INLINE float operator()(float, float dy) const { return dy; }
 };
 // sigmoid' = y (1 - y).
@@ -412,6 +374,7 @@ struct BRelu6 {
   }
 };
 struct BZero {
+  static constexpr bool kReadsSrc = false;
   NERVE_INLINE float operator()(float, float) const { return 0.0f; }
 };
 // swish' = s + beta x s (1 - s), s = sigmoid(beta x), with 1 - s taken as
@@ -1040,17 +1003,326 @@ void softmax_backward(const float* y, const float* dy, float* dz, Index rows, In
 }  // namespace
 
 // ---------------------------------------------------------------------------
+// The activations, one unit each: registry facts (name, aliases, parameters
+// with defaults, formula, row-wise or not, output width), what the derivative
+// reads besides dy (kFrom: the one place this is said; ActInfo::grad_from,
+// what Dense keeps for backward and what backward reads all follow from it),
+// parameter validation (configure), and the kernels: forward/backward hand an
+// elementwise functor and its cost to f and return true, or return false for
+// a unit whose forward_rows/backward_rows run a kernel of their own.
+// The table is the Units tuple below, in the order of enum Act.
+
+namespace {
+
+// The parameters a unit's configure() reads, already merged with defaults.
+struct ActParams {
+  const ActInfo& info;
+  std::map<std::string, double> v;
+  double num(const char* key) const { return v.at(key); }
+  [[noreturn]] void fail(const std::string& what) const {
+    throw ValueError("activation '" + info.name + "': " + what);
+  }
+  bool flag(const char* key) const {
+    const double x = num(key);
+    if (x != 0.0 && x != 1.0) {
+      std::ostringstream os;
+      os << "parameter '" << key << "' must be 0 or 1 (false/true), got " << x;
+      fail(os.str());
+    }
+    return x == 1.0;
+  }
+  static std::string str(double x) {
+    std::ostringstream os;
+    os << x;
+    return os.str();
+  }
+};
+
+template <Act K, GradFrom From>
+struct UnitBase {
+  static constexpr Act kKind = K;
+  static constexpr GradFrom kFrom = From;
+  static void configure(Activation&, const ActParams&) {}
+  static void forward_rows(const Activation&, float*, const float*, float*, Index, Index, const ActContext&) {}
+  static void backward_rows(const Activation&, const float*, const float*, const float*, float*, Index, Index,
+                            const ActContext&) {}
+};
+using Out = std::integral_constant<GradFrom, GradFrom::Output>;
+
+// describe() gives the row without kind and grad_from, which come from the unit.
+template <class U>
+ActInfo info_of() {
+  ActInfo i = U::describe();
+  i.kind = U::kKind;
+  i.grad_from = U::kFrom;
+  return i;
+}
+ActInfo row(std::string name, std::vector<std::string> aliases, std::vector<ActParamInfo> params,
+            std::string formula, bool rowwise = false, int width_factor = 1) {
+  return ActInfo{std::move(name), std::move(aliases), Act::Identity, std::move(params), rowwise, width_factor,
+                 GradFrom::Output, std::move(formula)};
+}
+
+struct IdentityU : UnitBase<Act::Identity, GradFrom::Output> {
+  static ActInfo describe() { return row("identity", {"linear"}, {}, "y = x"); }
+  template <class F> static bool forward(const Activation&, F&& f) { return f(FIdentity{}, 1), true; }
+  template <class F> static bool backward(const Activation&, bool, F&& f) { return f(BIdentity{}, 1), true; }
+};
+struct SigmoidU : UnitBase<Act::Sigmoid, GradFrom::Output> {
+  static ActInfo describe() { return row("sigmoid", {"logistic"}, {}, "y = 1 / (1 + exp(-x))"); }
+  template <class F> static bool forward(const Activation&, F&& f) { return f(FSigmoid{}, 20), true; }
+  template <class F> static bool backward(const Activation&, bool, F&& f) { return f(BSigmoid{}, 3), true; }
+};
+struct TanhU : UnitBase<Act::Tanh, GradFrom::Output> {
+  static ActInfo describe() { return row("tanh", {}, {}, "y = tanh(x)"); }
+  template <class F> static bool forward(const Activation&, F&& f) { return f(FTanh{}, 25), true; }
+  template <class F> static bool backward(const Activation&, bool, F&& f) { return f(BTanh{}, 3), true; }
+};
+struct ReluU : UnitBase<Act::Relu, GradFrom::Output> {
+  static ActInfo describe() { return row("relu", {}, {}, "y = max(x, 0)"); }
+  template <class F> static bool forward(const Activation&, F&& f) { return f(FRelu{}, 1), true; }
+  template <class F> static bool backward(const Activation&, bool, F&& f) { return f(BRelu{}, 1), true; }
+};
+// leaky_relu and elu take the derivative from y, which needs sign(y) == sign(x): alpha >= 0.
+inline void configure_alpha(Activation& a, const ActParams& p) {
+  if (p.num("alpha") < 0.0) p.fail("alpha must be >= 0, got " + ActParams::str(p.num("alpha")));
+  a.alpha = static_cast<float>(p.num("alpha"));
+}
+struct LeakyReluU : UnitBase<Act::LeakyRelu, GradFrom::Output> {
+  static ActInfo describe() {
+    return row("leaky_relu", {}, {{"alpha", 0.01}}, "y = x if x > 0 else alpha * x   (alpha >= 0)");
+  }
+  static void configure(Activation& a, const ActParams& p) { configure_alpha(a, p); }
+  template <class F> static bool forward(const Activation& a, F&& f) { return f(FLeaky{a.alpha}, 1), true; }
+  template <class F> static bool backward(const Activation& a, bool, F&& f) { return f(BLeaky{a.alpha}, 2), true; }
+};
+struct EluU : UnitBase<Act::Elu, GradFrom::Output> {
+  static ActInfo describe() {
+    return row("elu", {}, {{"alpha", 1.0}}, "y = x if x > 0 else alpha * (exp(x) - 1)   (alpha >= 0)");
+  }
+  static void configure(Activation& a, const ActParams& p) { configure_alpha(a, p); }
+  template <class F> static bool forward(const Activation& a, F&& f) { return f(FElu{a.alpha}, 20), true; }
+  template <class F> static bool backward(const Activation& a, bool, F&& f) { return f(BElu{a.alpha}, 3), true; }
+};
+struct SeluU : UnitBase<Act::Selu, GradFrom::Output> {
+  static ActInfo describe() {
+    return row("selu", {}, {}, "y = scale * (x if x > 0 else alpha * (exp(x) - 1)), alpha = 1.6732632, scale = 1.0507010");
+  }
+  template <class F> static bool forward(const Activation&, F&& f) { return f(FSelu{}, 20), true; }
+  template <class F> static bool backward(const Activation&, bool, F&& f) { return f(BSelu{}, 3), true; }
+};
+struct CreluU : UnitBase<Act::Crelu, GradFrom::Output> {
+  static ActInfo describe() {
+    return row("crelu", {}, {}, "y = [max(x, 0), max(-x, 0)] concatenated along columns (output width 2 * input width)",
+               false, 2);
+  }
+  template <class F> static bool forward(const Activation&, F&&) { return false; }
+  template <class F> static bool backward(const Activation&, bool, F&&) { return false; }
+  static void forward_rows(const Activation&, float* z, const float* bias, float* y, Index rows, Index cols,
+                           const ActContext&) {
+    crelu_forward(z, bias, y, rows, cols);
+  }
+  static void backward_rows(const Activation&, const float*, const float* y, const float* dy, float* dz, Index rows,
+                            Index cols, const ActContext&) {
+    crelu_backward(y, dy, dz, rows, cols);
+  }
+};
+struct SwishU : UnitBase<Act::Swish, GradFrom::Input> {
+  static ActInfo describe() { return row("swish", {"silu"}, {{"beta", 1.0}}, "y = x * sigmoid(beta * x)"); }
+  static void configure(Activation& a, const ActParams& p) { a.beta = static_cast<float>(p.num("beta")); }
+  template <class F> static bool forward(const Activation& a, F&& f) {
+    if (a.beta == 1.0f) f(FSilu{}, 20);
+    else f(FSwish{a.beta}, 20);
+    return true;
+  }
+  template <class F> static bool backward(const Activation& a, bool, F&& f) { return f(BSwish{a.beta}, 25), true; }
+};
+struct BinaryStepU : UnitBase<Act::BinaryStep, GradFrom::Output> {
+  static ActInfo describe() {
+    return row("binary_step", {}, {{"straight_through", 0.0}},
+               "y = 1 if x >= 0 else 0; gradient 0, or dy passed through if straight_through = 1");
+  }
+  static void configure(Activation& a, const ActParams& p) { a.straight_through = p.flag("straight_through"); }
+  template <class F> static bool forward(const Activation&, F&& f) { return f(FStep{}, 1), true; }
+  template <class F> static bool backward(const Activation& a, bool, F&& f) {
+    if (a.straight_through) f(BIdentity{}, 1);
+    else f(BZero{}, 1);
+    return true;
+  }
+};
+template <Act K, bool kLog>
+struct SoftmaxBase : UnitBase<K, GradFrom::Output> {
+  template <class F> static bool forward(const Activation&, F&&) { return false; }
+  template <class F> static bool backward(const Activation&, bool, F&&) { return false; }
+  static void forward_rows(const Activation&, float* z, const float* bias, float* y, Index rows, Index cols,
+                           const ActContext&) {
+    softmax_forward<kLog>(z, bias, y, rows, cols);
+  }
+  static void backward_rows(const Activation&, const float*, const float* y, const float* dy, float* dz, Index rows,
+                            Index cols, const ActContext&) {
+    softmax_backward<kLog>(y, dy, dz, rows, cols);
+  }
+};
+struct SoftmaxU : SoftmaxBase<Act::Softmax, false> {
+  static ActInfo describe() {
+    return row("softmax", {}, {}, "y_i = exp(x_i - max(x)) / sum_j exp(x_j - max(x))   (per row)", true);
+  }
+};
+struct LogSoftmaxU : SoftmaxBase<Act::LogSoftmax, true> {
+  static ActInfo describe() {
+    return row("log_softmax", {}, {}, "y_i = x_i - max(x) - log(sum_j exp(x_j - max(x)))   (per row)", true);
+  }
+};
+struct GeluU : UnitBase<Act::Gelu, GradFrom::Input> {
+  static ActInfo describe() {
+    return row("gelu", {}, {{"approximate", 0.0}},
+               "y = x * Phi(x); approximate = 1: y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))");
+  }
+  static void configure(Activation& a, const ActParams& p) {
+    const double ap = p.num("approximate");
+    if (ap != 0.0 && ap != 1.0)
+      p.fail("parameter 'approximate' must be 0 (exact erf form) or 1 (tanh form), got " + ActParams::str(ap));
+    a.approximate_tanh = ap == 1.0;
+  }
+  template <class F> static bool forward(const Activation& a, F&& f) {
+    if (a.approximate_tanh) f(FGeluTanh{}, 25);
+    else f(FGeluErf{}, 35);
+    return true;
+  }
+  template <class F> static bool backward(const Activation& a, bool, F&& f) {
+    if (a.approximate_tanh) f(BGeluTanh{}, 30);
+    else f(BGeluErf{}, 50);
+    return true;
+  }
+};
+struct SoftplusU : UnitBase<Act::Softplus, GradFrom::Input> {
+  static ActInfo describe() {
+    return row("softplus", {}, {{"beta", 1.0}, {"threshold", 20.0}},
+               "y = log(1 + exp(beta * x)) / beta, or x where beta * x > threshold");
+  }
+  static void configure(Activation& a, const ActParams& p) {
+    if (!(p.num("beta") > 0.0)) p.fail("beta must be > 0, got " + ActParams::str(p.num("beta")));
+    a.beta = static_cast<float>(p.num("beta"));
+    a.threshold = static_cast<float>(p.num("threshold"));
+  }
+  template <class F> static bool forward(const Activation& a, F&& f) {
+    return f(FSoftplus{a.beta, a.threshold}, 40), true;
+  }
+  template <class F> static bool backward(const Activation& a, bool, F&& f) {
+    return f(BSoftplus{a.beta, a.threshold}, 20), true;
+  }
+};
+struct MishU : UnitBase<Act::Mish, GradFrom::Input> {
+  static ActInfo describe() { return row("mish", {}, {}, "y = x * tanh(softplus(x))"); }
+  template <class F> static bool forward(const Activation&, F&& f) { return f(FMish{}, 25), true; }
+  template <class F> static bool backward(const Activation&, bool, F&& f) { return f(BMish{}, 30), true; }
+};
+struct HardSigmoidU : UnitBase<Act::HardSigmoid, GradFrom::Input> {
+  static ActInfo describe() { return row("hard_sigmoid", {}, {}, "y = min(max(x + 3, 0), 6) / 6"); }
+  template <class F> static bool forward(const Activation&, F&& f) { return f(FHardSigmoid{}, 4), true; }
+  template <class F> static bool backward(const Activation&, bool, F&& f) { return f(BHardSigmoid{}, 3), true; }
+};
+struct HardSwishU : UnitBase<Act::HardSwish, GradFrom::Input> {
+  static ActInfo describe() { return row("hard_swish", {}, {}, "y = x * min(max(x + 3, 0), 6) / 6"); }
+  template <class F> static bool forward(const Activation&, F&& f) { return f(FHardSwish{}, 5), true; }
+  template <class F> static bool backward(const Activation&, bool, F&& f) { return f(BHardSwish{}, 4), true; }
+};
+struct Relu6U : UnitBase<Act::Relu6, GradFrom::Output> {
+  static ActInfo describe() { return row("relu6", {}, {}, "y = min(max(x, 0), 6)"); }
+  template <class F> static bool forward(const Activation&, F&& f) { return f(FRelu6{}, 2), true; }
+  template <class F> static bool backward(const Activation&, bool, F&& f) { return f(BRelu6{}, 2), true; }
+};
+// rrelu: elementwise with the mean slope in evaluation; in training the
+// slopes come from the generator (rrelu_forward / rrelu_train_backward).
+struct RreluSlope {
+  float slope;
+  NERVE_INLINE float operator()(float x, float g) const { return simd::sel(x > 0.0f, g, g * slope); }
+};
+struct RreluU : UnitBase<Act::Rrelu, GradFrom::Input> {
+  static ActInfo describe() {
+    return row("rrelu", {}, {{"lower", 1.0 / 8.0}, {"upper", 1.0 / 3.0}},
+               "y = x if x > 0 else a * x; a ~ U(lower, upper) per element in training, "
+               "(lower + upper) / 2 in evaluation");
+  }
+  static void configure(Activation& a, const ActParams& p) {
+    if (!(p.num("lower") >= 0.0 && p.num("lower") <= p.num("upper")))
+      p.fail("need 0 <= lower <= upper, got lower=" + ActParams::str(p.num("lower")) +
+             ", upper=" + ActParams::str(p.num("upper")));
+    a.lower = static_cast<float>(p.num("lower"));
+    a.upper = static_cast<float>(p.num("upper"));
+  }
+  template <class F> static bool forward(const Activation&, F&&) { return false; }
+  template <class F> static bool backward(const Activation& a, bool training, F&& f) {
+    if (training) return false;
+    return f(RreluSlope{0.5f * (a.lower + a.upper)}, 1), true;
+  }
+  static void forward_rows(const Activation& a, float* z, const float* bias, float* y, Index rows, Index cols,
+                           const ActContext& ctx) {
+    rrelu_forward(a, z, bias, y, rows, cols, ctx);
+  }
+  static void backward_rows(const Activation& a, const float* z, const float* y, const float* dy, float* dz,
+                            Index rows, Index cols, const ActContext& ctx) {
+    rrelu_train_backward(a, z, y, dy, dz, rows, cols, ctx);
+  }
+};
+
+// The table, in the order of enum Act.
+using Units = std::tuple<IdentityU, SigmoidU, TanhU, ReluU, LeakyReluU, EluU, SeluU, CreluU, SwishU, BinaryStepU,
+                         SoftmaxU, LogSoftmaxU, GeluU, SoftplusU, MishU, HardSigmoidU, HardSwishU, Relu6U, RreluU>;
+
+template <std::size_t... I>
+constexpr bool units_in_enum_order(std::index_sequence<I...>) {
+  return ((static_cast<std::size_t>(std::tuple_element_t<I, Units>::kKind) == I) && ...);
+}
+static_assert(units_in_enum_order(std::make_index_sequence<std::tuple_size_v<Units>>{}),
+              "Units must list the activations in the order of enum Act");
+
+// f(unit) for the unit of kind k.
+template <class F, std::size_t... I>
+void with_unit_impl(Act k, F&& f, std::index_sequence<I...>) {
+  (void)((static_cast<std::size_t>(k) == I ? (f(std::tuple_element_t<I, Units>{}), true) : false) || ...);
+}
+template <class F>
+void with_unit(Act k, F&& f) {
+  with_unit_impl(k, f, std::make_index_sequence<std::tuple_size_v<Units>>{});
+}
+
+template <std::size_t... I>
+std::vector<ActInfo> registry_of(std::index_sequence<I...>) {
+  return {info_of<std::tuple_element_t<I, Units>>()...};
+}
+
+template <class G, class = void>
+struct ReadsSrc : std::true_type {};
+template <class G>
+struct ReadsSrc<G, std::void_t<decltype(G::kReadsSrc)>> : std::bool_constant<G::kReadsSrc> {};
+
+// What derivative g of unit U reads: y or z by the unit's kFrom, dy for a
+// derivative that reads nothing else.
+template <class U, class G>
+const float* source(const float* z, const float* y, const float* dy) {
+  if constexpr (!ReadsSrc<G>::value) return dy;
+  else return U::kFrom == GradFrom::Output ? y : z;
+}
+
+template <class G>
+constexpr bool kIsIdentity = std::is_same_v<G, BIdentity>;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
 
 const std::vector<ActInfo>& activation_registry() {
-  static const std::vector<ActInfo> registry = build_registry();
+  static const std::vector<ActInfo> registry = registry_of(std::make_index_sequence<std::tuple_size_v<Units>>{});
   return registry;
 }
 
 const ActInfo& activation_info(Act kind) {
-  for (const ActInfo& info : activation_registry())
-    if (info.kind == kind) return info;
-  throw ValueError("activation_info: unknown activation kind " +
-                   std::to_string(static_cast<int>(kind)));
+  const auto& r = activation_registry();
+  const auto i = static_cast<std::size_t>(kind);
+  if (i >= r.size())
+    throw ValueError("activation_info: unknown activation kind " + std::to_string(static_cast<int>(kind)));
+  return r[i];
 }
 
 Activation make_activation(const std::string& name, const std::map<std::string, double>& params) {
@@ -1070,224 +1342,87 @@ Activation make_activation(const std::string& name, const std::map<std::string, 
     throw ValueError("unknown activation '" + name + "'; valid names: " + join(names));
   }
 
-  std::map<std::string, double> v;
+  ActParams p{*info, {}};
   std::vector<std::string> valid;
-  for (const ActParamInfo& p : info->params) {
-    v[p.name] = p.default_value;
-    valid.push_back(p.name);
+  for (const ActParamInfo& pi : info->params) {
+    p.v[pi.name] = pi.default_value;
+    valid.push_back(pi.name);
   }
   for (const auto& kv : params) {
-    if (!v.count(kv.first)) {
+    if (!p.v.count(kv.first)) {
       throw ValueError("activation '" + info->name + "' has no parameter '" + kv.first + "'; " +
                        (valid.empty() ? std::string("it takes no parameters")
                                       : "valid parameters: " + join(valid)));
     }
     if (!std::isfinite(kv.second)) {
       std::ostringstream os;
-      os << "activation '" << info->name << "': parameter '" << kv.first
-         << "' must be finite, got " << kv.second;
+      os << "activation '" << info->name << "': parameter '" << kv.first << "' must be finite, got " << kv.second;
       throw ValueError(os.str());
     }
-    v[kv.first] = kv.second;
+    p.v[kv.first] = kv.second;
   }
-  auto fail = [&](const std::string& what) {
-    throw ValueError("activation '" + info->name + "': " + what);
-  };
-  auto as_bool = [&](const char* key) {
-    const double x = v[key];
-    if (x != 0.0 && x != 1.0) {
-      std::ostringstream os;
-      os << "parameter '" << key << "' must be 0 or 1 (false/true), got " << x;
-      fail(os.str());
-    }
-    return x == 1.0;
-  };
-  auto num = [&](const char* key) { return v[key]; };
-  auto str = [](double x) {
-    std::ostringstream os;
-    os << x;
-    return os.str();
-  };
-
   Activation a;
   a.kind = info->kind;
-  switch (info->kind) {
-    case Act::LeakyRelu:
-    case Act::Elu:
-      // The derivative is taken from y, which needs sign(y) == sign(x).
-      if (num("alpha") < 0.0) fail("alpha must be >= 0, got " + str(num("alpha")));
-      a.alpha = static_cast<float>(num("alpha"));
-      break;
-    case Act::Swish:
-      a.beta = static_cast<float>(num("beta"));
-      break;
-    case Act::BinaryStep:
-      a.straight_through = as_bool("straight_through");
-      break;
-    case Act::Gelu: {
-      const double ap = num("approximate");
-      if (ap != 0.0 && ap != 1.0)
-        fail("parameter 'approximate' must be 0 (exact erf form) or 1 (tanh form), got " +
-             str(ap));
-      a.approximate_tanh = ap == 1.0;
-      break;
-    }
-    case Act::Softplus:
-      if (!(num("beta") > 0.0)) fail("beta must be > 0, got " + str(num("beta")));
-      a.beta = static_cast<float>(num("beta"));
-      a.threshold = static_cast<float>(num("threshold"));
-      break;
-    case Act::Rrelu:
-      if (!(num("lower") >= 0.0 && num("lower") <= num("upper")))
-        fail("need 0 <= lower <= upper, got lower=" + str(num("lower")) +
-             ", upper=" + str(num("upper")));
-      a.lower = static_cast<float>(num("lower"));
-      a.upper = static_cast<float>(num("upper"));
-      break;
-    default:
-      break;
-  }
+  with_unit(a.kind, [&](auto u) { decltype(u)::configure(a, p); });
   return a;
 }
 
 void activation_forward(const Activation& a, float* z, const float* bias, float* y, Index rows,
                         Index cols, const ActContext& ctx) {
   if (rows <= 0 || cols <= 0) return;
-  const bool keep = bias != nullptr && activation_info(a.kind).grad_from == GradFrom::Input;
   if (a.kind == Act::Identity && !bias && y == z) return;
-  switch (a.kind) {
-    case Act::Identity: forward_map(FIdentity{}, z, bias, y, rows, cols, keep, 1); break;
-    case Act::Sigmoid: forward_map(FSigmoid{}, z, bias, y, rows, cols, keep, 20); break;
-    case Act::Tanh: forward_map(FTanh{}, z, bias, y, rows, cols, keep, 25); break;
-    case Act::Relu: forward_map(FRelu{}, z, bias, y, rows, cols, keep, 1); break;
-    case Act::LeakyRelu: forward_map(FLeaky{a.alpha}, z, bias, y, rows, cols, keep, 1); break;
-    case Act::Elu: forward_map(FElu{a.alpha}, z, bias, y, rows, cols, keep, 20); break;
-    case Act::Selu: forward_map(FSelu{}, z, bias, y, rows, cols, keep, 20); break;
-    case Act::Crelu: crelu_forward(z, bias, y, rows, cols); break;
-    case Act::Swish:
-      if (a.beta == 1.0f)
-        forward_map(FSilu{}, z, bias, y, rows, cols, keep, 20);
-      else
-        forward_map(FSwish{a.beta}, z, bias, y, rows, cols, keep, 20);
-      break;
-    case Act::BinaryStep: forward_map(FStep{}, z, bias, y, rows, cols, keep, 1); break;
-    case Act::Softmax: softmax_forward<false>(z, bias, y, rows, cols); break;
-    case Act::LogSoftmax: softmax_forward<true>(z, bias, y, rows, cols); break;
-    case Act::Gelu:
-      if (a.approximate_tanh)
-        forward_map(FGeluTanh{}, z, bias, y, rows, cols, keep, 25);
-      else
-        forward_map(FGeluErf{}, z, bias, y, rows, cols, keep, 35);
-      break;
-    case Act::Softplus:
-      forward_map(FSoftplus{a.beta, a.threshold}, z, bias, y, rows, cols, keep, 40);
-      break;
-    case Act::Mish: forward_map(FMish{}, z, bias, y, rows, cols, keep, 25); break;
-    case Act::HardSigmoid: forward_map(FHardSigmoid{}, z, bias, y, rows, cols, keep, 4); break;
-    case Act::HardSwish: forward_map(FHardSwish{}, z, bias, y, rows, cols, keep, 5); break;
-    case Act::Relu6: forward_map(FRelu6{}, z, bias, y, rows, cols, keep, 2); break;
-    case Act::Rrelu: rrelu_forward(a, z, bias, y, rows, cols, ctx); break;
-  }
+  with_unit(a.kind, [&](auto u) {
+    using U = decltype(u);
+    // Backward reads z + bias only where the derivative is taken from the input.
+    const bool keep = bias != nullptr && U::kFrom == GradFrom::Input;
+    const bool elementwise = U::forward(a, [&](const auto& f, double flops) {
+      forward_map(f, z, bias, y, rows, cols, keep, flops);
+    });
+    if (!elementwise) U::forward_rows(a, z, bias, y, rows, cols, ctx);
+  });
 }
-
-namespace {
-// What an elementwise derivative reads besides dy.
-enum class Src { Dy, Y, Z };
-
-// Calls f(g, src, flops_per_element) with the derivative of `a` as an
-// elementwise functor (dz = g(src, dy)) and returns true; false for the
-// activations whose backward is not elementwise (crelu, softmax, log_softmax)
-// or draws from the generator (rrelu in training). Src::Dy with BIdentity
-// means dz = dy.
-template <class F>
-bool visit_elementwise_backward(const Activation& a, bool training, F&& f) {
-  switch (a.kind) {
-    case Act::Identity: f(BIdentity{}, Src::Dy, 1); return true;
-    case Act::Sigmoid: f(BSigmoid{}, Src::Y, 3); return true;
-    case Act::Tanh: f(BTanh{}, Src::Y, 3); return true;
-    case Act::Relu: f(BRelu{}, Src::Y, 1); return true;
-    case Act::LeakyRelu: f(BLeaky{a.alpha}, Src::Y, 2); return true;
-    case Act::Elu: f(BElu{a.alpha}, Src::Y, 3); return true;
-    case Act::Selu: f(BSelu{}, Src::Y, 3); return true;
-    case Act::Swish: f(BSwish{a.beta}, Src::Z, 25); return true;
-    case Act::BinaryStep:
-      if (a.straight_through)
-        f(BIdentity{}, Src::Dy, 1);
-      else
-        f(BZero{}, Src::Dy, 1);
-      return true;
-    case Act::Gelu:
-      if (a.approximate_tanh)
-        f(BGeluTanh{}, Src::Z, 30);
-      else
-        f(BGeluErf{}, Src::Z, 50);
-      return true;
-    case Act::Softplus: f(BSoftplus{a.beta, a.threshold}, Src::Z, 20); return true;
-    case Act::Mish: f(BMish{}, Src::Z, 30); return true;
-    case Act::HardSigmoid: f(BHardSigmoid{}, Src::Z, 3); return true;
-    case Act::HardSwish: f(BHardSwish{}, Src::Z, 4); return true;
-    case Act::Relu6: f(BRelu6{}, Src::Y, 2); return true;
-    case Act::Rrelu:
-      if (training) return false;
-      {
-        const float slope = 0.5f * (a.lower + a.upper);
-        f([slope](float x, float g) { return simd::sel(x > 0.0f, g, g * slope); }, Src::Z, 1);
-      }
-      return true;
-    case Act::Crelu:
-    case Act::Softmax:
-    case Act::LogSoftmax: return false;
-  }
-  return false;
-}
-
-template <class G>
-constexpr bool kIsIdentity = std::is_same_v<G, BIdentity>;
-
-const float* source(Src src, const float* z, const float* y, const float* dy) {
-  return src == Src::Dy ? dy : src == Src::Y ? y : z;
-}
-}  // namespace
 
 void activation_backward(const Activation& a, const float* z, const float* y, const float* dy,
                          float* dz, Index rows, Index cols, const ActContext& ctx) {
   if (rows <= 0 || cols <= 0) return;
   const Index n = rows * cols;
-  const bool elementwise = visit_elementwise_backward(a, ctx.training, [&](const auto& g, Src src, double flops) {
-    if constexpr (kIsIdentity<std::decay_t<decltype(g)>>)
-      if (dz == dy) return;
-    backward_map(g, source(src, z, y, dy), dy, dz, n, flops);
+  with_unit(a.kind, [&](auto u) {
+    using U = decltype(u);
+    const bool elementwise = U::backward(a, ctx.training, [&](const auto& g, double flops) {
+      using G = std::decay_t<decltype(g)>;
+      if constexpr (kIsIdentity<G>)
+        if (dz == dy) return;
+      backward_map(g, source<U, G>(z, y, dy), dy, dz, n, flops);
+    });
+    if (!elementwise) U::backward_rows(a, z, y, dy, dz, rows, cols, ctx);
   });
-  if (elementwise) return;
-  switch (a.kind) {
-    case Act::Crelu: crelu_backward(y, dy, dz, rows, cols); break;
-    case Act::Softmax: softmax_backward<false>(y, dy, dz, rows, cols); break;
-    case Act::LogSoftmax: softmax_backward<true>(y, dy, dz, rows, cols); break;
-    case Act::Rrelu: rrelu_train_backward(a, z, y, dy, dz, rows, cols, ctx); break;
-    default: break;  // elementwise, done above
-  }
 }
 
 bool activation_backward_is_elementwise(const Activation& a, const ActContext& ctx) {
-  return visit_elementwise_backward(a, ctx.training, [](const auto&, Src, double) {});
+  bool elementwise = false;
+  with_unit(a.kind, [&](auto u) { elementwise = decltype(u)::backward(a, ctx.training, [](const auto&, double) {}); });
+  return elementwise;
 }
 
 bool activation_backward_is_identity(const Activation& a) {
-  // Whichever kinds visit_elementwise_backward maps to BIdentity (the same in
-  // training and evaluation).
+  // Whichever kinds hand BIdentity (the same in training and evaluation).
   bool identity = false;
-  visit_elementwise_backward(a, false, [&](const auto& g, Src, double) {
-    identity = kIsIdentity<std::decay_t<decltype(g)>>;
+  with_unit(a.kind, [&](auto u) {
+    decltype(u)::backward(a, false, [&](const auto& g, double) { identity = kIsIdentity<std::decay_t<decltype(g)>>; });
   });
   return identity;
 }
 
 void activation_backward_run(const Activation& a, const float* z, const float* y, const float* dy,
                              float* dz, Index n, const ActContext& ctx) {
-  visit_elementwise_backward(a, ctx.training, [&](const auto& g, Src src, double) {
-    if constexpr (kIsIdentity<std::decay_t<decltype(g)>>)
-      if (dz == dy) return;
-    backward_run(g, source(src, z, y, dy), dy, dz, n);
+  with_unit(a.kind, [&](auto u) {
+    using U = decltype(u);
+    U::backward(a, ctx.training, [&](const auto& g, double) {
+      using G = std::decay_t<decltype(g)>;
+      if constexpr (kIsIdentity<G>)
+        if (dz == dy) return;
+      backward_run(g, source<U, G>(z, y, dy), dy, dz, n);
+    });
   });
 }
 

@@ -57,12 +57,12 @@ class ActivationFunction:
         self.name = row["name"]
         self.params = dict(params)
         self.width_factor = row["width_factor"]
-        # The backward kernel reads the forward output for these.
-        self._needs_y = bool(row["grad_from_output"]) or row["rowwise"] or row["width_factor"] != 1
-        self._is_identity = self.name == "identity"
-        self._passes_gradient = self.name == "identity" or (
-            self.name == "binary_step" and bool(params.get("straight_through", False)))
         self._spec = _core.make_activation(self.name, numeric)
+        # The backward kernel reads the forward output for these (the unit's
+        # "derivative from the output" fact, in the C++ table).
+        self._needs_y = bool(row["grad_from_output"])
+        self._is_identity = self.name == "identity"
+        self._passes_gradient = self._spec.passes_gradient
 
     def forward(self, x, training=False, seed=0, step=0):
         """y = f(x); rows are samples (1-D input is one row)."""

@@ -1,8 +1,10 @@
 // Activation functions: one registry (name -> enum + parameters) shared by
 // C++ and Python, and forward/backward kernels over row-major matrices.
 //
-// Adding an activation is local: an enum value, a registry row in
-// activation.cpp, and its forward/derivative in the kernel switch.
+// Adding an activation is local: an enum value and one unit in activation.cpp
+// (a struct with its registry row, its parameter checks, its forward and
+// derivative functors and where the derivative reads from), listed in the
+// Units table there; plus its oracle in tests/test_activations.py.
 #pragma once
 #include <map>
 #include <string>
@@ -34,7 +36,8 @@ enum class Act : int {
   Rrelu,
 };
 
-// What backward needs to be kept from forward.
+// What backward needs to be kept from forward: each unit's kFrom
+// (activation.cpp), which also decides what its derivative reads.
 enum class GradFrom : int {
   Output,  // derivative is a function of y alone (relu, sigmoid, tanh, ...): z need not be kept
   Input,   // derivative needs the pre-activation z (gelu, swish, softplus, ...)
