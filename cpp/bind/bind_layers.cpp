@@ -32,7 +32,7 @@ const float* weights_from_python(const py::object& w, Index rows) {
 FloatArray new_matrix(Index rows, Index cols) { return FloatArray(std::vector<py::ssize_t>{rows, cols}); }
 
 void bind_param(ParamRef& ref, const std::shared_ptr<ParamArena>& arena, Index offset, Index size) {
-  require(arena && offset >= 0 && offset + size <= arena->size(),
+  require(arena && offset >= 0 && size >= 0 && size <= arena->size() && offset <= arena->size() - size,
           "parameter slice [" + std::to_string(offset) + ", " + std::to_string(offset + size) +
               ") is outside the arena");
   ref.arena = arena;
@@ -43,7 +43,11 @@ void bind_param(ParamRef& ref, const std::shared_ptr<ParamArena>& arena, Index o
 // The Network plus what the Python-facing calls need to keep between calls.
 struct PyNetwork {
   Network net;
-  FloatArray last_input;        // manual forward(): kept for backward()
+  // The manual forward(training=True) copies its input here (in a buffer
+  // planned to the largest batch, no allocation per call): backward() must
+  // never read the caller's array, which may have changed or been freed since.
+  AlignedBuffer saved_x;
+  Index saved_rows = 0;         // rows of the saved training forward; 0: none to back-propagate
   AlignedBuffer batch_x;        // gathered rows for train_batches
   AlignedBuffer batch_values;
   std::vector<std::int64_t> batch_labels;
@@ -180,7 +184,7 @@ void bind_layers(py::module_& m) {
       .def(
           "bind_params",
           [](Dense& d, std::shared_ptr<ParamArena> arena, Index kernel_offset, Index bias_offset) {
-            bind_param(d.kernel, arena, kernel_offset, d.in_features * d.units);
+            bind_param(d.kernel, arena, kernel_offset, checked_mul(d.in_features, d.units, "Dense kernel"));
             if (d.use_bias) bind_param(d.bias, arena, bias_offset, d.units);
           },
           py::arg("arena"), py::arg("kernel_offset"), py::arg("bias_offset"))
@@ -284,18 +288,28 @@ void bind_layers(py::module_& m) {
             Index rows;
             n.check_input(x, rows);
             n.net.check_finite(fptr(x), rows, n.net.input_dim(), "x");
-            // Keep a private copy: backward() reads it after Python may have changed x.
-            n.last_input = new_matrix(rows, n.net.input_dim());
-            std::copy(fptr(x), fptr(x) + rows * n.net.input_dim(), n.last_input.mutable_data());
+            const Index in = n.net.input_dim();
+            n.saved_rows = 0;  // the layers' saved activations are replaced from here on
+            const float* src = fptr(x);
+            if (training) {
+              // Keep a private copy: backward() reads it after Python may have changed or freed x.
+              n.saved_x.reserve(checked_mul(rows, in, "saved input"));
+              std::copy(src, src + rows * in, n.saved_x.data());
+              src = n.saved_x.data();
+            }
             FloatArray out = new_matrix(rows, n.net.output_dim());
-            const float* in = n.last_input.data();
             float* o = out.mutable_data();
             {
               py::gil_scoped_release nogil;
-              const float* y = n.net.forward(in, rows, training);
+              const float* y = n.net.forward(src, rows, training);
               std::copy(y, y + rows * n.net.output_dim(), o);
             }
-            if (training) n.net.step += 1;
+            if (training) {
+              n.net.step += 1;
+              n.saved_rows = rows;
+            } else {
+              n.net.forget_input();
+            }
             return out;
           },
           py::arg("x"), py::arg("training") = false)
@@ -304,8 +318,13 @@ void bind_layers(py::module_& m) {
           [](PyNetwork& n, py::array dout, bool accumulate, bool want_dx) {
             Index rows, cols;
             matrix_shape(dout, rows, cols, "grad");
-            require(n.last_input.size() > 0, "backward: call forward first");
-            const Index batch = n.last_input.shape(0);
+            // RuntimeError (call order, like PyTorch's backward through a freed graph).
+            if (n.saved_rows == 0)
+              throw std::runtime_error(
+                  "backward: the last forward of this model was not a training forward; call "
+                  "forward(x, training=True) first (predict, evaluate, train_step, fit and an "
+                  "evaluation forward replace the activations backward needs)");
+            const Index batch = n.saved_rows;
             require(dout.ndim() == 2 && rows == batch && cols == n.net.output_dim(),
                     "backward: expected a gradient of shape (" + std::to_string(batch) + ", " +
                         std::to_string(n.net.output_dim()) + "), got " + shape_str(dout));
@@ -347,6 +366,7 @@ void bind_layers(py::module_& m) {
             Optimizer& o = unwrap_optimizer(opt);
             const float* xp = fptr(x);
             StepResult r;
+            n.saved_rows = 0;
             {
               py::gil_scoped_release nogil;
               r = n.net.train_step(xp, rows, t, loss, o, count);
@@ -381,8 +401,8 @@ void bind_layers(py::module_& m) {
               n.net.check_batch(count_rows - (batches - 1) * batch_size, true);
             }
             const Index cap = std::min(batch_size, count_rows);
-            n.batch_x.reserve(cap * in);
-            if (all.values) n.batch_values.reserve(cap * out);
+            n.batch_x.reserve(checked_mul(cap, in, "batch buffer"));
+            if (all.values) n.batch_values.reserve(checked_mul(cap, out, "batch target buffer"));
             if (all.labels && static_cast<Index>(n.batch_labels.size()) < cap) n.batch_labels.resize(cap);
             if (all_weights && static_cast<Index>(n.batch_weights.size()) < cap) n.batch_weights.resize(cap);
             py::array_t<double> losses(batches);
@@ -390,6 +410,7 @@ void bind_layers(py::module_& m) {
             double* lp = losses.mutable_data();
             std::int64_t* cp = correct.mutable_data();
             const float* xp = fptr(X);
+            n.saved_rows = 0;
             {
               py::gil_scoped_release nogil;
               n.net.plan(cap);
@@ -509,6 +530,7 @@ void bind_layers(py::module_& m) {
             FloatArray result = new_matrix(rows, out);
             float* o = result.mutable_data();
             const float* xp = fptr(X);
+            n.saved_rows = 0;
             {
               py::gil_scoped_release nogil;
               for (Index start = 0; start < rows; start += batch_size) {
@@ -516,6 +538,7 @@ void bind_layers(py::module_& m) {
                 const float* y = n.net.forward(xp + start * in, m, false);
                 std::copy(y, y + m * out, o + start * out);
               }
+              n.net.forget_input();  // no pointer to X outlives this call
             }
             return result;
           },

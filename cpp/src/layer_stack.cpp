@@ -27,11 +27,12 @@ void LayerStack::plan(Index capacity) {
   Index widest = std::max(in_features, out_features);
   for (std::size_t i = 0; i < layers.size(); ++i) {
     layers[i]->plan(capacity);
-    outputs_[i].reserve(capacity * layers[i]->out_features);
+    outputs_[i].reserve(checked_mul(capacity, layers[i]->out_features, "layer output buffer"));
     widest = std::max(widest, layers[i]->out_features);
   }
-  grad_a_.reserve(capacity * widest);
-  grad_b_.reserve(capacity * widest);
+  const Index grad_size = checked_mul(capacity, widest, "gradient buffer");
+  grad_a_.reserve(grad_size);
+  grad_b_.reserve(grad_size);
   capacity_ = capacity;
 }
 

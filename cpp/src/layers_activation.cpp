@@ -116,7 +116,7 @@ SwishLayer::SwishLayer(Index in, float beta_, bool learnable_)
 }
 
 void SwishLayer::plan(Index capacity) {
-  partial_.reserve(2 * chunks_of(capacity * in_features));
+  partial_.reserve(checked_mul(2, chunks_of(checked_mul(capacity, in_features, "Swish buffer")), "Swish buffer"));
 }
 
 void SwishLayer::forward(const float* x, float* y, Index batch, const StepContext& /*ctx*/) {
@@ -200,15 +200,16 @@ Maxout::Maxout(Index in, Index units_, Index pieces_, bool use_bias)
   require(in > 0, "Maxout: input features must be positive, got " + std::to_string(in));
   require(units_ > 0, "Maxout: units must be positive, got " + std::to_string(units_));
   require(pieces_ > 0, "Maxout: pieces must be positive, got " + std::to_string(pieces_));
-  inner = std::make_shared<Dense>(in, units_ * pieces_, Activation{}, use_bias);
+  inner = std::make_shared<Dense>(in, checked_mul(units_, pieces_, "Maxout units * pieces"), Activation{}, use_bias);
   in_features = in;
   out_features = units_;
 }
 
 void Maxout::plan(Index capacity) {
   inner->plan(capacity);
-  z_.reserve(capacity * units * pieces);
-  dz_.reserve(capacity * units * pieces);
+  const Index n = checked_mul(capacity, units * pieces, "Maxout buffer");  // units * pieces checked at construction
+  z_.reserve(n);
+  dz_.reserve(n);
 }
 
 void Maxout::forward(const float* x, float* y, Index batch, const StepContext& ctx) {

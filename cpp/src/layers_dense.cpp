@@ -144,7 +144,8 @@ Dense::Dense(Index in, Index units_, const Activation& act_, bool use_bias_)
   require(units_ > 0, "Dense: units must be positive, got " + std::to_string(units_));
   const ActInfo& info = activation_info(act.kind);
   in_features = in;
-  out_features = units * info.width_factor;
+  out_features = checked_mul(units, info.width_factor, "Dense output width");
+  checked_mul(in, units, "Dense kernel");  // the kernel's element count must be representable
   keeps_z_ = info.grad_from == GradFrom::Input || info.width_factor != 1;
 }
 
@@ -155,8 +156,9 @@ std::vector<ParamRef*> Dense::params() {
 
 void Dense::plan(Index capacity) {
   const ActInfo& info = activation_info(act.kind);
-  if (keeps_z_) z_.reserve(capacity * units);
-  if (info.width_factor != 1) dz_.reserve(capacity * units);
+  const Index n = checked_mul(capacity, units, "Dense pre-activation buffer");
+  if (keeps_z_) z_.reserve(n);
+  if (info.width_factor != 1) dz_.reserve(n);
 }
 
 void Dense::forward(const float* x, float* y, Index batch, const StepContext& ctx) {

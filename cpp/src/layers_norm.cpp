@@ -58,13 +58,14 @@ BatchNorm::BatchNorm(Index features, double momentum_, double eps_)
           "BatchNorm: momentum must be in [0, 1] (or -1: cumulative average), got " + std::to_string(momentum_));
   require(eps_ > 0.0, "BatchNorm: eps must be > 0, got " + std::to_string(eps_));
   in_features = out_features = features;
+  const Index work = checked_mul(4, features, "BatchNorm features");
   running_mean.resize(features, 0.0f);
   running_var.resize(features, 1.0f);
   num_batches_tracked.resize(1, 0.0f);
   mean_.assign(features, 0.0);
   invstd_.assign(features, 1.0);
-  work_.assign(4 * features, 0.0);
-  coef_.assign(4 * features, 0.0f);
+  work_.assign(static_cast<std::size_t>(work), 0.0);
+  coef_.assign(static_cast<std::size_t>(work), 0.0f);
 }
 
 void BatchNorm::check_batch(Index batch, bool training) const {
@@ -76,7 +77,7 @@ void BatchNorm::check_batch(Index batch, bool training) const {
 }
 
 void BatchNorm::plan(Index capacity) {
-  const std::size_t need = static_cast<std::size_t>(chunks_of(capacity) * in_features);
+  const std::size_t need = static_cast<std::size_t>(checked_mul(chunks_of(capacity), in_features, "BatchNorm buffer"));
   if (partial_a_.size() < need) {
     partial_a_.resize(need);
     partial_b_.resize(need);

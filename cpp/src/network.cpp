@@ -46,8 +46,8 @@ const float* Network::forward(const float* x, Index batch, bool training) {
 }
 
 void Network::backward(const float* dout, Index batch, bool accumulate, float* dx, Optimizer* update) {
-  if (input_ == nullptr || batch != last_batch_)
-    throw ValueError("backward: call forward on a batch of " + std::to_string(batch) + " rows first");
+  if (input_ == nullptr || !last_training_ || batch != last_batch_)
+    throw ValueError("backward: call a training forward on a batch of " + std::to_string(batch) + " rows first");
   // Below the lowest layer with trainable parameters nobody needs a gradient
   // (frozen prefixes cost nothing), unless the caller asks for dL/dx.
   std::size_t lowest = stack_.layers.size();
@@ -167,6 +167,7 @@ StepResult Network::train_step(const float* x, Index batch, const Target& target
   apply_masks();  // before the constraints: max-norm rescaling keeps zeros at zero
   apply_constraints();
   step += 1;
+  forget_input();  // x belongs to the caller: no pointer to it outlives the step
   return result;
 }
 

@@ -22,6 +22,7 @@
 #include "nerve/optimizer.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include "nerve/parallel.hpp"
 
@@ -226,6 +227,8 @@ void Optimizer::begin_step() {
       throw ValueError(std::string(policy_->name()) + ": " + hs[i].name +
                        " changed after bind(); the state slots no longer match, call bind() again");
 
+  // A step count loaded or assigned at INT64_MAX would overflow (UB) here.
+  require(iterations < std::numeric_limits<std::int64_t>::max(), "optimizer iterations overflow");
   iterations += 1;
   plan_ = StepPlan{};
   policy_->plan(hyper_, iterations, scalar_state.data(), plan_);

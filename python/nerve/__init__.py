@@ -38,7 +38,7 @@ from . import (  # noqa: E402
 )
 from . import pruning  # noqa: E402  (after model: it works on Sequential models)
 from . import interop, onnx, safetensors  # noqa: E402  (import torch / onnx only when used)
-from .model import Sequential, History, load_model  # noqa: E402
+from .model import Sequential, History, ModelFileError, load_model  # noqa: E402
 from .optimizers import clip_grad_norm_, clip_grad_value_  # noqa: E402
 
 
@@ -98,6 +98,7 @@ __all__ = [
     "Sequential",
     "History",
     "load_model",
+    "ModelFileError",
     "manual_seed",
     "set_num_threads",
     "get_num_threads",

@@ -5,6 +5,8 @@ Every layer has ``trainable`` (``False`` freezes it: no gradient, no update,
 no optimizer state), ``forward(x, training=False)``, ``backward(dy) -> dx``
 (parameter gradients accumulate, as in PyTorch) and ``parameters()``.
 """
+import math
+
 import numpy as np
 
 from . import _core, _random, activations, constraints, initializers, regularizers
@@ -56,7 +58,8 @@ class Layer:
         return self.output_dim
 
     def param_size(self):
-        return sum(int(np.prod(shape)) for _, shape, _, _ in self._param_specs())
+        # math.prod: exact Python ints (np.prod wraps around silently in int64).
+        return sum(math.prod(int(d) for d in shape) for _, shape, _, _ in self._param_specs())
 
     def _bind(self, arena, offset, init=True):
         """Places this layer's parameters in `arena` from `offset`; returns the next offset."""
@@ -148,7 +151,8 @@ class Layer:
         x = np.asarray(x)
         if x.dtype.kind not in "fiub":  # as Sequential: bool and integers convert to 0/1 floats
             raise ValueError(f"{self.describe()}: x must be a real numeric array, got dtype {x.dtype}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        # A private copy: backward reads it later, after the caller may have changed x.
+        x = np.array(x, dtype=np.float32, order="C", copy=True)
         if x.ndim != 2:
             raise ValueError(f"{self.describe()}: expected a 2-D (batch, features) input, got shape {x.shape}")
         self._ensure_standalone(x.shape[1])

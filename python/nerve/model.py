@@ -870,6 +870,50 @@ def _atomic_savez(path, arrays):
 
 _MAX_CONFIG_BYTES = 16 << 20
 
+# load_model's memory budget (bytes), the default of its max_bytes argument:
+# what a file may make the loader allocate (parameters, their gradients, the
+# optimizer's state slots, layer buffers and workspaces), checked from the
+# sizes the file declares before anything is allocated. 8 GiB: ~350 million
+# float32 parameters (24 bytes each with gradients, Adam's state and a mask).
+# Pass max_bytes= to load larger models.
+LOAD_MEMORY_BUDGET = 8 << 30
+# The deflate format expands by at most ~1032:1; a compressed member claiming
+# more than that ratio cannot hold the data it declares.
+_MAX_DEFLATE_RATIO = 1032
+
+
+class ModelFileError(ValueError):
+    """A file that load_model cannot read: not a model file, corrupt, truncated,
+    hostile, or larger than the memory budget. A ValueError subclass (existing
+    ``except ValueError`` code keeps working); the underlying error, when there
+    is one (zlib.error, EOFError, OSError, ...), is chained as ``__cause__``."""
+
+
+def _archive_size(archive):
+    fp = archive.zip.fp
+    pos = fp.tell()
+    try:
+        return fp.seek(0, os.SEEK_END)
+    finally:
+        fp.seek(pos)
+
+
+def _check_member(archive, name, values, total_size=None):
+    """Refuses a member that cannot hold `values` float32 values: its declared
+    size, its stored bytes, or where it lies in the archive. Checked before the
+    arrays it fills are allocated, so a small file declaring a huge model fails
+    at once instead of allocating (and zeroing) the declared size first."""
+    info = archive.zip.getinfo(f"{name}.npy")
+    need = 4 * values
+    stored = info.compress_size if info.compress_type == zipfile.ZIP_STORED \
+        else info.compress_size * _MAX_DEFLATE_RATIO
+    if total_size is None:
+        total_size = _archive_size(archive)
+    if info.file_size < need or stored < need or info.header_offset + info.compress_size > total_size:
+        raise ValueError(f"array {name!r} must hold {values} float32 values ({need} bytes), but the member "
+                         f"holds {info.compress_size} bytes (declared {info.file_size}) in a file of "
+                         f"{total_size} bytes")
+
 
 def _npy_shape(archive, name):
     """The shape an .npy member declares, read from its header only."""
@@ -888,6 +932,7 @@ def _read_array(archive, name, max_values):
     info = archive.zip.getinfo(f"{name}.npy")
     if info.file_size > max_values * 4 + 4096:
         raise ValueError(f"array {name!r} is larger than the model needs")
+    _check_member(archive, name, max_values)
     arr = archive[name]
     if arr.dtype != np.float32 or arr.ndim != 1 or arr.size != max_values:
         raise ValueError(f"array {name!r} has dtype {arr.dtype} and shape {arr.shape}, "
@@ -897,31 +942,50 @@ def _read_array(archive, name, max_values):
     return arr
 
 
-def load_model(path, compile=True):
+def load_model(path, compile=True, max_bytes=None):
     """Loads a model written by ``model.save``. The file is data only (JSON +
     .npy, read with allow_pickle=False; layer classes come from a fixed
     registry), so a hostile file can fail to load but never runs code.
-    `path` may also be a binary file object (``io.BytesIO(data)``, ``open(p, "rb")``)."""
+    `path` may also be a binary file object (``io.BytesIO(data)``, ``open(p, "rb")``).
+
+    Every size the file declares is checked before anything is allocated:
+    against the bytes its members really hold, and against ``max_bytes``
+    (default ``nv.model.LOAD_MEMORY_BUDGET``, 8 GiB) for everything the model
+    would allocate. Any malformed file raises ``ModelFileError`` (a
+    ``ValueError``) with the underlying error chained as ``__cause__``."""
     source = path
     path = getattr(path, "name", "<file object>") if hasattr(path, "read") else os.fspath(path)
     if not isinstance(path, str):
         path = "<file object>"
+    budget = LOAD_MEMORY_BUDGET if max_bytes is None else max_bytes
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
     try:
         archive = np.load(source if hasattr(source, "read") else path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{path}: not a nerve model file ({e})") from None
+    except Exception as e:  # OSError, BadZipFile, EOFError, zlib.error, NotImplementedError, ...
+        raise ModelFileError(f"{path}: not a nerve model file ({type(e).__name__}: {e})") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: not a nerve model file (expected a zip archive)")
+        raise ModelFileError(f"{path}: not a nerve model file (expected a zip archive)")
     with archive:
         try:
-            return _load(archive, compile)
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError,
-                zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, MemoryError,
-                RecursionError) as e:
-            raise ValueError(f"{path}: corrupt or incompatible nerve model file: {e}") from None
+            return _load(archive, compile, int(budget))
+        except Exception as e:  # whatever a hostile member makes the readers raise, chained
+            raise ModelFileError(f"{path}: corrupt or incompatible nerve model file: "
+                                 f"{type(e).__name__}: {e}") from e
 
 
-def _load(archive, compile):
+def _leaf_layers(layer):
+    """Layers inside `layer` (a Residual's body) plus itself, recursively."""
+    return 1 + sum(_leaf_layers(l) for l in getattr(layer, "layers", None) or [])
+
+
+def _file_int(value, what, limit=2 ** 63 - 1):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise ValueError(f"{what} must be an int in [0, {limit}], got {value!r}")
+    return value
+
+
+def _load(archive, compile, budget):
     if "config" not in archive.files:
         raise ValueError("no config record")
     if archive.zip.getinfo("config.npy").file_size > _MAX_CONFIG_BYTES:
@@ -950,13 +1014,26 @@ def _load(archive, compile):
     input_dim = mcfg["input_dim"]
     if isinstance(input_dim, bool) or not isinstance(input_dim, int) or input_dim <= 0:
         raise ValueError(f"input_dim must be a positive int, got {input_dim!r}")
-    width = input_dim
-    for layer in layers:
+    # Building a layer allocates per-feature state (batch norm statistics and
+    # workspaces, at most ~64 bytes a feature): bounded before each build.
+    width, used = input_dim, 0
+    for i, layer in enumerate(layers):
+        used += 64 * width * _leaf_layers(layer)
+        if used > budget:
+            raise ValueError(f"layer {i} on {width} input features exceeds the memory budget of {budget} bytes "
+                             f"(load_model's max_bytes)")
         width = layer.build(width)
     expected = sum(layer.param_size() for layer in layers)
     declared = _npy_shape(archive, "params")
     if declared != (expected,):
         raise ValueError(f"array 'params' has shape {declared}, the architecture needs ({expected},)")
+    # Values and gradients, up to three optimizer slots, a pruning mask, and
+    # the per-row buffers of a first batch (planned later, ~8 floats a feature).
+    need = used + 4 * expected * (2 + 3 + 1) + 32 * sum(l.output_dim for l in layers)
+    if need > budget:
+        raise ValueError(f"the model needs ~{need} bytes ({expected} parameters), over the memory budget of "
+                         f"{budget} bytes (load_model's max_bytes)")
+    _check_member(archive, "params", expected)
     model.build(input_dim)
     params = model.parameters()
     total = sum(p.size for p in params)
@@ -988,10 +1065,11 @@ def _load(archive, compile):
     if isinstance(config.get("metadata"), dict):
         model.metadata = config["metadata"]
     net = config.get("net", {})
-    model._net.seed = int(net.get("seed", 0))
-    model._net.step = int(net.get("step", 0))
+    model._net.seed = _file_int(net.get("seed", 0), "net seed", 2 ** 64 - 1)
+    model._net.step = _file_int(net.get("step", 0), "net step")
     if "stream" in net:
-        model._set_streams(int(net["stream"]))
+        # Layer streams are stream << 16 + index, in 64 bits.
+        model._set_streams(_file_int(net["stream"], "net stream", 2 ** 47 - 1))
     if compile and config.get("compile"):
         ccfg = config["compile"]
         optimizer = _optimizer_from_config(ccfg["optimizer"])

@@ -256,8 +256,11 @@ class Optimizer:
                 raise ValueError(f"state slot {name!r} contains NaN or Inf")
         # Check the scalars too before touching anything: bad state changes nothing.
         iterations = state["iterations"]
-        if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
-            raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+        # At most 2**53: the step count enters the bias corrections as a double
+        # (exact up to 2**53), and 2**63 - 1 would overflow the next step's count.
+        if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or \
+                not 0 <= iterations <= 2 ** 53:
+            raise ValueError(f"iterations must be an integer in [0, 2**53], got {iterations!r}")
         scalars = []
         for spec in self._row["scalars"]:
             v = _number(spec["name"], state.get(spec["name"], spec["init"]))

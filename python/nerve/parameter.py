@@ -1,4 +1,6 @@
 """nv.Parameter: a tensor with a gradient, living in a 64-byte aligned arena."""
+import math
+
 import numpy as np
 
 from . import _core
@@ -25,7 +27,7 @@ class Parameter:
             _shape = arr.shape
             _arena = _core.Arena(int(arr.size))
             _offset = 0
-        size = int(np.prod(_shape)) if len(_shape) else 1
+        size = math.prod(int(d) for d in _shape)
         self._arena = _arena
         self._offset = int(_offset)
         self._size = size

@@ -2,6 +2,7 @@
 // optimizer state slots, and per-batch activation buffers all use this.
 #pragma once
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -37,7 +38,12 @@ class AlignedBuffer {
   ~AlignedBuffer() { release(); }
 
   // Reallocates only when the size changes; contents are set to `fill`.
+  // A negative n, or one whose byte count (plus alignment and stagger) does
+  // not fit in a ptrdiff_t, throws ValueError before anything is freed or
+  // allocated: n * sizeof(float) used to wrap around for n >= 2^62, giving a
+  // tiny block that fill_with then overran.
   void resize(Index n, float fill = 0.0f) {
+    if (n < 0 || n > kMaxFloats) size_overflow("AlignedBuffer", n, static_cast<Index>(sizeof(float)), '*');
     if (n != size_) {
       release();
       if (n > 0) {
@@ -76,6 +82,12 @@ class AlignedBuffer {
   static constexpr std::size_t kStaggerFrom = 64 * 1024;
   static constexpr std::size_t kStaggerStep = 256;
   static constexpr std::size_t kStaggerSlots = 15;  // shifts of 256 .. 3840 bytes
+  // The most floats a buffer may hold: bytes, rounded up to kAlign, plus the
+  // largest stagger, stay below PTRDIFF_MAX (so pointer differences and Index
+  // offsets into the buffer are defined).
+  static constexpr Index kMaxFloats =
+      static_cast<Index>((static_cast<std::size_t>(PTRDIFF_MAX) - kAlign - kStaggerStep * kStaggerSlots) /
+                         sizeof(float));
   static std::size_t next_stagger() {
     static std::atomic<std::size_t> counter{0};
     return 1 + counter.fetch_add(1, std::memory_order_relaxed) % kStaggerSlots;

@@ -28,9 +28,17 @@ class Network {
   void plan(Index capacity);
   Index capacity() const { return capacity_; }
 
-  // Runs the layers on x (batch x input_dim; must stay alive until backward).
-  // Returns the output (batch x output_dim) in an internal buffer.
+  // Runs the layers on x (batch x input_dim). With training, x must stay
+  // alive and unchanged until backward (train_step's own x does; the Python
+  // binding passes a private copy). Returns the output (batch x output_dim)
+  // in an internal buffer.
   const float* forward(const float* x, Index batch, bool training);
+  // Drops the pointer to the last forward's input: backward then refuses to
+  // run until the next training forward.
+  void forget_input() {
+    input_ = nullptr;
+    last_training_ = false;
+  }
 
   // Back-propagates dout = dL/d(output) through the layers of the last
   // forward. Parameter gradients are added (accumulate) or assigned. When dx
