@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from . import _core, _random, activations, constraints, initializers, regularizers
+from ._locks import ModelLock, locked
 from .parameter import Parameter
 
 
@@ -29,6 +30,15 @@ class Layer:
         self._seed = 0
         self._step = 0
         self._pending = None  # parameter values a copy() carries until it is bound
+        # Serialises threads using this layer (made on first standalone use);
+        # a model that adds the layer shares its lock (nerve/_locks.py).
+        self._lock_obj = None
+
+    @property
+    def _lock(self):
+        if self._lock_obj is None:
+            self._lock_obj = ModelLock()
+        return self._lock_obj
 
     # -- building -----------------------------------------------------------
     @property
@@ -165,8 +175,10 @@ class Layer:
         self._cache = (x, y, bool(training))
         return y
 
+    forward = locked(forward)
     __call__ = forward
 
+    @locked
     def backward(self, dy):
         """dL/dx for the last forward; parameter gradients are added to .grad."""
         if self._cache is None:

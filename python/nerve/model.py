@@ -11,6 +11,8 @@ import numpy as np
 
 from . import _core, _random, callbacks as _callbacks, layers as _layers, losses as _losses
 from . import metrics as _metrics, optimizers as _optimizers
+from ._locks import ModelLock, leaf_layers as _leaf_layer_list, locked as _locked
+from .parameter import finite_float32 as _finite_float32
 from ._progress import Progress
 from ._version import __version__
 
@@ -44,16 +46,55 @@ def _as_x(x, input_dim=None, what="x"):
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+class _LayerList(list):
+    """``model.layers``: a plain list until the model is built, then read-only.
+
+    Replacing, inserting or removing a layer after build used to be accepted
+    and ignored by the built network (save then wrote another model, or
+    train_step failed later); now it raises ValueError at once."""
+
+    __slots__ = ("_frozen",)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._frozen = False
+
+    def _check(self, *args, **kwargs):
+        if self._frozen:
+            raise ValueError("model.layers cannot be changed after the model is built (the network, its "
+                             "parameters and the optimizer state are fixed then); build a new "
+                             "nv.Sequential with the layers you want (layer.copy() copies one)")
+
+    def _guard(name):
+        base = getattr(list, name)
+
+        def method(self, *args, **kwargs):
+            self._check()
+            return base(self, *args, **kwargs)
+        method.__name__ = name
+        return method
+
+    for _name in ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse",
+                  "__setitem__", "__delitem__", "__iadd__", "__imul__"):
+        locals()[_name] = _guard(_name)
+    del _name, _guard
+
+
 class Sequential:
     """A stack of layers trained by one C++ call per step.
 
     ``Sequential(layers, input_dim=784)`` builds at once; without input_dim the
     model builds on the first data it sees. All parameters live in one 64-byte
     aligned arena; ``parameters()`` are zero-copy views of it.
+
+    Threads: one model may be used from several threads; its calls are
+    serialised by a per-model lock (docs/reliability.md). Different models
+    run in parallel.
     """
 
     def __init__(self, layers=None, input_dim=None, name=None):
-        self.layers = []
+        self._lock = ModelLock()
+        self._layers = _LayerList()
         self.name = name
         self.input_dim = None
         self._net = None
@@ -73,17 +114,38 @@ class Sequential:
             self.build(input_dim)
 
     # -- structure ------------------------------------------------------------
+    @property
+    def layers(self):
+        """The layers, in order (read-only once the model is built)."""
+        return self._layers
+
+    @layers.setter
+    def layers(self, value):
+        if self.built:
+            self._layers._check()
+        self._layers = _LayerList()
+        for layer in value:
+            self.add(layer)
+
     def add(self, layer):
         if not isinstance(layer, _layers.Layer):
             raise ValueError(f"Sequential takes nv.layers objects, got {type(layer).__name__}")
         if self._net is not None:
             raise ValueError("the model is already built: add layers before building (or before input_dim)")
-        self.layers.append(layer)
+        # The layer (and a Residual's body) share this model's lock; a layer
+        # already in another model brings that model's lock along.
+        for leaf in _leaf_layer_list(layer):
+            if leaf._lock_obj is not None:
+                self._lock.merge(leaf._lock_obj)
+        for leaf in _leaf_layer_list(layer):
+            leaf._lock_obj = self._lock
+        self._layers.append(layer)
 
     @property
     def built(self):
         return self._net is not None
 
+    @_locked
     def build(self, input_dim):
         """Builds every layer, places all new parameters in one arena, initializes them."""
         if self._net is not None:
@@ -113,6 +175,7 @@ class Sequential:
         self._net = _core.Network(int(input_dim), [l._core for l in self.layers])
         self._net.seed = seed
         self.input_dim = int(input_dim)
+        self._layers._frozen = True
         if self.optimizer is not None:
             self._bind_optimizer()
 
@@ -139,12 +202,14 @@ class Sequential:
         # p.trainable too: a frozen sub-layer inside a trainable Residual stays frozen.
         return [p for layer in self.layers if layer.trainable for p in layer.parameters() if p.trainable]
 
+    @_locked
     def get_weights(self):
         """Copies of every parameter value in layer order, then every layer
         buffer (BatchNorm running statistics), as Keras's get_weights includes
         non-trainable weights."""
         return [p.value.copy() for p in self.parameters()] + [b.copy() for b in self.buffers()]
 
+    @_locked
     def set_weights(self, weights):
         """Writes values from get_weights() back (shapes checked first; nothing
         changes when one does not match)."""
@@ -157,8 +222,8 @@ class Sequential:
         for i, (t, w) in enumerate(zip(targets, arrays)):
             if w.shape != t.shape:
                 raise ValueError(f"set_weights: array {i} must have shape {t.shape}, got {w.shape}")
-            if not np.all(np.isfinite(w)):
-                raise ValueError(f"set_weights: array {i} contains NaN or Inf")
+            # NaN, Inf, and finite float64 values beyond float32 (stored as Inf before).
+            arrays[i] = _finite_float32(w, f"set_weights: array {i}")
         for t, w in zip(targets, arrays):
             t[...] = w
 
@@ -166,10 +231,20 @@ class Sequential:
         return sum(p.size for p in self.parameters())
 
     # -- compile ----------------------------------------------------------------
+    @_locked
     def compile(self, optimizer="adam", loss="cross_entropy", metrics=None):
         """Sets the optimizer (an instance, or a name with default settings), the
-        loss (name or nv.losses object) and metrics (e.g. ["accuracy"])."""
+        loss (name or nv.losses object) and metrics (e.g. ["accuracy"]).
+
+        An optimizer instance belongs to one model: compiling a second model
+        with it raises ValueError (its state and step count are the first
+        model's; the first model would silently stop updating)."""
         opt = _optimizers.get(optimizer)
+        owner = opt._model() if opt._model is not None else None
+        if owner is not None and owner is not self:
+            raise ValueError(f"this {type(opt).__name__} optimizer is already compiled into another model; an "
+                             f"optimizer belongs to one model: pass a new instance (or a name such as "
+                             f"'adam') to each model's compile")
         loss_fn = _losses.get(loss)
         if not isinstance(loss_fn, _losses.LossFunction):
             raise ValueError(f"{loss_fn.name!r} is a metric; compile needs a differentiable loss")
@@ -195,6 +270,7 @@ class Sequential:
         # The manual loop (forward, backward, optimizer.step) then behaves as
         # train_step: step() rebinds after freezing and applies constraints.
         self.optimizer._model = weakref.ref(self)
+        self.optimizer._lock = self._lock  # its step() touches this model's parameters
 
     def _ready(self, x):
         if self.optimizer is None or self.loss is None:
@@ -211,6 +287,7 @@ class Sequential:
         return _losses.split_target(self.loss.name, (rows, self.output_dim), y, check_label_range)
 
     # -- training ----------------------------------------------------------------
+    @_locked
     def train_step(self, x, y):
         """One fused C++ step on a batch: forward, loss, backward, penalties,
         update, constraints. Returns the loss (with weight penalties). A bad
@@ -222,6 +299,7 @@ class Sequential:
         loss, _ = self._net.train_step(x, labels, values, self.loss._spec, self.optimizer._core, False)
         return float(loss)
 
+    @_locked
     def forward(self, x, training=False):
         """The model's output for x; with training=True, keeps what backward needs."""
         x = _as_x(x, self.input_dim)
@@ -231,6 +309,7 @@ class Sequential:
 
     __call__ = forward
 
+    @_locked
     def backward(self, grad, return_input_grad=False):
         """Back-propagates d loss / d output of the last forward; parameter
         gradients accumulate into .grad (as PyTorch). Returns d loss / d x when asked."""
@@ -245,6 +324,7 @@ class Sequential:
         self._net.regularize(True)
         return dx
 
+    @_locked
     def predict(self, x, batch_size=256):
         """Outputs for x (evaluation mode), computed in batches."""
         x = _as_x(x, self.input_dim)
@@ -278,6 +358,7 @@ class Sequential:
             out = 0.5 * (1.0 + np.tanh(0.5 * out))  # = 1 / (1 + exp(-z)) without overflow
         return out.astype(np.float32)
 
+    @_locked
     def evaluate(self, x, y, batch_size=256, verbose=0):
         """{"loss": ..., metric: ...} on (x, y); the loss includes weight penalties, as in fit."""
         if self.loss is None:
@@ -295,6 +376,7 @@ class Sequential:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         return logs
 
+    @_locked
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
             shuffle=True, callbacks=None, verbose=1, seed=None, augment=None, cache_frozen=False,
             sample_weight=None, class_weight=None, validation_split_mode="last", distributed=False):
@@ -644,6 +726,7 @@ class Sequential:
         return {"input_dim": self.input_dim, "name": self.name,
                 "layers": [{"class": type(l).__name__, "config": l.get_config()} for l in self.layers]}
 
+    @_locked
     def save(self, path):
         """Writes architecture, weights and optimizer state to `path` (a zip of
         .npy arrays and JSON: no pickle, so loading never runs code). The file

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _core
 from . import schedules as _schedules
+from ._locks import ModelLock, locked
 from ._names import check_params, resolve
 from .parameter import Parameter
 
@@ -104,6 +105,7 @@ class Optimizer:
                 clip[arg] = v
         self._core = _core.Optimizer(self._row["name"], values, **clip)
         self._model = None  # weak reference to the model compiled with this optimizer
+        self._lock = ModelLock()  # the model's lock once compiled (nerve/_locks.py)
         self.params = []
         self._arenas = []
         if params is not None:
@@ -199,6 +201,7 @@ class Optimizer:
         if self.schedule is not None:
             self._core.lr = _number("scheduled lr", self.schedule(self._core.iterations))
 
+    @locked
     def step(self):
         """One update of every parameter from its .grad."""
         model = self._model() if self._model is not None else None
@@ -214,6 +217,7 @@ class Optimizer:
         if model is not None:
             model._net.apply_constraints()  # max-norm after the update, as the fused step does
 
+    @locked
     def zero_grad(self):
         """Zeroes the gradients (of every parameter of the compiled model,
         frozen ones included, so a layer unfrozen later starts clean)."""
@@ -221,6 +225,7 @@ class Optimizer:
         for p in (model.parameters() if model is not None else self.params):
             p.grad.fill(0.0)
 
+    @locked
     def state_dict(self):
         """Hyper-parameters, step count, the optimizer's scalars kept between
         steps (NAdam: ``nadam_mu_product``) and state slots (copies)."""
@@ -235,6 +240,7 @@ class Optimizer:
         state["slots"] = {name: self._core.slot(i).copy() for i, name in enumerate(self._core.slot_names)}
         return state
 
+    @locked
     def load_state_dict(self, state):
         """Restores what state_dict() returned; the same trajectory continues."""
         if not isinstance(state, dict) or state.get("class") != type(self).__name__:

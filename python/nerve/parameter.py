@@ -6,6 +6,22 @@ import numpy as np
 from . import _core
 
 
+def finite_float32(value, what):
+    """`value` as float32, refusing NaN, Inf and finite values beyond the
+    float32 range (+-3.4e38), which the conversion would turn into Inf."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} contains NaN or Inf")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        big = float(np.max(np.abs(arr[~np.isfinite(out)].astype(np.float64))))
+        raise ValueError(f"{what} holds {big:g}, beyond the float32 range (|x| <= {np.finfo(np.float32).max:.4g})")
+    return out
+
+
 class Parameter:
     """A trainable tensor.
 
@@ -22,8 +38,7 @@ class Parameter:
             arr = np.asarray(value)
             if arr.dtype.kind not in "fiu":
                 raise ValueError(f"Parameter value must be numeric, got dtype {arr.dtype}")
-            if not np.all(np.isfinite(arr)):
-                raise ValueError("Parameter value contains NaN or Inf")
+            value = arr = finite_float32(arr, "Parameter value")
             _shape = arr.shape
             _arena = _core.Arena(int(arr.size))
             _offset = 0
@@ -46,10 +61,11 @@ class Parameter:
 
     @value.setter
     def value(self, new):
+        # Checked like set_weights: NaN, Inf and values beyond float32 are refused.
         new = np.asarray(new)
         if new.shape != self._shape:
             raise ValueError(f"parameter {self.name or ''} has shape {self._shape}, got {new.shape}")
-        self._value[...] = new
+        self._value[...] = finite_float32(new, f"parameter {self.name or ''} value".replace("  ", " "))
 
     @property
     def grad(self):
