@@ -427,3 +427,16 @@ def test_weighted_and_smoothed_cross_entropy_in_compile():
     assert step_loss == pytest.approx(before, rel=1e-5)  # train_step reports the same loss
     hist = model.fit(x, y, epochs=10, verbose=0)
     assert hist.history["loss"][-1] < before
+
+
+def test_registry_rows_come_from_the_loss_units():
+    rows = nv._core.loss_registry()
+    assert [r["name"] for r in rows][:3] == ["mse", "mae", "huber"]
+    for r in rows:
+        # weight= is accepted exactly where the table says so.
+        if r["class_weight"]:
+            nv.losses.get(r["name"], weight=[1.0, 2.0])
+        else:
+            with pytest.raises(ValueError, match="weight= is a parameter of cross_entropy only"):
+                nv.losses.get(r["name"], weight=[1.0, 2.0])
+    assert {r["name"] for r in rows if r["classification"]} == {"cross_entropy", "focal", "distillation"}

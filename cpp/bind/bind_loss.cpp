@@ -51,6 +51,7 @@ void bind_loss(py::module_& m) {
       for (const auto& p : info.params) params[py::str(p.first)] = p.second;
       d["params"] = params;
       d["classification"] = info.classification;
+      d["class_weight"] = info.class_weight;
       rows.append(d);
     }
     return rows;

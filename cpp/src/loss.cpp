@@ -11,7 +11,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <sstream>
+#include <tuple>
+#include <utility>
 
 #include "nerve/parallel.hpp"
 #include "nerve/rowwise.hpp"
@@ -672,38 +675,204 @@ std::string format_double(double v) {
   return os.str();
 }
 
-const char* loss_name(LossKind kind) {
-  for (const auto& info : loss_registry())
-    if (info.kind == kind) return info.name.c_str();
-  return "?";
+// ---------------------------------------------------------------------------
+// The losses, one unit each: registry row (name, aliases, parameters with
+// defaults, whether it takes class labels), parameter checks (configure),
+// what targets it takes (kTargets), any check of the target values, and its
+// value-and-gradient kernel (value). The table is the Units tuple, in the
+// order of enum LossKind; make_loss, validate_target and
+// loss_forward_backward dispatch through it.
+
+enum class Targets { Values, Labels, ValuesOrLabels, ValuesAndLabels };
+
+struct LossParams {
+  const LossInfo& info;
+  const std::map<std::string, double>& given;
+  double get(const char* key) const {
+    auto it = given.find(key);
+    if (it != given.end()) return it->second;
+    for (const auto& p : info.params)
+      if (p.first == key) return p.second;
+    return kNoValue;
+  }
+  [[noreturn]] void bad(const char* key, double v, const char* rule) const {
+    throw ValueError("loss '" + info.name + "': " + key + " must be " + rule + ", got " + format_double(v));
+  }
+  // > 0 (or >= 0) and finite.
+  double positive(const char* key, bool allow_zero) const {
+    const double v = get(key);
+    if (!(allow_zero ? v >= 0.0 : v > 0.0) || !std::isfinite(v)) bad(key, v, allow_zero ? ">= 0 and finite" : "> 0 and finite");
+    return v;
+  }
+  double unit_interval(const char* key) const {
+    const double v = get(key);
+    if (!(v >= 0.0 && v <= 1.0)) bad(key, v, "in [0, 1]");
+    return v;
+  }
+};
+
+template <LossKind K, Targets T>
+struct LossUnit {
+  static constexpr LossKind kKind = K;
+  static constexpr Targets kTargets = T;
+  static constexpr bool kClassWeight = false;  // takes weight= (per-class weights)
+  static void configure(Loss&, const LossParams&) {}
+  static void check_values(const Target&, Index, Index) {}
+};
+
+LossInfo loss_row(std::string name, std::vector<std::string> aliases,
+                  std::vector<std::pair<std::string, double>> params = {}) {
+  return LossInfo{std::move(name), std::move(aliases), LossKind::MSE, std::move(params), false};
 }
 
-}  // namespace
-
+struct MseU : LossUnit<LossKind::MSE, Targets::Values> {
+  static LossInfo describe() { return loss_row("mse", {}); }
+  static double value(const Loss&, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    return diff_loss(MseOp{}, pred, t.values, rows * cols, grad);
+  }
+};
+struct MaeU : LossUnit<LossKind::MAE, Targets::Values> {
+  static LossInfo describe() { return loss_row("mae", {"l1"}); }
+  static double value(const Loss&, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    return diff_loss(MaeOp{}, pred, t.values, rows * cols, grad);
+  }
+};
+struct HuberU : LossUnit<LossKind::Huber, Targets::Values> {
+  static LossInfo describe() { return loss_row("huber", {}, {{"delta", 1.0}}); }
+  static void configure(Loss& l, const LossParams& p) { l.delta = static_cast<float>(p.positive("delta", false)); }
+  static double value(const Loss& l, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    return diff_loss(HuberOp{l.delta}, pred, t.values, rows * cols, grad);
+  }
+};
+struct SmoothL1U : LossUnit<LossKind::SmoothL1, Targets::Values> {
+  static LossInfo describe() { return loss_row("smooth_l1", {}, {{"beta", 1.0}}); }
+  static void configure(Loss& l, const LossParams& p) { l.beta = static_cast<float>(p.positive("beta", true)); }
+  static double value(const Loss& l, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    if (l.beta == 0.0f) return diff_loss(MaeOp{}, pred, t.values, rows * cols, grad);  // beta = 0 is L1
+    return diff_loss(SmoothL1Op{l.beta}, pred, t.values, rows * cols, grad);
+  }
+};
+struct BceU : LossUnit<LossKind::BinaryCrossEntropy, Targets::Values> {
+  static LossInfo describe() { return loss_row("binary_cross_entropy", {}); }
+  static void check_values(const Target& target, Index rows, Index cols) {
+    const Index n = rows * cols;
+    for (Index k = 0; k < n; ++k) {
+      const float v = target.values[k];
+      if (!(v >= 0.0f && v <= 1.0f))
+        throw ValueError("loss 'binary_cross_entropy': targets must be in [0, 1]; got " + format_double(v) +
+                         " at row " + std::to_string(k / cols) + ", column " + std::to_string(k % cols));
+    }
+  }
+  static double value(const Loss&, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    const Index n = rows * cols;
+    // PyTorch rejects probabilities outside [0, 1]; check before writing anything.
+    // The message is built only on failure: building it per element (as a
+    // require() argument) made this check cost ~2 us per element. A
+    // branch-free count first (it vectorizes); the culprit is found after.
+    Index bad = 0;
+#pragma omp simd reduction(+ : bad)
+    for (Index k = 0; k < n; ++k) bad += !(pred[k] >= 0.0f && pred[k] <= 1.0f);
+    for (Index k = 0; bad > 0 && k < n; ++k)
+      if (!(pred[k] >= 0.0f && pred[k] <= 1.0f))
+        throw ValueError("loss 'binary_cross_entropy': predictions must be probabilities in [0, 1]; got " +
+                         format_double(pred[k]) + " at row " + std::to_string(k / cols) +
+                         " (use binary_cross_entropy_with_logits on raw scores)");
+    return bce_loss(pred, t.values, n, grad);
+  }
+};
+struct BceLogitsU : LossUnit<LossKind::BinaryCrossEntropyWithLogits, Targets::Values> {
+  static LossInfo describe() { return loss_row("binary_cross_entropy_with_logits", {}); }
+  static double value(const Loss&, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    return bce_logits_loss(pred, t.values, rows * cols, grad);
+  }
+};
+struct CrossEntropyU : LossUnit<LossKind::CrossEntropy, Targets::ValuesOrLabels> {
+  static constexpr bool kClassWeight = true;
+  static LossInfo describe() { return loss_row("cross_entropy", {}, {{"label_smoothing", 0.0}}); }
+  static void configure(Loss& l, const LossParams& p) {
+    l.label_smoothing = static_cast<float>(p.unit_interval("label_smoothing"));
+  }
+  static double value(const Loss& l, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    return cross_entropy_loss(l, pred, t, rows, cols, grad);
+  }
+};
 // Focal's alpha has no default value: its registry default is NaN, meaning
-// "not given" (make_loss treats alpha = NaN the same as no alpha).
-//
+// "not given" (alpha = NaN is the same as no alpha).
+struct FocalU : LossUnit<LossKind::Focal, Targets::Labels> {
+  static LossInfo describe() { return loss_row("focal", {}, {{"gamma", 2.0}, {"alpha", kNoValue}}); }
+  static void configure(Loss& l, const LossParams& p) {
+    l.gamma = static_cast<float>(p.positive("gamma", true));
+    if (!std::isnan(p.get("alpha"))) {
+      l.alpha = static_cast<float>(p.unit_interval("alpha"));
+      l.has_alpha = true;
+    }
+  }
+  static double value(const Loss& l, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    return focal_loss(l, pred, t.labels, rows, cols, grad);
+  }
+};
 // Distillation's default temperature is 4, not 1: at T = 1 the teacher's
 // softmax is nearly one-hot on easy examples and carries little more than the
 // label; softening it is the point of Hinton et al. (2015), who found T of
 // 2.5-4 best for small students (larger students are flat above ~8). With the
 // T^2 factor the soft-target gradients keep their scale as T changes.
+struct DistillationU : LossUnit<LossKind::Distillation, Targets::ValuesAndLabels> {
+  static LossInfo describe() {
+    return loss_row("distillation", {}, {{"temperature", kDistillationTemperature}, {"alpha", 0.5}});
+  }
+  static void configure(Loss& l, const LossParams& p) {
+    const double t = p.positive("temperature", false);
+    const double a = p.unit_interval("alpha");
+    l.temperature = static_cast<float>(t);
+    l.alpha = static_cast<float>(a);
+  }
+  static double value(const Loss& l, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    return distillation_loss(l, pred, t, rows, cols, grad);
+  }
+};
+
+// The table, in the order of enum LossKind.
+using LossUnits = std::tuple<MseU, MaeU, HuberU, SmoothL1U, BceU, BceLogitsU, CrossEntropyU, FocalU, DistillationU>;
+
+template <std::size_t... I>
+constexpr bool loss_units_in_enum_order(std::index_sequence<I...>) {
+  return ((static_cast<std::size_t>(std::tuple_element_t<I, LossUnits>::kKind) == I) && ...);
+}
+constexpr auto kLossIndices = std::make_index_sequence<std::tuple_size_v<LossUnits>>{};
+static_assert(loss_units_in_enum_order(kLossIndices), "LossUnits must list the losses in the order of enum LossKind");
+
+template <class F, std::size_t... I>
+void with_loss_impl(LossKind k, F&& f, std::index_sequence<I...>) {
+  (void)((static_cast<std::size_t>(k) == I ? (f(std::tuple_element_t<I, LossUnits>{}), true) : false) || ...);
+}
+template <class F>
+void with_loss(LossKind k, F&& f) {
+  with_loss_impl(k, f, kLossIndices);
+}
+
+template <class U>
+LossInfo loss_info_of() {
+  LossInfo i = U::describe();
+  i.kind = U::kKind;
+  i.classification = U::kTargets != Targets::Values;  // accepts integer labels
+  i.class_weight = U::kClassWeight;
+  return i;
+}
+template <std::size_t... I>
+std::vector<LossInfo> loss_registry_of(std::index_sequence<I...>) {
+  return {loss_info_of<std::tuple_element_t<I, LossUnits>>()...};
+}
+
+const char* loss_name(LossKind kind) {
+  const auto& r = loss_registry();
+  const auto i = static_cast<std::size_t>(kind);
+  return i < r.size() ? r[i].name.c_str() : "?";
+}
+
+}  // namespace
+
 const std::vector<LossInfo>& loss_registry() {
-  static const std::vector<LossInfo> registry = {
-      {"mse", {}, LossKind::MSE, {}, false},
-      {"mae", {"l1"}, LossKind::MAE, {}, false},
-      {"huber", {}, LossKind::Huber, {{"delta", 1.0}}, false},
-      {"smooth_l1", {}, LossKind::SmoothL1, {{"beta", 1.0}}, false},
-      {"binary_cross_entropy", {}, LossKind::BinaryCrossEntropy, {}, false},
-      {"binary_cross_entropy_with_logits", {}, LossKind::BinaryCrossEntropyWithLogits, {}, false},
-      {"cross_entropy", {}, LossKind::CrossEntropy, {{"label_smoothing", 0.0}}, true},
-      {"focal", {}, LossKind::Focal, {{"gamma", 2.0}, {"alpha", kNoValue}}, true},
-      {"distillation",
-       {},
-       LossKind::Distillation,
-       {{"temperature", kDistillationTemperature}, {"alpha", 0.5}},
-       true},
-  };
+  static const std::vector<LossInfo> registry = loss_registry_of(kLossIndices);
   return registry;
 }
 
@@ -735,68 +904,15 @@ Loss make_loss(const std::string& name, const std::map<std::string, double>& par
                        "'; valid parameters: " + (valid.empty() ? "(none)" : valid));
     }
   }
-  auto get = [&](const char* key) {
-    auto it = params.find(key);
-    if (it != params.end()) return it->second;
-    for (const auto& p : found->params)
-      if (p.first == key) return p.second;
-    return kNoValue;
-  };
-  auto bad = [&](const char* key, double v, const char* rule) {
-    throw ValueError("loss '" + found->name + "': " + key + " must be " + rule + ", got " +
-                     format_double(v));
-  };
 
   Loss loss;
   loss.kind = found->kind;
-  switch (loss.kind) {
-    case LossKind::Huber: {
-      double d = get("delta");
-      if (!(d > 0.0) || !std::isfinite(d)) bad("delta", d, "> 0 and finite");
-      loss.delta = static_cast<float>(d);
-      break;
-    }
-    case LossKind::SmoothL1: {
-      double b = get("beta");
-      if (!(b >= 0.0) || !std::isfinite(b)) bad("beta", b, ">= 0 and finite");
-      loss.beta = static_cast<float>(b);
-      break;
-    }
-    case LossKind::CrossEntropy: {
-      double e = get("label_smoothing");
-      if (!(e >= 0.0 && e <= 1.0)) bad("label_smoothing", e, "in [0, 1]");
-      loss.label_smoothing = static_cast<float>(e);
-      break;
-    }
-    case LossKind::Focal: {
-      double g = get("gamma");
-      if (!(g >= 0.0) || !std::isfinite(g)) bad("gamma", g, ">= 0 and finite");
-      loss.gamma = static_cast<float>(g);
-      double a = get("alpha");
-      if (!std::isnan(a)) {
-        if (!(a >= 0.0 && a <= 1.0)) bad("alpha", a, "in [0, 1]");
-        loss.alpha = static_cast<float>(a);
-        loss.has_alpha = true;
-      }
-      break;
-    }
-    case LossKind::Distillation: {
-      double t = get("temperature");
-      if (!(t > 0.0) || !std::isfinite(t)) bad("temperature", t, "> 0 and finite");
-      double a = get("alpha");
-      if (!(a >= 0.0 && a <= 1.0)) bad("alpha", a, "in [0, 1]");
-      loss.temperature = static_cast<float>(t);
-      loss.alpha = static_cast<float>(a);
-      break;
-    }
-    default:
-      break;
-  }
+  const LossParams p{*found, params};
+  with_loss(loss.kind, [&](auto u) { decltype(u)::configure(loss, p); });
 
   if (!class_weight.empty()) {
-    if (loss.kind != LossKind::CrossEntropy)
-      throw ValueError("class weights are only supported by cross_entropy, not '" + found->name +
-                       "'");
+    if (!found->class_weight)
+      throw ValueError("class weights are only supported by cross_entropy, not '" + found->name + "'");
     bool any = false;
     for (std::size_t j = 0; j < class_weight.size(); ++j) {
       float w = class_weight[j];
@@ -822,26 +938,31 @@ void validate_target(const Loss& loss, const Target& target, Index rows, Index c
     throw ValueError(std::string("loss '") + name + "': predictions must have at least one column, got " +
                      std::to_string(cols));
   const bool has_values = target.values != nullptr, has_labels = target.labels != nullptr;
-  switch (loss.kind) {
-    case LossKind::CrossEntropy:
-      require(has_values != has_labels,
-              "loss 'cross_entropy' takes either integer class labels or probability targets "
-              "(rows x cols), not both");
-      break;
-    case LossKind::Focal:
-      require(has_labels && !has_values,
-              "loss 'focal' needs integer class labels (one per row)");
-      break;
-    case LossKind::Distillation:
-      require(has_values && has_labels,
-              "loss 'distillation' needs teacher logits (rows x cols) and integer class labels");
-      break;
-    default:
-      if (!(has_values && !has_labels))
-        throw ValueError(std::string("loss '") + name + "' needs float targets of the prediction's shape (rows x " +
-                         std::to_string(cols) + "), not integer labels");
-      break;
-  }
+  with_loss(loss.kind, [&](auto u) {
+    using U = decltype(u);
+    switch (U::kTargets) {
+      case Targets::ValuesOrLabels:
+        if (has_values == has_labels)
+          throw ValueError(std::string("loss '") + name +
+                           "' takes either integer class labels or probability targets (rows x cols), not both");
+        break;
+      case Targets::Labels:
+        if (!(has_labels && !has_values))
+          throw ValueError(std::string("loss '") + name + "' needs integer class labels (one per row)");
+        break;
+      case Targets::ValuesAndLabels:
+        if (!(has_values && has_labels))
+          throw ValueError(std::string("loss '") + name +
+                           "' needs teacher logits (rows x cols) and integer class labels");
+        break;
+      case Targets::Values:
+        if (!(has_values && !has_labels))
+          throw ValueError(std::string("loss '") + name +
+                           "' needs float targets of the prediction's shape (rows x " + std::to_string(cols) +
+                           "), not integer labels");
+        break;
+    }
+  });
   if (has_labels) {
     for (Index i = 0; i < rows; ++i) {
       const std::int64_t y = target.labels[i];
@@ -850,16 +971,7 @@ void validate_target(const Loss& loss, const Target& target, Index rows, Index c
                          std::to_string(i) + " is outside [0, " + std::to_string(cols) + ")");
     }
   }
-  if (loss.kind == LossKind::BinaryCrossEntropy) {
-    const Index n = rows * cols;
-    for (Index k = 0; k < n; ++k) {
-      const float v = target.values[k];
-      if (!(v >= 0.0f && v <= 1.0f))
-        throw ValueError("loss 'binary_cross_entropy': targets must be in [0, 1]; got " +
-                         format_double(v) + " at row " + std::to_string(k / cols) + ", column " +
-                         std::to_string(k % cols));
-    }
-  }
+  with_loss(loss.kind, [&](auto u) { decltype(u)::check_values(target, rows, cols); });
   if (!loss.class_weight.empty())
     if (static_cast<Index>(loss.class_weight.size()) != cols)
       throw ValueError(std::string("loss '") + name + "': class weight has " +
@@ -872,43 +984,9 @@ void validate_target(const Loss& loss, const Target& target, Index rows, Index c
 double loss_forward_backward(const Loss& loss, const float* pred, const Target& target, Index rows,
                              Index cols, float* grad) {
   if (rows <= 0 || cols <= 0) return std::numeric_limits<double>::quiet_NaN();  // empty mean
-  const Index n = rows * cols;
-  switch (loss.kind) {
-    case LossKind::MSE:
-      return diff_loss(MseOp{}, pred, target.values, n, grad);
-    case LossKind::MAE:
-      return diff_loss(MaeOp{}, pred, target.values, n, grad);
-    case LossKind::Huber:
-      return diff_loss(HuberOp{loss.delta}, pred, target.values, n, grad);
-    case LossKind::SmoothL1:
-      if (loss.beta == 0.0f) return diff_loss(MaeOp{}, pred, target.values, n, grad);
-      return diff_loss(SmoothL1Op{loss.beta}, pred, target.values, n, grad);
-    case LossKind::BinaryCrossEntropy: {
-      // PyTorch rejects probabilities outside [0, 1]; check before writing anything.
-      // The message is built only on failure: building it per element (as a
-      // require() argument) made this check cost ~2 µs per element. A
-      // branch-free count first (it vectorizes); the culprit is found after.
-      Index bad = 0;
-#pragma omp simd reduction(+ : bad)
-      for (Index k = 0; k < n; ++k) bad += !(pred[k] >= 0.0f && pred[k] <= 1.0f);
-      for (Index k = 0; bad > 0 && k < n; ++k)
-        if (!(pred[k] >= 0.0f && pred[k] <= 1.0f))
-          throw ValueError(
-              "loss 'binary_cross_entropy': predictions must be probabilities in [0, 1]; got " +
-              format_double(pred[k]) + " at row " + std::to_string(k / cols) +
-              " (use binary_cross_entropy_with_logits on raw scores)");
-      return bce_loss(pred, target.values, n, grad);
-    }
-    case LossKind::BinaryCrossEntropyWithLogits:
-      return bce_logits_loss(pred, target.values, n, grad);
-    case LossKind::CrossEntropy:
-      return cross_entropy_loss(loss, pred, target, rows, cols, grad);
-    case LossKind::Focal:
-      return focal_loss(loss, pred, target.labels, rows, cols, grad);
-    case LossKind::Distillation:
-      return distillation_loss(loss, pred, target, rows, cols, grad);
-  }
-  throw ValueError("unknown loss kind");
+  double value = std::numeric_limits<double>::quiet_NaN();
+  with_loss(loss.kind, [&](auto u) { value = decltype(u)::value(loss, pred, target, rows, cols, grad); });
+  return value;
 }
 
 namespace {

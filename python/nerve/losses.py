@@ -134,8 +134,9 @@ class LossFunction:
             numeric[k] = float(v)
         cw = []
         if weight is not None:
-            if row["name"] != "cross_entropy":
-                raise ValueError("weight= is a parameter of cross_entropy only")
+            if not row["class_weight"]:
+                takes = [r["name"] for r in _ROWS if r["class_weight"]]
+                raise ValueError(f"weight= is a parameter of {' and '.join(takes)} only")
             cw = [float(w) for w in np.asarray(weight, dtype=np.float64).reshape(-1)]
         self.name = row["name"]
         self.params = dict(params)

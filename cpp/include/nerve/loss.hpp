@@ -36,12 +36,15 @@ struct Loss {
   std::vector<float> class_weight;  // cross_entropy weight= (empty: none)
 };
 
+// One row per loss, made from its unit in loss.cpp (adding a loss: an enum
+// value and one unit there, plus its oracle in tests/test_losses.py).
 struct LossInfo {
   std::string name;
   std::vector<std::string> aliases;
   LossKind kind;
   std::vector<std::pair<std::string, double>> params;  // scalar keyword params with defaults
   bool classification;  // accepts integer labels
+  bool class_weight = false;  // takes per-class weights (weight=)
 };
 
 const std::vector<LossInfo>& loss_registry();
