@@ -4,6 +4,8 @@ The hot paths (dense layers, activations, losses, optimizer updates and the
 whole training step) are C++ kernels in ``nerve._core``; this package is the
 thin Python layer for models, initialization and training.
 """
+import os
+
 from ._version import __version__
 
 from . import _cpucheck
@@ -50,7 +52,28 @@ def set_num_threads(n: int) -> None:
     """
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads expects an int, got {type(n).__name__}")
+    if _fork_state["child"] and n > 1:
+        raise RuntimeError("nerve runs single-threaded in a process made by os.fork (multiprocessing's 'fork' "
+                           "start method): libgomp's thread pool does not survive fork and a parallel region "
+                           "would hang. Use the 'spawn' or 'forkserver' start method for multi-threaded workers.")
     _core.set_num_threads(n)
+
+
+# Fork safety. libgomp (GCC's OpenMP) keeps a pool of worker threads that a
+# forked child does not inherit, yet the child's libgomp believes the pool
+# exists: the first parallel region in the child waits forever. A child made
+# by fork therefore runs nerve on one thread (parallel_for never enters an
+# OpenMP region then), which gives the same bits as any thread count.
+_fork_state = {"child": False}
+
+
+def _after_fork_in_child():
+    _fork_state["child"] = True
+    _core.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def set_flush_denormal(mode: bool) -> bool:
