@@ -931,18 +931,67 @@ def _optimizer_from_config(entry):
     return _optimizers.by_class_name(entry["class"])(**opt_config)
 
 
+_TMP_PREFIX = ".nerve-"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: keep its file
+    return True
+
+
+def _remove_stale_temps(directory):
+    """Deletes ``.nerve-<pid>-*.tmp`` files whose writing process is gone
+    (a save interrupted by SIGKILL or a crash; ~the model's size each)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(_TMP_PREFIX) and name.endswith(".tmp")):
+            continue
+        pid = name[len(_TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
+def _fsync_dir(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _atomic_savez(path, arrays):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         # Said here: mkstemp's own error would name the temporary file, not the target.
         raise FileNotFoundError(f"cannot save the model to {path}: the folder {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".nerve-", suffix=".tmp", dir=directory)
+    _remove_stale_temps(directory)
+    # The writer's pid is in the name, so a later save can tell a temporary
+    # file left by a killed process (kill -9 runs no cleanup) from one that a
+    # live process is still writing.
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(directory)  # the rename itself reaches the disk, not only the data
     except BaseException:
         try:
             os.unlink(tmp)
