@@ -1,7 +1,7 @@
 // nerve._core: the one private extension module; each area binds itself.
 #include "common.hpp"
 
-PYBIND11_MODULE(_core, m) {
+PYBIND11_MODULE(NERVE_MODULE_NAME, m) {
   m.doc() = "nerve's C++ core (private: use the nerve package)";
   nerve::bind::bind_core(m);
   nerve::bind::bind_activation(m);

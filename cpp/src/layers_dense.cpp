@@ -1,14 +1,11 @@
 #include <algorithm>
 #include <cmath>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
 #include "nerve/gemm.hpp"
 #include "nerve/skinny.hpp"
 #include "nerve/layer.hpp"
 #include "nerve/parallel.hpp"
+#include "nerve/vec.hpp"
 
 namespace nerve {
 
@@ -63,23 +60,19 @@ constexpr Index kMaxRowBatch = 4;
 // elements keep a block's weights, gradient and optimizer state (16-20 B per
 // element) in L2 from the gradient to the update.
 constexpr Index kRowBlockElems = 8192;
-// The dot products of dX run U independent 8-lane FMA chains per batch row
-// (enough to hide the FMA latency: 4 at batch 1-2; 2 at 3-4, where the batch
-// rows give the parallelism and registers run short). The lanes are then
-// added in a fixed tree, so the result depends on the shape alone.
+// The dot products of dX run U independent FMA chains of vectors (vec.hpp's
+// vf: 8 lanes at avx2, 16 at avx512, 1 at generic) per batch row (enough to
+// hide the FMA latency: 4 at batch 1-2; 2 at 3-4, where the batch rows give
+// the parallelism and registers run short). The chains are then added in a
+// fixed tree, so the result depends on the shape (and the level) alone.
 template <int B>
 constexpr int kChains = B <= 2 ? 4 : 2;
 
-// sum of lanes[0 .. 8U): the U vectors pairwise, then 8 -> 4 -> 2 -> 1.
+// The U chains pairwise, then the lanes in reduce_add's fixed tree.
 template <int U>
-float lane_sum(const float* lanes) {
-  float v[8];
-  for (int l = 0; l < 8; ++l) {
-    if constexpr (U == 4) v[l] = (lanes[l] + lanes[8 + l]) + (lanes[16 + l] + lanes[24 + l]);
-    else v[l] = lanes[l] + lanes[8 + l];
-  }
-  const float h0 = v[0] + v[4], h1 = v[1] + v[5], h2 = v[2] + v[6], h3 = v[3] + v[7];
-  return (h0 + h2) + (h1 + h3);
+float chain_sum(const simd::vf* acc) {
+  if constexpr (U == 4) return simd::reduce_add((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  else return simd::reduce_add(acc[0] + acc[1]);
 }
 
 // For rows [r0, r1) of W (in x units) and a batch of B rows:
@@ -91,34 +84,25 @@ float lane_sum(const float* lanes) {
 template <int B>
 void gradient_rows(const float* x, Index in, const float* dz, Index units, const float* w, float* g, float* dx,
                    Index r0, Index r1, bool accumulate) {
-  constexpr int U = kChains<B>, kLanes = 8 * U;
+  using simd::vf;
+  constexpr int W = simd::kLanes;
+  constexpr int U = kChains<B>, kLanes = W * U;
   const Index vec_end = units / kLanes * kLanes;
   for (Index i = r0; i < r1; ++i) {
     const float* __restrict wi = w + i * units;
     if (dx) {
-      alignas(32) float lanes[B][kLanes];
-#if defined(__AVX2__) && defined(__FMA__)
-      __m256 acc[B][U];
+      vf acc[B][U];
       for (int b = 0; b < B; ++b)
-        for (int u = 0; u < U; ++u) acc[b][u] = _mm256_setzero_ps();
+        for (int u = 0; u < U; ++u) acc[b][u] = vf(0.0f);
       for (Index j = 0; j < vec_end; j += kLanes) {
-        __m256 wv[U];
-        for (int u = 0; u < U; ++u) wv[u] = _mm256_loadu_ps(wi + j + 8 * u);
+        vf wv[U];
+        for (int u = 0; u < U; ++u) wv[u] = simd::load<vf>(wi + j + W * u);
         for (int b = 0; b < B; ++b)
           for (int u = 0; u < U; ++u)
-            acc[b][u] = _mm256_fmadd_ps(_mm256_loadu_ps(dz + b * units + j + 8 * u), wv[u], acc[b][u]);
+            acc[b][u] = simd::fma_(simd::load<vf>(dz + b * units + j + W * u), wv[u], acc[b][u]);
       }
-      for (int b = 0; b < B; ++b)
-        for (int u = 0; u < U; ++u) _mm256_store_ps(lanes[b] + 8 * u, acc[b][u]);
-#else  // the same operations one lane at a time
-      for (int b = 0; b < B; ++b)
-        for (int l = 0; l < kLanes; ++l) lanes[b][l] = 0.0f;
-      for (Index j = 0; j < vec_end; j += kLanes)
-        for (int b = 0; b < B; ++b)
-          for (int l = 0; l < kLanes; ++l) lanes[b][l] = std::fma(dz[b * units + j + l], wi[j + l], lanes[b][l]);
-#endif
       for (int b = 0; b < B; ++b) {
-        float sum = lane_sum<U>(lanes[b]);
+        float sum = chain_sum<U>(acc[b]);
         for (Index j = vec_end; j < units; ++j) sum = std::fma(dz[b * units + j], wi[j], sum);
         dx[b * in + i] = sum;
       }

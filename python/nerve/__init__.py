@@ -8,18 +8,11 @@ import os
 
 from ._version import __version__
 
-from . import _cpucheck
+from . import _loader
 
-_missing = _cpucheck.missing_features()
-if _missing:  # pragma: no cover - depends on the CPU
-    raise ImportError(
-        "nerve's C++ kernels were built for "
-        f"{_cpucheck.simd_build!r} and need the CPU features {', '.join(_cpucheck.required_features())}; "
-        f"this CPU lacks: {', '.join(_missing)}. Rebuild for this machine with "
-        "NERVE_SIMD=generic pip install --no-binary nerve nerve (or NERVE_SIMD=native)."
-    )
-
-from . import _core  # noqa: E402
+# The kernels of the best CPU level this machine runs (or NERVE_CPU's), as
+# nerve._core: see _loader.py and docs/design.md, "CPU levels".
+_cpu_level, _core = _loader.load()
 from ._random import manual_seed  # noqa: E402
 from .parameter import Parameter  # noqa: E402
 from . import (  # noqa: E402
@@ -108,10 +101,16 @@ def get_num_threads() -> int:
 
 
 def build_info() -> dict:
-    """Version, compiler, SIMD level in use, OpenMP and threads of this build."""
+    """Version, compiler, SIMD level in use, OpenMP and threads of this build.
+
+    ``cpu_level``: the kernels in use ("generic", "avx2" or "avx512");
+    ``cpu_levels``: the levels this install has that this CPU runs, best last
+    (``NERVE_CPU`` picks a lower one at import).
+    """
     info = dict(_core.build_info())
     info["version"] = __version__
-    info["simd_build"] = _cpucheck.simd_build
+    info["cpu_level"] = _cpu_level
+    info["cpu_levels"] = _loader.cpu_levels()
     return info
 
 

@@ -307,7 +307,7 @@ def info(args):
     import nerve as nv
 
     for k, v in nv.build_info().items():
-        print(f"{k}: {v}")
+        print(f"{k}: {', '.join(v) if isinstance(v, list) else v}")
     return 0
 
 

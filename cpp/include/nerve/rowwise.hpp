@@ -5,35 +5,33 @@
 
 #include "nerve/common.hpp"
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "nerve/vec.hpp"
 
 namespace nerve {
 
-// The largest non-NaN value of x[0, n) (-inf when there is none). Four AVX2
-// registers of running maxima: one accumulator would chain every compare to
-// the previous one, and this pass then cost as much as a softmax's
-// exponentials. NaN elements are skipped (vmaxps returns its second operand,
-// the running maximum, for an unordered pair); they still make the row NaN
-// through the exponentials and their sum, as in PyTorch.
+// The largest non-NaN value of x[0, n) (-inf when there is none). Four
+// vectors of running maxima (4 x 8 lanes at avx2, 4 x 16 at avx512): one
+// accumulator would chain every compare to the previous one, and this pass
+// then cost as much as a softmax's exponentials. NaN elements are skipped
+// (vmaxps returns its second operand, the running maximum, for an unordered
+// pair); they still make the row NaN through the exponentials and their sum,
+// as in PyTorch. The maximum is exact, so it is the same at every level.
 inline float row_max(const float* x, Index n) {
+  using simd::vf;
+  constexpr Index W = simd::kLanes;
   float m = -std::numeric_limits<float>::infinity();
   Index c = 0;
-#if defined(__AVX2__)
-  if (n >= 32) {
-    __m256 m0 = _mm256_set1_ps(m), m1 = m0, m2 = m0, m3 = m0;
-    for (; c + 32 <= n; c += 32) {
-      m0 = _mm256_max_ps(_mm256_loadu_ps(x + c), m0);
-      m1 = _mm256_max_ps(_mm256_loadu_ps(x + c + 8), m1);
-      m2 = _mm256_max_ps(_mm256_loadu_ps(x + c + 16), m2);
-      m3 = _mm256_max_ps(_mm256_loadu_ps(x + c + 24), m3);
+  if (W > 1 && n >= 4 * W) {
+    vf m0 = vf(m), m1 = m0, m2 = m0, m3 = m0;
+    // max_(a, b) keeps a when b is NaN: the running maxima come second.
+    for (; c + 4 * W <= n; c += 4 * W) {
+      m0 = simd::max_(m0, simd::load<vf>(x + c));
+      m1 = simd::max_(m1, simd::load<vf>(x + c + W));
+      m2 = simd::max_(m2, simd::load<vf>(x + c + 2 * W));
+      m3 = simd::max_(m3, simd::load<vf>(x + c + 3 * W));
     }
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
-    for (float v : lanes) m = v > m ? v : m;
+    m = simd::reduce_max(simd::max_(simd::max_(m0, m1), simd::max_(m2, m3)));
   }
-#endif
   for (; c < n; ++c) m = x[c] > m ? x[c] : m;
   return m;
 }

@@ -13,41 +13,22 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__GNUC__)
-#define NERVE_INLINE inline __attribute__((always_inline))
-#else
-#define NERVE_INLINE inline
-#endif
+// The vector types and their scalar twins (sel, min_, max_, fma_, as_int...).
+#include "nerve/vec.hpp"
 
 namespace nerve {
 namespace simd {
 
-NERVE_INLINE std::int32_t as_int(float x) {
-  std::int32_t i;
-  std::memcpy(&i, &x, sizeof i);
-  return i;
-}
-NERVE_INLINE float as_float(std::int32_t i) {
-  float x;
-  std::memcpy(&x, &i, sizeof x);
-  return x;
-}
-NERVE_INLINE float fma_(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
-
-// c ? a : b as a bit blend. GCC (default -ftrapping-math) will not if-convert
-// `c ? x : alpha * x`: it sinks the product into a branch, which it may not
-// then execute speculatively, and the loop stays scalar. Here both operands
-// are computed unconditionally, so the loop vectorizes to compare + blend.
-NERVE_INLINE float sel(bool c, float a, float b) {
-  std::int32_t m = -static_cast<std::int32_t>(c);
-  return as_float((as_int(a) & m) | (as_int(b) & ~m));
-}
-NERVE_INLINE float abs_(float x) { return __builtin_fabsf(x); }
-// min/max as blends too: std::min/std::max are ternaries that GCC's jump
-// threading turns back into branches when a constant arm meets later
-// arithmetic. NaN in `a` propagates (the compare is false).
-NERVE_INLINE float min_(float a, float b) { return sel(b < a, b, a); }
-NERVE_INLINE float max_(float a, float b) { return sel(a < b, b, a); }
+// Every function below is a template over the float type F: float (the
+// scalar tails, and loops GCC vectorizes under `#pragma omp simd`), f32x8 or
+// f32x16 (vec.hpp). The same operations in the same order at every width,
+// so a vector and its scalar tail give the same bits.
+template <class F>
+struct type_identity {
+  using type = F;
+};
+template <class F>
+using same_t = typename type_identity<F>::type;  // not deduced: literals convert
 
 // 1.5 * 2^23: adding it rounds a float of magnitude < 2^22 to an integer in
 // the low mantissa bits (round-to-nearest-even, like rint), without a cvt.
@@ -58,67 +39,74 @@ constexpr float kLn2Lo = 1.428606765330187045e-06f;  // ln2 - kLn2Hi
 
 // expm1(r) - r - r^2/2 over r in [-0.35, 0.35]: Taylor terms r^3/3! .. r^9/9!
 // (the r^10/10! remainder is < 2e-11 relative).
-NERVE_INLINE float expm1_poly(float r) {
-  float p = 1.0f / 362880.0f;
-  p = fma_(p, r, 1.0f / 40320.0f);
-  p = fma_(p, r, 1.0f / 5040.0f);
-  p = fma_(p, r, 1.0f / 720.0f);
-  p = fma_(p, r, 1.0f / 120.0f);
-  p = fma_(p, r, 1.0f / 24.0f);
-  p = fma_(p, r, 1.0f / 6.0f);
-  float r2 = r * r;
+template <class F>
+NERVE_INLINE F expm1_poly(F r) {
+  F p = F(1.0f / 362880.0f);
+  p = fma_(p, r, F(1.0f / 40320.0f));
+  p = fma_(p, r, F(1.0f / 5040.0f));
+  p = fma_(p, r, F(1.0f / 720.0f));
+  p = fma_(p, r, F(1.0f / 120.0f));
+  p = fma_(p, r, F(1.0f / 24.0f));
+  p = fma_(p, r, F(1.0f / 6.0f));
+  F r2 = r * r;
   // r + (r^2/2 + r^3*p): the exact leading term is added last.
-  return r + fma_(r2, 0.5f, r2 * r * p);
+  return r + fma_(r2, F(0.5f), r2 * r * p);
 }
 
 // Splits an (already clamped) integer exponent n in [-252, 254] into two
 // powers of two, so 2^n * m never needs an unrepresentable 2^n and results
 // land in the subnormal range with a single rounding.
-NERVE_INLINE void pow2_split(std::int32_t n, float& s1, float& s2) {
-  std::int32_t n1 = n >> 1;
-  std::int32_t n2 = n - n1;
-  s1 = as_float((n1 + 127) << 23);
-  s2 = as_float((n2 + 127) << 23);
+template <class I, class F>
+NERVE_INLINE void pow2_split(I n, F& s1, F& s2) {
+  I n1 = n >> 1;
+  I n2 = n - n1;
+  s1 = as_float((n1 + I(127)) << 23);
+  s2 = as_float((n2 + I(127)) << 23);
 }
 
 // exp(a + b) where b is a small correction (|b| < ~4) carried separately so
 // that a large `a` (e.g. -x*x/2 split into hi + lo) loses no bits.
-NERVE_INLINE float exp_sum(float a, float b) {
+template <class F>
+NERVE_INLINE F exp_sum(F a, same_t<F> b) {
+  using I = i32_of<F>;
   // Beyond these bounds the result is inf / 0 anyway; clamping keeps the
   // integer exponent in range. NaN falls through both compares unchanged.
   // An infinite `a` makes the two-sum/two-product that produced `b` NaN
   // (inf - inf); exp(+-inf) must still be inf / 0.
-  b = sel(abs_(a) < __builtin_inff(), b, 0.0f);
-  a = max_(min_(a, 89.0f), -104.0f);
-  float t = fma_(a + b, kLog2e, kRoundMagic);
-  float n = t - kRoundMagic;
-  std::int32_t ni = as_int(t) - as_int(kRoundMagic);
-  float r = fma_(-n, kLn2Hi, a);
+  b = sel(abs_(a) < F(__builtin_inff()), b, F(0.0f));
+  a = max_(min_(a, F(89.0f)), F(-104.0f));
+  F t = fma_(a + b, F(kLog2e), F(kRoundMagic));
+  F n = t - F(kRoundMagic);
+  I ni = as_int(t) - I(as_int(kRoundMagic));
+  F r = fma_(-n, F(kLn2Hi), a);
   r = r + b;
-  r = fma_(-n, kLn2Lo, r);
-  float m = 1.0f + expm1_poly(r);
-  float s1, s2;
+  r = fma_(-n, F(kLn2Lo), r);
+  F m = F(1.0f) + expm1_poly(r);
+  F s1, s2;
   pow2_split(ni, s1, s2);
   return m * s1 * s2;
 }
 
 // exp(x), ~1 ulp; 0 below -103.97, +inf above 88.72.
-NERVE_INLINE float exp(float x) { return exp_sum(x, 0.0f); }
+template <class F>
+NERVE_INLINE F exp(F x) { return exp_sum(x, F(0.0f)); }
 
 // expm1(x) = e^x - 1 with full relative accuracy near 0:
 // e^x - 1 = 2^n * expm1(r) + (2^n - 1), the second term exact for small n.
-NERVE_INLINE float expm1(float x) {
-  x = max_(min_(x, 89.0f), -30.0f);  // expm1(-30) rounds to -1 in float
-  float t = fma_(x, kLog2e, kRoundMagic);
-  float n = t - kRoundMagic;
-  std::int32_t ni = as_int(t) - as_int(kRoundMagic);
-  float r = fma_(-n, kLn2Hi, x);
-  r = fma_(-n, kLn2Lo, r);
-  float em = expm1_poly(r);
-  float s1, s2;
+template <class F>
+NERVE_INLINE F expm1(F x) {
+  using I = i32_of<F>;
+  x = max_(min_(x, F(89.0f)), F(-30.0f));  // expm1(-30) rounds to -1 in float
+  F t = fma_(x, F(kLog2e), F(kRoundMagic));
+  F n = t - F(kRoundMagic);
+  I ni = as_int(t) - I(as_int(kRoundMagic));
+  F r = fma_(-n, F(kLn2Hi), x);
+  r = fma_(-n, F(kLn2Lo), r);
+  F em = expm1_poly(r);
+  F s1, s2;
   pow2_split(ni, s1, s2);
-  float s = s1 * s2;
-  return fma_(s, em, s - 1.0f);
+  F s = s1 * s2;
+  return fma_(s, em, s - F(1.0f));
 }
 
 // log(x) for x > 0 (finite, normal). Reduction x = 2^k * m, m in
@@ -126,45 +114,50 @@ NERVE_INLINE float expm1(float x) {
 // h = f^2/2, s = f/(2+f), R = 2s^2/3 + 2s^4/5 + ... (atanh series): the exact
 // f carries the bulk so the rounding of s only touches small terms.
 // `c` is a correction added to f before the log (used by log1p).
-NERVE_INLINE float log_corr(float x, float c) {
-  std::int32_t ix = as_int(x) - 0x3f3504f3;  // offset makes m start at sqrt(1/2)
-  std::int32_t k = ix >> 23;
-  float m = as_float(as_int(x) - (k << 23));
-  float f = (m - 1.0f) + c * as_float((127 - k) << 23);
-  float s = f / (2.0f + f);
-  float s2 = s * s;
-  float R = 2.0f / 13.0f;
-  R = fma_(R, s2, 2.0f / 11.0f);
-  R = fma_(R, s2, 2.0f / 9.0f);
-  R = fma_(R, s2, 2.0f / 7.0f);
-  R = fma_(R, s2, 2.0f / 5.0f);
-  R = fma_(R, s2, 2.0f / 3.0f);
+template <class F>
+NERVE_INLINE F log_corr(F x, same_t<F> c) {
+  using I = i32_of<F>;
+  I ix = as_int(x) - I(0x3f3504f3);  // offset makes m start at sqrt(1/2)
+  I k = ix >> 23;
+  F m = as_float(as_int(x) - (k << 23));
+  F f = (m - F(1.0f)) + c * as_float((I(127) - k) << 23);
+  F s = f / (F(2.0f) + f);
+  F s2 = s * s;
+  F R = F(2.0f / 13.0f);
+  R = fma_(R, s2, F(2.0f / 11.0f));
+  R = fma_(R, s2, F(2.0f / 9.0f));
+  R = fma_(R, s2, F(2.0f / 7.0f));
+  R = fma_(R, s2, F(2.0f / 5.0f));
+  R = fma_(R, s2, F(2.0f / 3.0f));
   R = R * s2;
-  float h = 0.5f * f * f;
-  float lm = f - (h - s * (h + R));
-  float kf = static_cast<float>(k);
-  return fma_(kf, kLn2Hi, fma_(kf, kLn2Lo, lm));
+  F h = F(0.5f) * f * f;
+  F lm = f - (h - s * (h + R));
+  F kf = cvt_f32(k);
+  return fma_(kf, F(kLn2Hi), fma_(kf, F(kLn2Lo), lm));
 }
 
-NERVE_INLINE float log(float x) { return log_corr(x, 0.0f); }
+template <class F>
+NERVE_INLINE F log(F x) { return log_corr(x, F(0.0f)); }
 
 // log1p(u) for u >= 0 (the only use here: log1p(exp(-|t|))). w = 1 + u is
 // rounded; the lost part c = u - (w - 1) is exact and fed back into f.
-NERVE_INLINE float log1p_pos(float u) {
-  float w = 1.0f + u;
-  float c = u - (w - 1.0f);
+template <class F>
+NERVE_INLINE F log1p_pos(F u) {
+  F w = F(1.0f) + u;
+  F c = u - (w - F(1.0f));
   return log_corr(w, c);
 }
 
 // tanh(x) = sign(x) * em / (em + 2), em = expm1(2|x|): one formula that is
 // accurate both near 0 (expm1 keeps relative precision) and in the tails.
 // |x| is clamped at 10, where tanh already rounds to 1.
-NERVE_INLINE float tanh(float x) {
-  float ax = abs_(x);
-  ax = min_(ax, 10.0f);
-  float em = expm1(2.0f * ax);
-  float t = em / (em + 2.0f);
-  return __builtin_copysignf(t, x);
+template <class F>
+NERVE_INLINE F tanh(F x) {
+  F ax = abs_(x);
+  ax = min_(ax, F(10.0f));
+  F em = expm1(F(2.0f) * ax);
+  F t = em / (em + F(2.0f));
+  return copysign_(t, x);
 }
 
 // Rounds a double to hi + lo floats (hi + lo == d to ~2^-48 relative): lets
@@ -179,23 +172,25 @@ NERVE_INLINE void split(double d, float& hi, float& lo) {
 // with e = exp(-|v|), sigma(|v|) = 1/(1+e) and sigma(-|v|) = e/(1+e), so
 // 1 - sigma (which cancels for large v) is never formed. One division and
 // e * (1/(1+e)) costs ~1 ulp more than e/(1+e) on the small side.
-NERVE_INLINE void sigmoid_pair2(float hi, float lo, float& s, float& s_neg) {
-  float ahi = abs_(hi);
-  float alo = sel(hi < 0.0f, -lo, lo);
-  float e = exp_sum(-ahi, -alo);
-  float inv = 1.0f / (1.0f + e);
-  float big = inv, small = e * inv;
-  s = sel(hi >= 0.0f, big, small);
-  s_neg = sel(hi >= 0.0f, small, big);
+template <class F>
+NERVE_INLINE void sigmoid_pair2(F hi, same_t<F> lo, F& s, F& s_neg) {
+  F ahi = abs_(hi);
+  F alo = sel(hi < F(0.0f), -lo, lo);
+  F e = exp_sum(-ahi, -alo);
+  F inv = F(1.0f) / (F(1.0f) + e);
+  F big = inv, small = e * inv;
+  s = sel(hi >= F(0.0f), big, small);
+  s_neg = sel(hi >= F(0.0f), small, big);
 }
 
 // sigmoid(hi + lo).
-NERVE_INLINE float sigmoid2(float hi, float lo) {
-  float ahi = abs_(hi);
-  float alo = sel(hi < 0.0f, -lo, lo);
-  float e = exp_sum(-ahi, -alo);
-  float num = sel(hi >= 0.0f, 1.0f, e);
-  return num / (1.0f + e);
+template <class F>
+NERVE_INLINE F sigmoid2(F hi, same_t<F> lo) {
+  F ahi = abs_(hi);
+  F alo = sel(hi < F(0.0f), -lo, lo);
+  F e = exp_sum(-ahi, -alo);
+  F num = sel(hi >= F(0.0f), F(1.0f), e);
+  return num / (F(1.0f) + e);
 }
 
 // 2^ni * e^r for |r| <= ln2/2 (a little beyond when n was rounded from the
@@ -204,28 +199,31 @@ NERVE_INLINE float sigmoid2(float hi, float lo) {
 // leading terms added last. p by Estrin's scheme, not Horner's: these exps sit
 // in loops bound by the latency of their longest chain (softmax's exp-and-sum
 // pass, sigmoid), and the 8-lane twin in activation.cpp must give the same bits.
-NERVE_INLINE float exp_nonpos_finish(float r, std::int32_t ni) {
-  float r2 = r * r;
-  float p01 = fma_(1.0f / 24.0f, r, 1.0f / 6.0f);
-  float p23 = fma_(1.0f / 720.0f, r, 1.0f / 120.0f);
-  float p = fma_(fma_(1.0f / 5040.0f, r2, p23), r2, p01);
-  float m = 1.0f + (r + fma_(r2, 0.5f, r2 * r * p));
-  float s1, s2;
+template <class F>
+NERVE_INLINE F exp_nonpos_finish(F r, i32_of<F> ni) {
+  F r2 = r * r;
+  F p01 = fma_(F(1.0f / 24.0f), r, F(1.0f / 6.0f));
+  F p23 = fma_(F(1.0f / 720.0f), r, F(1.0f / 120.0f));
+  F p = fma_(fma_(F(1.0f / 5040.0f), r2, p23), r2, p01);
+  F m = F(1.0f) + (r + fma_(r2, F(0.5f), r2 * r * p));
+  F s1, s2;
   pow2_split(ni, s1, s2);
   return m * s1 * s2;
 }
 
 // exp(a + b) for a <= 0 with a small correction b carried separately (as
 // exp_sum): softmax's exp(x - max) with x - max as an exact hi + lo pair.
-NERVE_INLINE float exp_nonpos_sum(float a, float b) {
-  b = sel(a > -__builtin_inff(), b, 0.0f);  // a = -inf made b NaN (inf - inf)
-  a = max_(a, -104.0f);
+template <class F>
+NERVE_INLINE F exp_nonpos_sum(F a, same_t<F> b) {
+  using I = i32_of<F>;
+  b = sel(a > F(-__builtin_inff()), b, F(0.0f));  // a = -inf made b NaN (inf - inf)
+  a = max_(a, F(-104.0f));
   // n from a alone (b is tiny: at worst r lands a hair past ln2/2), and b
   // joins the small part of the reduction, off the critical path.
-  float t = fma_(a, kLog2e, kRoundMagic);
-  float n = t - kRoundMagic;
-  std::int32_t ni = as_int(t) - as_int(kRoundMagic);
-  float r = fma_(-n, kLn2Hi, a) + fma_(-n, kLn2Lo, b);
+  F t = fma_(a, F(kLog2e), F(kRoundMagic));
+  F n = t - F(kRoundMagic);
+  I ni = as_int(t) - I(as_int(kRoundMagic));
+  F r = fma_(-n, F(kLn2Hi), a) + fma_(-n, F(kLn2Lo), b);
   return exp_nonpos_finish(r, ni);
 }
 
@@ -234,20 +232,23 @@ NERVE_INLINE float exp_nonpos_sum(float a, float b) {
 // relative for |r| <= ln2/2, still far below float rounding). About 25%
 // cheaper than exp(); sigmoid stays within 2.3 ulp (measured on a 1e-4 grid
 // over [-110, 110]).
-NERVE_INLINE float exp_nonpos(float a) {
-  a = max_(a, -104.0f);
-  float t = fma_(a, kLog2e, kRoundMagic);
-  float n = t - kRoundMagic;
-  std::int32_t ni = as_int(t) - as_int(kRoundMagic);
-  float r = fma_(-n, kLn2Hi, a);
-  r = fma_(-n, kLn2Lo, r);
+template <class F>
+NERVE_INLINE F exp_nonpos(F a) {
+  using I = i32_of<F>;
+  a = max_(a, F(-104.0f));
+  F t = fma_(a, F(kLog2e), F(kRoundMagic));
+  F n = t - F(kRoundMagic);
+  I ni = as_int(t) - I(as_int(kRoundMagic));
+  F r = fma_(-n, F(kLn2Hi), a);
+  r = fma_(-n, F(kLn2Lo), r);
   return exp_nonpos_finish(r, ni);
 }
 
-NERVE_INLINE float sigmoid(float x) {
-  float e = exp_nonpos(-abs_(x));
-  float num = sel(x >= 0.0f, 1.0f, e);
-  return num / (1.0f + e);
+template <class F>
+NERVE_INLINE F sigmoid(F x) {
+  F e = exp_nonpos(-abs_(x));
+  F num = sel(x >= F(0.0f), F(1.0f), e);
+  return num / (F(1.0f) + e);
 }
 
 // Phi(-|x|), the lower tail of the standard normal CDF, to full relative
@@ -260,63 +261,68 @@ NERVE_INLINE float sigmoid(float x) {
 // rounding reaches the float result; z^2 = x^2/2 is split hi + lo exactly so
 // the exp argument loses nothing in the far tail.
 // The two factors of Phi(-|x|) = tq * e: tq = t Q(t) / 2 and e = exp(-x^2/2).
-NERVE_INLINE void normal_tail_factors(float x, float& tq, float& e) {
-  float ax = abs_(x);
+template <class F>
+NERVE_INLINE void normal_tail_factors(F x, F& tq, F& e) {
+  using D = f64_of<F>;
+  F ax = abs_(x);
   // t = 1/den in double: a float reciprocal refined by one Newton step
   // (relative error ~1e-14) is much cheaper than a 4-wide double division.
   // (ax is capped where the tail is long since 0, keeping t finite for x = inf.)
-  double den = 1.0 + 0.35355339059327376 * static_cast<double>(min_(ax, 1.0e4f));
-  double t0 = static_cast<double>(1.0f / static_cast<float>(den));
-  double t = t0 * (2.0 - den * t0);
+  D den = D(1.0) + D(0.35355339059327376) * to_f64(min_(ax, F(1.0e4f)));
+  D t0 = to_f64(F(1.0f) / to_f32(den));
+  D t = t0 * (D(2.0) - den * t0);
   // Q = E(t^2) + t O(t^2): two Horner chains of 7-8 terms instead of one of
   // 15. One chain of dependent 4-cycle FMAs made gelu latency-bound (~60
   // cycles per 8 lanes, the FP scheduler full of waiting FMAs); a full Estrin
   // tree spilled registers. Rounding in double is ~1e-15 either way.
-  const double u = t * t;
-  double ev = 0.024570381898957532;
-  ev = ev * u + 0.36115572388834377;
-  ev = ev * u + 0.018486686654449355;
-  ev = ev * u - 0.21586968416661401;
-  ev = ev * u - 0.082850247173508043;
-  ev = ev * u + 0.083228750336653529;
-  ev = ev * u + 0.24683181441749985;
-  ev = ev * u + 0.28209479174296287;
-  double od = -0.15022442123745372;
-  od = od * u - 0.37591516787058232;
-  od = od * u + 0.30924255326009492;
-  od = od * u + 0.040570168374865379;
-  od = od * u + 0.00024081726234828627;
-  od = od * u + 0.17634302633897486;
-  od = od * u + 0.28209480638688417;
-  const double q = ev + t * od;
-  tq = static_cast<float>(0.5 * t * q);
-  float hx = 0.5f * ax;
-  float hi = hx * ax;
-  float lo = fma_(hx, ax, -hi);
+  const D u = t * t;
+  D ev = D(0.024570381898957532);
+  ev = ev * u + D(0.36115572388834377);
+  ev = ev * u + D(0.018486686654449355);
+  ev = ev * u - D(0.21586968416661401);
+  ev = ev * u - D(0.082850247173508043);
+  ev = ev * u + D(0.083228750336653529);
+  ev = ev * u + D(0.24683181441749985);
+  ev = ev * u + D(0.28209479174296287);
+  D od = D(-0.15022442123745372);
+  od = od * u - D(0.37591516787058232);
+  od = od * u + D(0.30924255326009492);
+  od = od * u + D(0.040570168374865379);
+  od = od * u + D(0.00024081726234828627);
+  od = od * u + D(0.17634302633897486);
+  od = od * u + D(0.28209480638688417);
+  const D q = ev + t * od;
+  tq = to_f32(D(0.5) * t * q);
+  F hx = F(0.5f) * ax;
+  F hi = hx * ax;
+  F lo = fma_(hx, ax, -hi);
   e = exp_sum(-hi, -lo);
 }
 
-NERVE_INLINE float normal_tail(float x) {
-  float tq, e;
+template <class F>
+NERVE_INLINE F normal_tail(F x) {
+  F tq, e;
   normal_tail_factors(x, tq, e);
   return tq * e;
 }
 
 // normal_tail(x) and normal_pdf(x) together: both are a factor times the
 // same exp(-x^2/2), which is computed once (gelu's backward needs both).
-NERVE_INLINE void normal_tail_pdf(float x, float& tail, float& pdf) {
-  float tq, e;
+template <class F>
+NERVE_INLINE void normal_tail_pdf(F x, F& tail, F& pdf) {
+  F tq, e;
   normal_tail_factors(x, tq, e);
   tail = tq * e;
-  pdf = 0.39894228040143268f * e;
+  pdf = F(0.39894228040143268f) * e;
 }
 
 // Standard normal density phi(x) = exp(-x^2/2)/sqrt(2 pi), x^2/2 split exactly.
-NERVE_INLINE float normal_pdf(float x) {
-  float hx = 0.5f * x;
-  float hi = hx * x;
-  float lo = fma_(hx, x, -hi);
-  return 0.39894228040143268f * exp_sum(-hi, -lo);
+template <class F>
+NERVE_INLINE F normal_pdf(F x) {
+  F hx = F(0.5f) * x;
+  F hi = hx * x;
+  F lo = fma_(hx, x, -hi);
+  return F(0.39894228040143268f) * exp_sum(-hi, -lo);
 }
 
 }  // namespace simd
