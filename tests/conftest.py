@@ -131,3 +131,20 @@ def close_to_scale(got, want, rtol=1e-5):
     scale = max(float(np.abs(want).max()), 1e-30)
     err = float(np.abs(got - want).max())
     assert err <= rtol * scale, f"max |diff| {err:.3g} > {rtol} x scale {scale:.3g}"
+
+
+# The oracle and bit-identity tests that .ci/run repeats at every CPU level
+# below the best this machine has (NERVE_CPU=<level> python -m pytest -m levels):
+# the kernels' formulas against numpy, gradients against differences, and the
+# same bits for any thread count, at each level's own kernels.
+LEVEL_TEST_FILES = {
+    "test_activations.py", "test_losses.py", "test_optimizers.py", "test_initializers.py",
+    "test_layers_norm.py", "test_gemm.py", "test_gemm_kernel.py", "test_dense_forward.py",
+    "test_dense_backward.py", "test_fused_update.py", "test_regressions.py", "test_build.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if os.path.basename(str(item.fspath)) in LEVEL_TEST_FILES:
+            item.add_marker(pytest.mark.levels)

@@ -311,9 +311,10 @@ NERVE_INLINE f32x16 abs_(f32x16 a) {
   return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(0x7fffffff)));
 }
 NERVE_INLINE f32x16 copysign_(f32x16 mag, f32x16 sign) {
-  // (mag & 0x7fffffff) | (sign & 0x80000000) in one ternary-logic op: bit = C ? B : A.
+  // (mag & 0x7fffffff) | (sign & 0x80000000) in one ternary-logic op: bit = C ? B : A
+  // (truth table over (A, B, C) = (mag, sign, sign-bit mask): 0xD8).
   return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(mag.v), _mm512_castps_si512(sign.v),
-                                                       _mm512_set1_epi32(INT32_MIN), 0xE4));
+                                                       _mm512_set1_epi32(INT32_MIN), 0xD8));
 }
 NERVE_INLINE f32x16 sqrt_(f32x16 a) { return _mm512_sqrt_ps(a.v); }
 
