@@ -25,6 +25,7 @@
 #include <limits>
 #include <cmath>
 #include "nerve/parallel.hpp"
+#include "nerve/vec.hpp"
 
 namespace nerve {
 
@@ -35,14 +36,10 @@ namespace {
 // small enough that a 1M-parameter span still splits over many threads.
 constexpr Index kChunk = 1 << 15;
 
-// The vector width of the kernels (cpp/src/optim/kernel.hpp): an outer
-// product's rows go through the fused pass only when their width is a
-// multiple of it.
-#ifdef __AVX__
-constexpr Index kOptWidth = 8;
-#else
-constexpr Index kOptWidth = 1;
-#endif
+// The vector width of the kernels at this CPU level (cpp/src/optim/kernel.hpp):
+// an outer product's rows go through the fused pass only when their width is
+// a multiple of it.
+constexpr Index kOptWidth = simd::kLanes;
 
 inline void check(bool ok, const char* param, double value, const char* rule) { check_hyper(ok, param, value, rule); }
 

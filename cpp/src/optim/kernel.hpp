@@ -28,9 +28,8 @@
 #include <limits>
 #include <type_traits>
 
-#include <immintrin.h>
-
 #include "nerve/optim/policy.hpp"
+#include "nerve/vec.hpp"
 
 namespace nerve {
 namespace {
@@ -62,56 +61,41 @@ inline float vfnma(float a, float b, float c) { return c - a * b; }
 inline float vfms(float a, float b, float c) { return a * b - c; }
 #endif
 
-// Without AVX (a generic build) only the scalar instantiation exists.
-#ifdef __AVX__
-// V8 is __m256 without its may_alias attribute, which a template argument
-// would drop anyway.
-typedef float V8 __attribute__((vector_size(32)));
-template <> inline V8 splat<V8>(float x) { return _mm256_set1_ps(x); }
-template <> inline V8 load<V8>(const float* q) { return _mm256_loadu_ps(q); }
-inline void store(float* q, V8 x) { _mm256_storeu_ps(q, x); }
-inline V8 vsqrt(V8 x) { return _mm256_sqrt_ps(x); }
-inline V8 vmax(V8 a, V8 b) { return _mm256_max_ps(a, b); }
-inline V8 vmin(V8 a, V8 b) { return _mm256_min_ps(a, b); }
-inline V8 vabs(V8 a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+// The vector type of this CPU level (vec.hpp: f32x16 at avx512, f32x8 at
+// avx2); at the generic level only the scalar instantiation exists. Every
+// operation below is the IEEE operation of its scalar twin, so an element's
+// result does not depend on the vector width: the levels give the same bits.
+#if defined(NERVE_VEC_AVX2)
+using VecT = simd::vf;
+template <> inline VecT splat<VecT>(float x) { return VecT(x); }
+template <> inline VecT load<VecT>(const float* q) { return simd::load<VecT>(q); }
+// store(float*, VecT) is simd::store, found by argument-dependent lookup.
+inline VecT vsqrt(VecT x) { return simd::sqrt_(x); }
+// simd::max_(b, a) is maxps(a, b): a NaN in `a` yields b, as the scalar vmax.
+inline VecT vmax(VecT a, VecT b) { return simd::max_(b, a); }
+inline VecT vmin(VecT a, VecT b) { return simd::min_(b, a); }
+inline VecT vabs(VecT a) { return simd::abs_(a); }
 // (a > 0) - (a < 0) as floats, NaN passed through (torch.sign).
-inline V8 vsign(V8 a) {
-  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
-  const __m256 pos = _mm256_and_ps(_mm256_cmp_ps(a, zero, _CMP_GT_OQ), one);
-  const __m256 neg = _mm256_and_ps(_mm256_cmp_ps(a, zero, _CMP_LT_OQ), one);
-  const __m256 s = _mm256_sub_ps(pos, neg);
-  return _mm256_blendv_ps(s, a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+inline VecT vsign(VecT a) {
+  const VecT zero(0.0f), one(1.0f);
+  const VecT s = simd::sel(a > zero, one, zero) - simd::sel(a < zero, one, zero);
+  return simd::sel(a != a, a, s);
 }
-#ifdef __FMA__
-inline V8 fma_exact(V8 a, V8 b, V8 c) { return _mm256_fmadd_ps(a, b, c); }
-inline V8 vfma(V8 a, V8 b, V8 c) { return _mm256_fmadd_ps(a, b, c); }
-inline V8 vfnma(V8 a, V8 b, V8 c) { return _mm256_fnmadd_ps(a, b, c); }
-inline V8 vfms(V8 a, V8 b, V8 c) { return _mm256_fmsub_ps(a, b, c); }
-#else  // AVX without FMA
-inline V8 fma_exact(V8 a, V8 b, V8 c) {
-  alignas(32) float ta[8], tb[8], tc[8];
-  _mm256_store_ps(ta, a);
-  _mm256_store_ps(tb, b);
-  _mm256_store_ps(tc, c);
-  for (int l = 0; l < 8; ++l) tc[l] = std::fma(ta[l], tb[l], tc[l]);
-  return _mm256_load_ps(tc);
-}
-inline V8 vfma(V8 a, V8 b, V8 c) { return a * b + c; }
-inline V8 vfnma(V8 a, V8 b, V8 c) { return c - a * b; }
-inline V8 vfms(V8 a, V8 b, V8 c) { return a * b - c; }
-#endif
-inline V8 vpow(V8 a, float e) {  // no vector pow without libmvec: per lane
-  alignas(32) float t[8];
-  _mm256_store_ps(t, a);
+// The levels with vectors have FMA: one rounding each.
+inline VecT fma_exact(VecT a, VecT b, VecT c) { return simd::fma_(a, b, c); }
+inline VecT vfma(VecT a, VecT b, VecT c) { return simd::fma_(a, b, c); }
+inline VecT vfnma(VecT a, VecT b, VecT c) { return simd::fma_(-a, b, c); }  // c - a*b, one rounding
+inline VecT vfms(VecT a, VecT b, VecT c) { return simd::fma_(a, b, -c); }
+inline VecT vpow(VecT a, float e) {  // no vector pow without libmvec: per lane
+  alignas(64) float t[simd::kLanes];
+  simd::store(t, a);
   for (float& x : t) x = std::pow(x, e);
-  return _mm256_load_ps(t);
+  return simd::load<VecT>(t);
 }
-using VecT = V8;
-constexpr Index kOptWidth = 8;
 #else
 using VecT = float;
-constexpr Index kOptWidth = 1;
 #endif
+constexpr Index kOptWidth = simd::kLanes;
 
 // A step's scalars broadcast to the value type once per call; a policy reads
 // its own by index (c[kStepSize]). Unused ones cost nothing: the compiler
@@ -160,17 +144,17 @@ struct RowPtrs : Ptrs {
   }
 };
 
-#ifdef __AVX__
-// Op over elements [0, n) of q, n a multiple of 8. One out-of-line copy per
-// Op (noinline, noclone) serves the bulk and the padded tail alike. (Before
-// the multiply-adds were written out, GCC contracted each inlined copy in
-// its own way, so an element's result depended on where its slice ended.)
-// q is taken by value: a local copy whose pointers stay in registers (the
-// may_alias vector stores could otherwise alias the caller's Ptrs).
+#if defined(NERVE_VEC_AVX2)
+// Op over elements [0, n) of q, n a multiple of the vector width. One
+// out-of-line copy per Op (noinline, noclone) serves the bulk and the padded
+// tail alike. (Before the multiply-adds were written out, GCC contracted
+// each inlined copy in its own way, so an element's result depended on where
+// its slice ended.) q is taken by value: a local copy whose pointers stay in
+// registers (the may_alias vector stores could otherwise alias the caller's Ptrs).
 template <class Op>
 __attribute__((noinline, noclone)) void run_vectors(const Ptrs q, Index n, const float* s) {
-  const Consts<V8> c(s);
-  for (Index i = 0; i < n; i += 8) Op::template apply<V8>(q, i, c);
+  const Consts<VecT> c(s);
+  for (Index i = 0; i < n; i += kOptWidth) Op::template apply<VecT>(q, i, c);
 }
 #endif
 
@@ -187,21 +171,22 @@ __attribute__((noinline, noclone)) void run_rows(RowPtrs<B> q, const OuterGrad& 
   }
 }
 
-// Runs Op over n elements, 8 at a time; the last 1-7 go through the same
-// vector code on a zero-padded copy.
+// Runs Op over n elements, a vector at a time; the last few go through the
+// same vector code on a zero-padded copy.
 template <class Op>
 void run_kernel(const OptPtrs& q0, Index n, const float* s) {
   const Ptrs q{q0};
-#ifdef __AVX__
-  const Index bulk = n / 8 * 8;
+#if defined(NERVE_VEC_AVX2)
+  constexpr Index W = kOptWidth;
+  const Index bulk = n / W * W;
   run_vectors<Op>(q, bulk, s);
   if (bulk == n) return;
-  alignas(32) float pad[5][8] = {};
+  alignas(64) float pad[5][W] = {};
   float* const arrays[5] = {q.p, q.g, q.s0, q.s1, q.s2};
   for (int a = 0; a < 5; ++a)
     if (arrays[a]) std::copy(arrays[a] + bulk, arrays[a] + n, pad[a]);
   run_vectors<Op>(Ptrs{{pad[0], pad[1], q.s0 ? pad[2] : nullptr, q.s1 ? pad[3] : nullptr, q.s2 ? pad[4] : nullptr}},
-                  8, s);
+                  W, s);
   for (int a = 0; a < 5; ++a)
     if (arrays[a] && a != 1) std::copy(pad[a], pad[a] + (n - bulk), arrays[a] + bulk);  // g is only read
 #else
