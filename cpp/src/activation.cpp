@@ -29,6 +29,7 @@
 #include "nerve/rng.hpp"
 #include "nerve/rowwise.hpp"
 #include "nerve/simd_math.hpp"
+#include "nerve/vec.hpp"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -627,9 +628,9 @@ void backward_map(const G& g, const float* src, const float* dy, float* dz, Inde
 //
 // U_i comes from the Philox block 8 (i / 32) + i % 8, word (i % 32) / 8, under
 // the key (mix_seed(seed, stream), step): one block serves four elements, and
-// blocks are generated 8 at a time with the lanes in arrays, so the 10 Philox
-// rounds vectorize (vpmuludq for the 32x32->64 products) and the slopes are
-// stored as whole vectors. Forward and backward
+// blocks are generated 8 at a time by the shared vector Philox (vec.hpp:
+// vpmuludq for the 32x32->64 products) and the slopes are stored as whole
+// vectors. Forward and backward
 // recompute the same slopes from the key; nothing is stored between them.
 
 constexpr int kPhiloxLanes = 8;                  // blocks per batch
@@ -641,66 +642,20 @@ struct RreluSlopes {
   // slope[j] for the 32 elements 4*first_block + j: element j takes word
   // j / 8 of block first_block + j % 8.
   NERVE_INLINE void fill(std::uint64_t first_block, float slope[kRreluGroup]) const {
-    std::uint32_t c0[kPhiloxLanes], c1[kPhiloxLanes], c2[kPhiloxLanes], c3[kPhiloxLanes];
-    for (int l = 0; l < kPhiloxLanes; ++l) {
-      const std::uint64_t ctr = first_block + static_cast<std::uint64_t>(l);
-      c0[l] = static_cast<std::uint32_t>(ctr);
-      c1[l] = static_cast<std::uint32_t>(ctr >> 32);
-      c2[l] = static_cast<std::uint32_t>(ctr_hi);
-      c3[l] = static_cast<std::uint32_t>(ctr_hi >> 32);
-    }
-    std::uint32_t k0 = static_cast<std::uint32_t>(key), k1 = static_cast<std::uint32_t>(key >> 32);
-#if defined(__AVX2__)
-    // GCC vectorizes the 32x32->64 products by widening to 64-bit lanes and
-    // narrowing back every round; the even/odd vpmuludq split below keeps all
-    // 8 lanes in one register (the usual AVX2 Philox formulation).
-    __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0));
-    __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c1));
-    __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c2));
-    __m256i v3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c3));
-    const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
-    const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-    auto mulhilo = [](__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
-      const __m256i even = _mm256_mul_epu32(a, m);
-      const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-      lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-      hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-    };
-    for (int round = 0; round < 10; ++round) {
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo(v0, m0, hi0, lo0);
-      mulhilo(v2, m1, hi1, lo1);
-      const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi1, v1), _mm256_set1_epi32(static_cast<int>(k0)));
-      const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, v3), _mm256_set1_epi32(static_cast<int>(k1)));
-      v1 = lo1;
-      v3 = lo0;
-      v0 = n0;
-      v2 = n2;
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c0), v0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c1), v1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c2), v2);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c3), v3);
+    // The shared vector Philox (vec.hpp), 8 blocks at a time at every level
+    // (the element-to-block map above fixes 8, so every level draws the same
+    // slopes); at the generic level one block per call.
+    alignas(32) std::uint32_t w[4][kPhiloxLanes];
+#if defined(NERVE_VEC_AVX2)
+    simd::philox_blocks<simd::i32x8, kPhiloxLanes>(key, ctr_hi, first_block, w);
 #else
-    for (int round = 0; round < 10; ++round) {
-#pragma omp simd
-      for (int l = 0; l < kPhiloxLanes; ++l) {
-        // Philox4x32 round, exactly as Philox4x32::generate (rng.hpp).
-        const std::uint64_t p0 = static_cast<std::uint64_t>(0xD2511F53u) * c0[l];
-        const std::uint64_t p1 = static_cast<std::uint64_t>(0xCD9E8D57u) * c2[l];
-        const std::uint32_t n0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1[l] ^ k0;
-        const std::uint32_t n2 = static_cast<std::uint32_t>(p0 >> 32) ^ c3[l] ^ k1;
-        c1[l] = static_cast<std::uint32_t>(p1);
-        c3[l] = static_cast<std::uint32_t>(p0);
-        c0[l] = n0;
-        c2[l] = n2;
-      }
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
+    for (int l = 0; l < kPhiloxLanes; ++l) {
+      std::uint32_t one[4][1];
+      simd::philox_blocks<std::int32_t, 1>(key, ctr_hi, first_block + static_cast<std::uint64_t>(l), one);
+      for (int k = 0; k < 4; ++k) w[k][l] = one[k][0];
     }
 #endif
+    const std::uint32_t *c0 = w[0], *c1 = w[1], *c2 = w[2], *c3 = w[3];
     // Word w of lane l goes to element 8w + l: contiguous vector stores.
 #pragma omp simd
     for (int l = 0; l < kPhiloxLanes; ++l) {
