@@ -221,3 +221,16 @@ def test_threads_parameter_is_scoped_to_the_fit(iris):
     assert clf.n_threads_ == 1 and nv.get_num_threads() == before
     with pytest.raises(ValueError, match="threads must be an int >= 1"):
         NerveClassifier(threads=0).fit(x, y)
+
+
+def test_compare_script_runs_and_prints_a_markdown_row():
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "sklearn_compare.py"
+    out = subprocess.run([sys.executable, str(script), "--repeats", "1", "--markdown", "--only", "iris"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    row = [ln for ln in out.stdout.splitlines() if ln.startswith("| iris")]
+    assert len(row) == 1 and "test accuracy" in row[0] and row[0].count("|") == 8

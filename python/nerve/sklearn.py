@@ -156,13 +156,9 @@ class _NerveMLP(BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True  # densified (documented): MLP takes sparse input too
-        # Trained by stochastic mini-batch descent like MLP: a fit from a
-        # fixed random_state is reproducible, but tiny data sets may score below
-        # the checks' thresholds in few epochs.
-        tags.non_deterministic = False
         return tags
 
-    def _validate_params(self):
+    def _check_params(self):
         def positive_int(name, v, lo=1):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
@@ -212,7 +208,7 @@ class _NerveMLP(BaseEstimator):
         return _optimizers.Adam(lr=lr, betas=(float(self.beta_1), float(self.beta_2)), eps=float(self.epsilon))
 
     def _build(self, n_features, n_out, batch):
-        sizes = self._validate_params()
+        sizes = self._check_params()
         # MLP's penalty is 0.5 * alpha * ||W||^2 / batch_size added to the mean
         # batch loss; nerve's l2(c) adds c * ||W||^2, so c = alpha / (2 batch_size).
         reg = _regularizers.L2(float(self.alpha) / (2.0 * batch)) if self.alpha > 0 else None
@@ -249,7 +245,7 @@ class _NerveMLP(BaseEstimator):
         return np.ascontiguousarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float32)
 
     def _fit(self, X, y, sample_weight, incremental, classes=None):
-        self._validate_params()
+        self._check_params()
         first = not (incremental or self.warm_start) or not hasattr(self, "model_")
         X, y = validate_data(self, X, y, reset=first, accept_sparse=["csr", "csc", "coo"],
                              dtype=(np.float32, np.float64), multi_output=self._loss == "mse",
