@@ -13,6 +13,24 @@
 #include <Eigen/Core>
 
 #include "nerve/parallel.hpp"
+#include "nerve/vec.hpp"
+
+// The 12 x 32 zmm micro-kernel (NERVE_AVX512_GEMM=ON in CMake) at the avx512
+// level; off by default: on the shared 2-core Zen 4 VM it was not shown
+// faster than the 6 x 16 ymm kernel (docs/design.md, "GEMM per level"), and
+// the avx512 level must never be slower than avx2. Off, the avx512 level runs
+// the avx2 table below, compiled with AVX-512 enabled.
+#if defined(NERVE_VEC_AVX512) && defined(NERVE_AVX512_GEMM)
+#define NERVE_GEMM_ZMM 1
+#endif
+
+// The avx512 level's cache blocks (overridable for the blocking sweep in docs/design.md).
+#ifndef NERVE_GEMM_KC
+#define NERVE_GEMM_KC 256
+#endif
+#ifndef NERVE_GEMM_MC
+#define NERVE_GEMM_MC 96
+#endif
 
 namespace nerve {
 namespace {
@@ -65,10 +83,23 @@ Index balanced_block(Index total, Index cap, Index unit) {
   return equal_blocks(total, ceil_div(total, cap), unit);
 }
 
-// Tile edges: up to a whole number of micro-kernel rows and columns (kMR and
-// kNR below).
+// The GEMM of each CPU level, one row of a table as BLIS's cntx_init files:
+//   level    micro-kernel                  MR  NR  KC   MC   NC
+//   avx512   12 x 32, 24 zmm accumulators  12  32  256  96   2048  (NERVE_AVX512_GEMM=ON)
+//   avx512   as avx2 (the default)
+//   avx2     6 x 16, 12 ymm accumulators    6  16  392  72   2048
+//   generic  Eigen's own GEMM kernel (its blocking), 6 x 16 tiles
+// The level is fixed at compile time (each level is its own build), so the
+// table is constants. Tiles, panels and cache blocks depend on the shape and
+// these constants alone: the same bits for any thread count within a level.
+// Tile edges are a whole number of micro-kernel rows and columns.
+#if defined(NERVE_GEMM_ZMM)
+constexpr Index kRowQuantum = 12;
+constexpr Index kColQuantum = 32;
+#else
 constexpr Index kRowQuantum = 6;
 constexpr Index kColQuantum = 16;
+#endif
 
 // How many row tiles M rows make when cut into `pieces` equal tiles of whole
 // panels (at most `pieces`).
@@ -175,7 +206,15 @@ constexpr Index kMR = kRowQuantum, kNR = kColQuantum;
 // so C is read and written once less: the forward 512 x 784 x 512 ran 1%
 // faster on 1 and 2 threads, at batch 512 and 2048 (BM_gemm, best of 5,
 // 3 alternating rounds); no other benchmarked depth changes.
+#if defined(NERVE_GEMM_ZMM)
+// Zen 4 (32 KB L1d, 1 MB L2 per core): a kc x 32 micro-panel of B is 32 KB
+// at kc = 256 (128 bytes a k), the L1 with A's broadcasts streaming past it;
+// the 96 x 256 block of A (96 KB) stays in L2. See docs/design.md for the
+// measurements.
+constexpr Index kMaxKC = NERVE_GEMM_KC, kMaxMC = NERVE_GEMM_MC, kMaxNC = 2048;
+#else
 constexpr Index kMaxKC = 392, kMaxMC = 72, kMaxNC = 2048;
+#endif
 
 // In-register transpose of 8 rows of 8 floats.
 inline void transpose8(__m256 r[8]) {
@@ -199,6 +238,25 @@ inline void transpose8(__m256 r[8]) {
 // Packs the mc x kc block of a transposed op(A) (op(A)[i][k] = a[k lda + i])
 // into MR-row micro-panels: panel p holds, for k = 0..kc-1, the MR values
 // op(A)[p MR + r][k], missing rows 0.
+#if defined(NERVE_GEMM_ZMM)
+// AVX-512: one masked 16-lane load and one masked 12-lane store per panel and
+// k (nothing read past a panel's last row, nothing written past its slot).
+void pack_a_transposed(Index mc, Index kc, const float* a, Index lda, float* dst) {
+  const Index panels = ceil_div(mc, kMR), panel_size = kMR * kc;
+  const __mmask16 full = static_cast<__mmask16>((1u << kMR) - 1u);
+  const __mmask16 last = static_cast<__mmask16>((1u << (mc - (panels - 1) * kMR)) - 1u);
+  for (Index k = 0; k < kc; ++k) {
+    const float* row = a + k * lda;
+    for (Index i = 0; i < mc; i += 16)
+      _mm_prefetch(reinterpret_cast<const char*>(row + 8 * lda + i), _MM_HINT_T0);
+    float* d = dst + k * kMR;
+    for (Index p = 0; p < panels; ++p, d += panel_size) {
+      const __m512 v = _mm512_maskz_loadu_ps(p + 1 < panels ? full : last, row + p * kMR);
+      _mm512_mask_storeu_ps(d, full, v);
+    }
+  }
+}
+#else
 void pack_a_transposed(Index mc, Index kc, const float* a, Index lda, float* dst) {
   const Index panels = ceil_div(mc, kMR), panel_size = kMR * kc;
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -228,6 +286,7 @@ void pack_a_transposed(Index mc, Index kc, const float* a, Index lda, float* dst
     }
   }
 }
+#endif
 
 // Packs the mc x kc block of a row-major op(A) (op(A)[i][k] = a[i lda + k])
 // into the same micro-panels, 8 k at a time: 6 rows (+2 zero rows) of 8 are
@@ -240,6 +299,23 @@ void pack_a_rows(Index mc, Index kc, const float* a, Index lda, float* dst) {
     const float* row = a + i0 * lda;
     Index k = 0;
     if (rows == kMR) {
+#if defined(NERVE_GEMM_ZMM)
+      // 12 rows as two 8 x 8 transposes (rows 0-7, rows 8-11 and 4 zero
+      // rows); the second group's 4 extra lanes spill into the next slot,
+      // which the next store overwrites (4 floats past the last panel).
+      for (; k + 8 <= kc; k += 8) {
+        __m256 r[8], q[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(row + i * lda + k);
+        for (int i = 0; i < 4; ++i) q[i] = _mm256_loadu_ps(row + (8 + i) * lda + k);
+        for (int i = 4; i < 8; ++i) q[i] = _mm256_setzero_ps();
+        transpose8(r);
+        transpose8(q);
+        for (int t = 0; t < 8; ++t) {
+          _mm256_storeu_ps(dst + (k + t) * kMR, r[t]);
+          _mm256_storeu_ps(dst + (k + t) * kMR + 8, q[t]);
+        }
+      }
+#else
       for (; k + 8 <= kc; k += 8) {
         __m256 r[8];
         for (int i = 0; i < kMR; ++i) r[i] = _mm256_loadu_ps(row + i * lda + k);
@@ -247,6 +323,7 @@ void pack_a_rows(Index mc, Index kc, const float* a, Index lda, float* dst) {
         transpose8(r);
         for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (k + t) * kMR, r[t]);
       }
+#endif
     }
     for (; k < kc; ++k)
       for (Index r = 0; r < kMR; ++r) dst[k * kMR + r] = r < rows ? row[r * lda + k] : 0.0f;
@@ -272,18 +349,15 @@ void pack_b_rows(const float* b, Index ldb, Index count, Index k, Index kc, Inde
     const float* src = b + j0;
     const Index cols = std::min(kNR, nc - j0);
     if (cols == kNR) {
-      for (Index r = 0; r < count; ++r, d += kNR, src += ldb) {
-        _mm256_store_ps(d, _mm256_loadu_ps(src));
-        _mm256_store_ps(d + 8, _mm256_loadu_ps(src + 8));
-      }
+      for (Index r = 0; r < count; ++r, d += kNR, src += ldb)
+        for (Index h = 0; h < kNR; h += 8) _mm256_store_ps(d + h, _mm256_loadu_ps(src + h));
     } else {  // masked loads neither read nor fault past the last column
       const __m256i c = _mm256_set1_epi32(static_cast<int>(cols));
-      const __m256i lo = _mm256_cmpgt_epi32(c, lanes);
-      const __m256i hi = _mm256_cmpgt_epi32(_mm256_sub_epi32(c, _mm256_set1_epi32(8)), lanes);
-      for (Index r = 0; r < count; ++r, d += kNR, src += ldb) {
-        _mm256_store_ps(d, _mm256_maskload_ps(src, lo));
-        _mm256_store_ps(d + 8, _mm256_maskload_ps(src + 8, hi));
-      }
+      __m256i mask[kNR / 8];
+      for (Index h = 0; h < kNR; h += 8)
+        mask[h / 8] = _mm256_cmpgt_epi32(_mm256_sub_epi32(c, _mm256_set1_epi32(static_cast<int>(h))), lanes);
+      for (Index r = 0; r < count; ++r, d += kNR, src += ldb)
+        for (Index h = 0; h < kNR; h += 8) _mm256_store_ps(d + h, _mm256_maskload_ps(src + h, mask[h / 8]));
     }
   }
 }
@@ -328,6 +402,62 @@ void pack_b(bool trans, Index kc, Index nc, const float* b, Index ldb, float* ds
 // results are not wanted, and the rows may not exist). Not inlined: inside
 // packed_gemm's loops the compiler ran short of registers and kept the k
 // counter and accumulators on the stack.
+#if defined(NERVE_GEMM_ZMM)
+// The avx512 micro-kernel: a 12 x 32 block of C in 24 zmm accumulators (of
+// 32 registers: 2 hold B's row, the broadcasts of A fold into the FMAs as
+// {1to16} memory operands). Per k: 2 loads of B, 12 broadcasts, 24 FMAs;
+// the 6 x 16 ymm kernel needs 8 loads for 12 FMAs of half the width. Zen 4
+// issues one zmm FMA per cycle (two 256-bit pipes), so the gain is in fewer
+// instructions, loads and C traffic per flop, not in peak flops.
+template <bool add>
+__attribute__((noinline)) void micro_kernel(Index kc, const float* a, Index row_stride,
+                                            Index k_stride, Index rows, const float* b, float* c,
+                                            Index ldc) {
+  __m512 acc[kMR][2];
+#pragma GCC unroll 12
+  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  const float* a_row[kMR];
+#pragma GCC unroll 12
+  for (int i = 0; i < kMR; ++i) {
+    a_row[i] = a + std::min<Index>(i, rows - 1) * row_stride;
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + kNR - 1), _MM_HINT_T0);
+  }
+  if (k_stride == kMR && row_stride == 1) {
+    // A packed panel (zero rows past `rows`): a k's 12 values are adjacent.
+    for (Index k = 0; k < kc; ++k, a += kMR, b += kNR) {
+      const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+#pragma GCC unroll 12
+      for (int i = 0; i < kMR; ++i) {
+        const __m512 x = _mm512_set1_ps(a[i]);
+        acc[i][0] = _mm512_fmadd_ps(x, b0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(x, b1, acc[i][1]);
+      }
+    }
+  } else {
+    for (Index ak = 0, end = kc * k_stride; ak != end; ak += k_stride, b += kNR) {
+      const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+#pragma GCC unroll 12
+      for (int i = 0; i < kMR; ++i) {
+        const __m512 x = _mm512_set1_ps(a_row[i][ak]);
+        acc[i][0] = _mm512_fmadd_ps(x, b0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(x, b1, acc[i][1]);
+      }
+    }
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < kMR; ++i) {
+    float* ci = c + i * ldc;
+    __m512 lo = acc[i][0], hi = acc[i][1];
+    if (add) {
+      lo = _mm512_add_ps(_mm512_loadu_ps(ci), lo);
+      hi = _mm512_add_ps(_mm512_loadu_ps(ci + 16), hi);
+    }
+    _mm512_storeu_ps(ci, lo);
+    _mm512_storeu_ps(ci + 16, hi);
+  }
+}
+#else
 template <bool add>
 __attribute__((noinline)) void micro_kernel(Index kc, const float* a, Index row_stride,
                                             Index k_stride, Index rows, const float* b, float* c,
@@ -375,6 +505,7 @@ __attribute__((noinline)) void micro_kernel(Index kc, const float* a, Index row_
   store(c + 4 * ldc, c40, c41);
   store(c + 5 * ldc, c50, c51);
 }
+#endif
 
 // One rows x cols (<= MR x NR) block of C. A partial block is computed into a
 // local buffer first, so that nothing outside C is read or written.
@@ -387,7 +518,7 @@ void block_product(Index kc, const float* a, Index row_stride, Index k_stride, c
       micro_kernel<false>(kc, a, row_stride, k_stride, rows, b, c, ldc);
     return;
   }
-  alignas(32) float tmp[kMR * kNR];
+  alignas(64) float tmp[kMR * kNR];
   micro_kernel<false>(kc, a, row_stride, k_stride, rows, b, tmp, kNR);
   for (Index i = 0; i < rows; ++i)
     for (Index j = 0; j < cols; ++j)
@@ -417,8 +548,8 @@ void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const fl
   // gained 2-5% (NN) and 0-3% (NT); on its 128-column tiles at batch 512 it
   // lost 3-5%.
   const bool pack_a = trans_a || (lda % 1024 == 0 && n >= 512);
-  // +8: pack_a_rows may write 2 floats past its last panel; the rounding
-  // keeps B 64-byte aligned.
+  // +8: pack_a_rows may write 2 (avx512: 4) floats past its last panel; the
+  // rounding keeps B 64-byte aligned.
   const Index size_a = pack_a ? ceil_div(mc_max * kc_max + 8, 16) * 16 : 0;
   float* packed_a = workspace(size_a + (prepacked_b ? 0 : kc_max * nc_max));
   float* block_b = packed_a + size_a;
