@@ -146,3 +146,26 @@ def test_directory_instead_of_a_file_is_a_model_file_error(tmp_path):
     with pytest.raises(nv.ModelFileError) as info:
         nv.load_model(tmp_path)
     assert isinstance(info.value.__cause__, OSError)
+
+
+# -- findings of the fuzz targets (fuzz/), kept as regression tests -----------------
+def test_corrupt_npz_dataset_is_a_value_error(tmp_path):
+    # fuzz_table: a bad CRC in y.npy escaped load_file as zipfile.BadZipFile.
+    buf = io.BytesIO()
+    np.savez(buf, x=np.arange(6, dtype=np.float32).reshape(3, 2), y=np.array([0, 1, 0]))
+    data = bytearray(buf.getvalue())
+    i = data.rfind(b"\x93NUMPY")  # inside the last member (y.npy): its CRC no longer matches
+    data[i + 60] ^= 0x01
+    path = tmp_path / "d.npz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError) as info:
+        nv.datasets.load_file(path)
+    assert info.value.__cause__ is not None or "npz" in str(info.value).lower()
+
+
+def test_idx_header_whose_size_product_wraps_is_refused(tmp_path):
+    # 4 dimensions of 65536: np.prod wrapped the element count to 0 in int64.
+    path = tmp_path / "x.idx"
+    path.write_bytes(bytes([0, 0, 8, 4]) + (65536).to_bytes(4, "big") * 4)
+    with pytest.raises(ValueError, match="header says"):
+        nv.datasets.read_idx(path)

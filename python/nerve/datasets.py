@@ -5,6 +5,7 @@ Images are scaled to [0, 1] floats (float32) and flattened to rows; labels are i
 """
 import csv
 import gzip
+import math
 import os
 import struct
 
@@ -34,7 +35,7 @@ def read_idx(path):
     if len(data) < 4 + 4 * ndim:
         raise ValueError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", data[4: 4 + 4 * ndim])
-    count = int(np.prod(shape)) if ndim else 1
+    count = math.prod(shape)  # exact: np.prod wraps around in int64 for hostile headers
     itemsize = np.dtype(dtype).itemsize
     body = data[4 + 4 * ndim:]
     if len(body) != count * itemsize:
@@ -214,10 +215,18 @@ def load_table(path, task="auto", delimiter="auto", header="auto", index_column=
     info = {"delimiter": None, "header": None, "index_column_dropped": False}
     float_dtype = False
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
-            if "x" not in f.files or "y" not in f.files:
-                raise ValueError(f"{path}: an NPZ dataset needs arrays named 'x' and 'y', found {f.files}")
-            x, y = np.asarray(f["x"]), np.asarray(f["y"])
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if "x" not in f.files or "y" not in f.files:
+                    raise ValueError(f"{path}: an NPZ dataset needs arrays named 'x' and 'y', found {f.files}")
+                x, y = np.asarray(f["x"]), np.asarray(f["y"])
+        except ValueError:
+            raise
+        except Exception as e:  # a corrupt archive: BadZipFile, zlib.error, EOFError, ... (found by fuzz_table)
+            raise ValueError(f"{path}: not a readable NPZ file ({type(e).__name__}: {e})") from e
+        if x.ndim == 0 or y.ndim == 0:
+            raise ValueError(f"{path}: x and y must be arrays, not scalars, got shapes "
+                             f"{np.shape(x)} and {np.shape(y)}")
         if x.dtype.kind not in "fiub":
             raise ValueError(f"{path}: x must be numeric, got dtype {x.dtype}")
         float_dtype = y.dtype.kind == "f"
