@@ -60,8 +60,8 @@ template <class I, class F>
 NERVE_INLINE void pow2_split(I n, F& s1, F& s2) {
   I n1 = n >> 1;
   I n2 = n - n1;
-  s1 = as_float((n1 + I(127)) << 23);
-  s2 = as_float((n2 + I(127)) << 23);
+  s1 = as_float(sll(n1 + I(127), 23));
+  s2 = as_float(sll(n2 + I(127), 23));
 }
 
 // exp(a + b) where b is a small correction (|b| < ~4) carried separately so
@@ -119,8 +119,8 @@ NERVE_INLINE F log_corr(F x, same_t<F> c) {
   using I = i32_of<F>;
   I ix = as_int(x) - I(0x3f3504f3);  // offset makes m start at sqrt(1/2)
   I k = ix >> 23;
-  F m = as_float(as_int(x) - (k << 23));
-  F f = (m - F(1.0f)) + c * as_float((I(127) - k) << 23);
+  F m = as_float(as_int(x) - sll(k, 23));
+  F f = (m - F(1.0f)) + c * as_float(sll(I(127) - k, 23));
   F s = f / (F(2.0f) + f);
   F s2 = s * s;
   F R = F(2.0f / 13.0f);

@@ -84,6 +84,12 @@ NERVE_INLINE float reduce_max(float x) { return x; }
 NERVE_INLINE std::int32_t srl(std::int32_t a, int n) {
   return static_cast<std::int32_t>(static_cast<std::uint32_t>(a) >> n);
 }
+// Logical shift left, wrapping like the vector instructions: << on a negative
+// std::int32_t is undefined behaviour in C++17 (exponent fields built from a
+// NaN's or an out-of-range input's bits reach it; UBSan flagged them).
+NERVE_INLINE std::int32_t sll(std::int32_t a, int n) {
+  return static_cast<std::int32_t>(static_cast<std::uint32_t>(a) << n);
+}
 // (hi, lo) 32-bit halves of the 64-bit product a * m (a, m unsigned): Philox's multiply.
 NERVE_INLINE void mulhilo(std::int32_t a, std::uint32_t m, std::int32_t& hi, std::int32_t& lo) {
   const std::uint64_t p = static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) * m;
@@ -197,6 +203,7 @@ NERVE_INLINE i32x8 operator^(i32x8 a, i32x8 b) { return _mm256_xor_si256(a.v, b.
 NERVE_INLINE i32x8 operator<<(i32x8 a, int n) { return _mm256_sll_epi32(a.v, _mm_cvtsi32_si128(n)); }
 NERVE_INLINE i32x8 operator>>(i32x8 a, int n) { return _mm256_sra_epi32(a.v, _mm_cvtsi32_si128(n)); }
 NERVE_INLINE i32x8 srl(i32x8 a, int n) { return _mm256_srl_epi32(a.v, _mm_cvtsi32_si128(n)); }
+NERVE_INLINE i32x8 sll(i32x8 a, int n) { return a << n; }
 NERVE_INLINE void mulhilo(i32x8 a, std::uint32_t m, i32x8& hi, i32x8& lo) {
   const __m256i mm = _mm256_set1_epi32(static_cast<int>(m));
   const __m256i even = _mm256_mul_epu32(a.v, mm);                         // lanes 0,2,4,6
@@ -329,6 +336,7 @@ NERVE_INLINE i32x16 operator^(i32x16 a, i32x16 b) { return _mm512_xor_si512(a.v,
 NERVE_INLINE i32x16 operator<<(i32x16 a, int n) { return _mm512_sll_epi32(a.v, _mm_cvtsi32_si128(n)); }
 NERVE_INLINE i32x16 operator>>(i32x16 a, int n) { return _mm512_sra_epi32(a.v, _mm_cvtsi32_si128(n)); }
 NERVE_INLINE i32x16 srl(i32x16 a, int n) { return _mm512_srl_epi32(a.v, _mm_cvtsi32_si128(n)); }
+NERVE_INLINE i32x16 sll(i32x16 a, int n) { return a << n; }
 NERVE_INLINE void mulhilo(i32x16 a, std::uint32_t m, i32x16& hi, i32x16& lo) {
   const __m512i mm = _mm512_set1_epi32(static_cast<int>(m));
   const __m512i even = _mm512_mul_epu32(a.v, mm);
