@@ -42,3 +42,15 @@ def test_generated_api_reference_covers_the_public_names():
     committed = (ROOT / "docs" / "api.md").read_text()
     for name in ("NerveClassifier", "sample_weight", "predict_proba", "top_k_accuracy"):
         assert name in committed, name
+
+
+def test_api_reference_is_current():
+    """docs/api.md is generated from the code: a name added without
+    regenerating it (python docs/gen_api.py) fails here."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "docs" / "gen_api.py"), "--check"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
