@@ -96,10 +96,9 @@ static double weight_rows(const Loss& loss, const float* y, const Target& target
   return total / static_cast<double>(batch);
 }
 
-StepResult Network::compute_gradients(const float* x, Index batch, const Target& target, const Loss& loss,
-                                      bool count, bool data_checked, float grad_scale) {
-  require(batch > 0, "compute_gradients: empty batch");
-  require(std::isfinite(grad_scale), "compute_gradients: grad_scale must be finite");
+StepResult Network::forward_loss(const char* who, const float* x, Index batch, const Target& target,
+                                 const Loss& loss, bool count, bool data_checked) {
+  if (batch <= 0) require(false, std::string(who) + ": empty batch");  // the string only when it fails
   const Index out = output_dim();
   check_batch(batch, true);
   if (!data_checked) {
@@ -114,11 +113,20 @@ StepResult Network::compute_gradients(const float* x, Index batch, const Target&
   result.loss = loss_forward_backward(loss, y, target, batch, out, dy);
   if (target.weights) result.loss = weight_rows(loss, y, target, batch, out, dy);
   if (count)
+    // One logit column (trained with BCE-with-logits) is decided at 0, not 0.5.
     result.correct = loss.kind == LossKind::BinaryCrossEntropyWithLogits
                          ? count_correct_logit_threshold(y, target, batch, out)
                          : count_correct(y, target, batch, out);
+  return result;
+}
+
+StepResult Network::compute_gradients(const float* x, Index batch, const Target& target, const Loss& loss,
+                                      bool count, bool data_checked, float grad_scale) {
+  require(std::isfinite(grad_scale), "compute_gradients: grad_scale must be finite");
+  StepResult result = forward_loss("compute_gradients", x, batch, target, loss, count, data_checked);
+  float* dy = loss_grad();
   if (grad_scale != 1.0f)
-    for (Index i = 0, n = batch * out; i < n; ++i) dy[i] *= grad_scale;
+    for (Index i = 0, n = batch * output_dim(); i < n; ++i) dy[i] *= grad_scale;
   backward(dy, batch, false, nullptr, nullptr);
   return result;
 }
@@ -137,25 +145,7 @@ double Network::apply_update(Optimizer& opt) {
 
 StepResult Network::train_step(const float* x, Index batch, const Target& target, const Loss& loss,
                                Optimizer& opt, bool count, bool data_checked) {
-  require(batch > 0, "train_step: empty batch");
-  const Index out = output_dim();
-  check_batch(batch, true);
-  if (!data_checked) {
-    check_finite(x, batch, input_dim_, "input batch");
-    validate_target(loss, target, batch, out);
-    if (target.values && loss.kind != LossKind::Distillation)
-      check_finite(target.values, batch, out, "target batch");
-  }
-
-  const float* y = forward(x, batch, true);
-  StepResult result;
-  result.loss = loss_forward_backward(loss, y, target, batch, out, loss_grad());
-  if (target.weights) result.loss = weight_rows(loss, y, target, batch, out, loss_grad());
-  if (count)
-    // One logit column (trained with BCE-with-logits) is decided at 0, not 0.5.
-    result.correct = loss.kind == LossKind::BinaryCrossEntropyWithLogits
-                         ? count_correct_logit_threshold(y, target, batch, out)
-                         : count_correct(y, target, batch, out);
+  StepResult result = forward_loss("train_step", x, batch, target, loss, count, data_checked);
   // The optimizer's step in pieces: validation and per-step scalars first,
   // then the layers' own updates inside backward (when allowed), then every
   // parameter not updated yet. Same kernels, same order per element as

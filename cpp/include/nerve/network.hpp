@@ -94,6 +94,11 @@ class Network {
   // With `update` set (between its begin_step and finish_step), layers may
   // update their parameters as their gradients complete (StepContext).
   void backward(const float* dout, Index batch, bool accumulate, float* dx, Optimizer* update);
+  // The part train_step and compute_gradients share: the batch's checks
+  // (unless data_checked), the training forward, the (weighted) loss and its
+  // gradient into loss_grad(), and the count of correct predictions.
+  StepResult forward_loss(const char* who, const float* x, Index batch, const Target& target,
+                          const Loss& loss, bool count, bool data_checked);
 
   Index input_dim_;
   LayerStack stack_;                    // the layers and the buffers between them
