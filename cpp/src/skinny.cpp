@@ -5,33 +5,27 @@
 #include <cstring>
 
 #include "nerve/parallel.hpp"
+#include "nerve/vec.hpp"
 
 namespace nerve {
 
 namespace {
 
-// Eight floats as a GCC/Clang vector (one ymm op under AVX2, two xmm ops in a
-// generic build): no intrinsics, so the file builds for every CPU level.
-typedef float v8 __attribute__((vector_size(32)));
-
-inline v8 load8(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
-inline v8 splat(float a) { return v8{a, a, a, a, a, a, a, a}; }
+using simd::v8;
+using simd::load8;
+using simd::store8;
+using simd::splat8;
 
 constexpr Index kStrip = 16;  // columns per strip: two vectors
-constexpr int kRowBlock = 6;
-constexpr Index kPrefetchRows = 64;  // rows of B ahead (past the end is harmless: prefetches never fault)  // rows per register block: 12 accumulators + 2 B vectors + a broadcast
+constexpr int kRowBlock = 6;  // rows per register block: 12 accumulators + 2 B vectors + a broadcast
+constexpr Index kPrefetchRows = 64;  // rows of B ahead (past the end is harmless: prefetches never fault)
 
 // C[0:MR, 0:8*NV] = A[0:MR, :] B[:, 0:8*NV], MR * NV accumulators.
 template <int MR, int NV>
 inline void block(Index K, const float* A, Index lda, const float* B, Index ldb, float* C, Index ldc) {
   v8 acc[MR][NV];
   for (int m = 0; m < MR; ++m)
-    for (int v = 0; v < NV; ++v) acc[m][v] = splat(0.0f);
+    for (int v = 0; v < NV; ++v) acc[m][v] = splat8(0.0f);
   for (Index k = 0; k < K; ++k) {
     // A strip walks down B's rows, a cache line or two a row and a new page
     // every few rows, where the hardware prefetchers stop: fetch ahead by hand.
@@ -40,7 +34,7 @@ inline void block(Index K, const float* A, Index lda, const float* B, Index ldb,
     v8 b[NV];
     for (int v = 0; v < NV; ++v) b[v] = load8(B + k * ldb + 8 * v);
     for (int m = 0; m < MR; ++m) {
-      const v8 a = splat(A[m * lda + k]);
+      const v8 a = splat8(A[m * lda + k]);
       for (int v = 0; v < NV; ++v) acc[m][v] += a * b[v];
     }
   }

@@ -8,6 +8,7 @@
 
 #include "nerve/gemm.hpp"
 #include "nerve/parallel.hpp"
+#include "nerve/vec.hpp"
 
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -23,18 +24,10 @@ namespace nerve {
 
 namespace {
 
-// Eight floats as one GCC/Clang vector: AVX2 compiles each operation to one
-// ymm instruction, a generic (SSE2) build to two xmm ones; no intrinsics, so
-// the file builds for every CPU level.
-typedef float v8 __attribute__((vector_size(32)));
-
-inline v8 load8(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
-inline v8 splat(float a) { return v8{a, a, a, a, a, a, a, a}; }
+using simd::v8;
+using simd::load8;
+using simd::store8;
+using simd::splat8;
 
 constexpr Index kPanel = 32;   // rows per full panel (four vectors)
 constexpr Index kPanelTail = 8;  // rows per tail panel (one vector)
@@ -59,7 +52,7 @@ void sell_groups(const SellMatrix& w, const float* x, float* y, Index g0, Index 
   for (Index g = g0; g < g1; ++g) {
     // Four accumulators over consecutive slices: the gathers and FMAs of
     // neighbouring slices do not wait on each other.
-    v8 a0 = splat(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    v8 a0 = splat8(0.0f), a1 = a0, a2 = a0, a3 = a0;
     Index s = gp[g];
     const Index end = gp[g + 1];
     for (; s + 4 <= end; s += 4) {
@@ -99,11 +92,11 @@ void panel_product(const CsrMatrix& w, const float* xt, Index rows, float* yt, f
   for (Index j = 0; j < out; ++j) {
     // Two accumulator sets (even and odd nonzeros): 2V independent FMA chains.
     v8 a[V], b[V];
-    for (int q = 0; q < V; ++q) a[q] = b[q] = splat(0.0f);
+    for (int q = 0; q < V; ++q) a[q] = b[q] = splat8(0.0f);
     Index k = rp[j];
     const Index end = rp[j + 1];
     for (; k + 2 <= end; k += 2) {
-      const v8 w0 = splat(v[k]), w1 = splat(v[k + 1]);
+      const v8 w0 = splat8(v[k]), w1 = splat8(v[k + 1]);
       const float* s0 = xt + static_cast<Index>(ix[k]) * P;
       const float* s1 = xt + static_cast<Index>(ix[k + 1]) * P;
       for (int q = 0; q < V; ++q) {
@@ -112,7 +105,7 @@ void panel_product(const CsrMatrix& w, const float* xt, Index rows, float* yt, f
       }
     }
     if (k < end) {
-      const v8 w0 = splat(v[k]);
+      const v8 w0 = splat8(v[k]);
       const float* s0 = xt + static_cast<Index>(ix[k]) * P;
       for (int q = 0; q < V; ++q) a[q] += w0 * load8(s0 + 8 * q);
     }

@@ -444,5 +444,18 @@ NERVE_INLINE void philox_blocks(std::uint64_t key, std::uint64_t hi, std::uint64
   store_i32(reinterpret_cast<std::int32_t*>(out[3]), c3);
 }
 
+// Eight floats as a GCC/Clang vector at every level (one ymm op under AVX2,
+// two xmm ops in a generic build): for kernels whose blocking is fixed at 8
+// columns (the few-row and sparse inference products) rather than the level's
+// own width.
+typedef float v8 __attribute__((vector_size(32)));
+NERVE_INLINE v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+NERVE_INLINE void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+NERVE_INLINE v8 splat8(float a) { return v8{a, a, a, a, a, a, a, a}; }
+
 }  // namespace simd
 }  // namespace nerve
