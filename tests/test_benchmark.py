@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import nerve
 from nerve import benchmark
@@ -33,6 +34,30 @@ def test_run_and_table_on_a_tiny_model(tmp_path):
                            "--seconds", "0.01", "--no-roof", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["meta"]["model"] == benchmark.MODELS["deep"] and len(data["results"]) == 1
+
+
+def test_peers_and_options():
+    assert benchmark.peers_of("torch,jax") == ["torch", "jax"]
+    assert benchmark.peers_of(None) == []
+    with pytest.raises(ValueError, match="unknown peer 'tf'"):
+        benchmark.peers_of("torch,tf")
+    assert benchmark._drop_options(["--threads", "1,2", "--json=x", "--rounds", "3"],
+                                   {"--threads": 1, "--json": 1}) == ["--rounds", "3"]
+    env = benchmark.jax_thread_env(1, {"XLA_FLAGS": "--a"})
+    assert env["XLA_FLAGS"].startswith("--a ") and "intra_op_parallelism_threads=1" in env["XLA_FLAGS"]
+    assert "XLA_FLAGS" not in benchmark.jax_thread_env(2, {}) or benchmark.jax_thread_env(2, {})["XLA_FLAGS"] == ""
+
+
+def test_jax_peer_runs_one_process_per_thread_count(tmp_path):
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    out = tmp_path / "r.json"
+    assert benchmark.main(["--against", "jax", "--model", "deep", "--batches", "2", "--threads", "1,2",
+                           "--rounds", "1", "--seconds", "0.01", "--no-roof", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["threads"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["jax_samples_per_s"] > 0 and r["ratio_jax"] > 0 and "ratio" not in r
 
 
 def test_sgemm_roof_is_a_positive_rate():

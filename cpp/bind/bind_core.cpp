@@ -132,6 +132,32 @@ void bind_core(py::module_& m) {
 
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("set_adaptive_threads", &set_adaptive_threads, py::arg("on"));
+  m.def("adaptive_threads", &adaptive_threads);
+  m.def("thread_guard_stats", [] {
+    const detail::ThreadGuard& g = detail::thread_guard;
+    py::dict d;
+    d["enabled"] = g.enabled.load();
+    d["team_regions"] = g.team_regions.load();
+    d["solo_regions"] = g.solo_regions.load();
+    d["stalls"] = g.stalls.load();
+    const std::int64_t until = g.solo_until_ns.load();
+    d["solo_now"] = until != 0 && detail::now_ns() < until;
+    d["backoff_ms"] = static_cast<double>(g.backoff_ns.load()) / 1e6;
+    return d;
+  }, "Counters of the oversubscription guard (parallel.hpp): regions run by the team, regions run "
+     "alone after a stall, stalls seen, whether regions run alone now, the current back-off.");
+  m.def("_set_worker_delay_ns", [](std::int64_t ns) { detail::thread_guard.worker_delay_ns.store(ns); },
+        py::arg("ns"), "Test hook: worker threads sleep this long as each parallel region starts.");
+  m.def("_reset_thread_guard", [] {
+    detail::ThreadGuard& g = detail::thread_guard;
+    g.solo_until_ns.store(0);
+    g.backoff_ns.store(detail::kMinBackoffNs);
+    g.resumed_ns.store(0);
+    g.team_regions.store(0);
+    g.solo_regions.store(0);
+    g.stalls.store(0);
+  }, "Test hook: forget the guard's state and counters.");
   m.def("set_flush_denormal", &set_flush_denormal, py::arg("on"));
   m.def("flush_denormal", &flush_denormal);
   m.def("alloc_count", [] { return AllocStats::allocations; },

@@ -1,5 +1,11 @@
 #include "nerve/parallel.hpp"
 
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #endif
@@ -44,6 +50,66 @@ bool apply_fp_mode(int mode) {
 #endif
 }
 }  // namespace detail
+
+namespace {
+bool adaptive_from_env() {
+  const char* v = std::getenv("NERVE_ADAPTIVE_THREADS");
+  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0 || std::strcmp(v, "false") == 0));
+}
+}  // namespace
+
+namespace detail {
+ThreadGuard thread_guard;
+const bool thread_guard_env_read = [] {
+  thread_guard.enabled.store(adaptive_from_env());
+  return true;
+}();
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void guard_note_region(std::int64_t work_ns, std::int64_t wait_ns) {
+  ThreadGuard& g = thread_guard;
+  g.team_regions.fetch_add(1, std::memory_order_relaxed);
+  if (!g.enabled.load(std::memory_order_relaxed)) return;
+  const bool stalled = wait_ns > kStallNs && wait_ns > 2 * work_ns;
+  const std::int64_t solo_until = g.solo_until_ns.load(std::memory_order_relaxed);
+  const std::int64_t resumed = g.resumed_ns.load(std::memory_order_relaxed);
+  std::int64_t backoff = g.backoff_ns.load(std::memory_order_relaxed);
+  const std::int64_t now = now_ns();
+  if (stalled) {
+    g.stalls.fetch_add(1, std::memory_order_relaxed);
+    // Stalled again soon after the team came back (or on the probe itself):
+    // the neighbour is still there, wait longer before the next probe.
+    if (solo_until != 0 || now - resumed < 4 * backoff) backoff = std::min(2 * backoff, kMaxBackoffNs);
+    g.backoff_ns.store(backoff, std::memory_order_relaxed);
+    g.solo_until_ns.store(now + backoff, std::memory_order_relaxed);
+  } else if (solo_until != 0) {
+    // A clean probe: the team again. The back-off is kept until the team has
+    // run clean for a while (below): one lucky probe proves little.
+    g.solo_until_ns.store(0, std::memory_order_relaxed);
+    g.resumed_ns.store(now, std::memory_order_relaxed);
+  } else if (backoff > kMinBackoffNs && now - resumed > 4 * backoff) {
+    g.backoff_ns.store(std::max(backoff / 2, kMinBackoffNs), std::memory_order_relaxed);
+    g.resumed_ns.store(now, std::memory_order_relaxed);
+  }
+}
+
+void worker_delay() {
+  const std::int64_t d = thread_guard.worker_delay_ns.load(std::memory_order_relaxed);
+  if (d > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(d));
+}
+}  // namespace detail
+
+void set_adaptive_threads(bool on) {
+  detail::thread_guard.enabled.store(on);
+  if (!on) detail::thread_guard.solo_until_ns.store(0);
+}
+
+bool adaptive_threads() { return detail::thread_guard.enabled.load(); }
 
 bool set_flush_denormal(bool on) {
   if (!detail::apply_fp_mode(on ? 1 : 0)) return false;

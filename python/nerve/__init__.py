@@ -100,6 +100,40 @@ def get_num_threads() -> int:
     return _core.num_threads()
 
 
+def set_adaptive_threads(on: bool) -> None:
+    """Turns the oversubscription guard on (the default) or off.
+
+    When the cores nerve's threads run on are shared with another busy process,
+    a worker thread is often off the CPU as a parallel loop starts, and the
+    loop waits for the scheduler to give it a time slice: two threads were 2x
+    slower than one (bench/busy_neighbour.py). With the guard on, nerve times
+    each multi-thread loop; when the calling thread waits at the end more than
+    0.3 ms and more than twice its own share took, the loops run on the calling
+    thread alone for a while (20 ms, doubling up to 1 s while stalls come back
+    soon after the team does, halving after it has run clean for four such
+    periods), then the team is tried again.
+    Results do not change: the work is split by shape, not by thread count.
+    ``NERVE_ADAPTIVE_THREADS=0`` in the environment turns it off at import;
+    ``thread_stats()`` shows what it did.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"set_adaptive_threads expects a bool, got {type(on).__name__}")
+    _core.set_adaptive_threads(on)
+
+
+def get_adaptive_threads() -> bool:
+    """Whether the oversubscription guard (set_adaptive_threads) is on."""
+    return bool(_core.adaptive_threads())
+
+
+def thread_stats() -> dict:
+    """What the oversubscription guard saw since import: ``team_regions``
+    (loops run by the thread team), ``solo_regions`` (loops run on the calling
+    thread alone because of a recent stall), ``stalls``, ``solo_now`` and the
+    current ``backoff_ms``, plus ``enabled``."""
+    return dict(_core.thread_guard_stats())
+
+
 def build_info() -> dict:
     """Version, compiler, SIMD level in use, OpenMP and threads of this build.
 
@@ -111,6 +145,7 @@ def build_info() -> dict:
     info["version"] = __version__
     info["cpu_level"] = _cpu_level
     info["cpu_levels"] = _loader.cpu_levels()
+    info["adaptive_threads"] = bool(_core.adaptive_threads())
     return info
 
 
@@ -126,6 +161,9 @@ __all__ = [
     "get_num_threads",
     "set_flush_denormal",
     "get_flush_denormal",
+    "set_adaptive_threads",
+    "get_adaptive_threads",
+    "thread_stats",
     "build_info",
     "clip_grad_norm_",
     "clip_grad_value_",

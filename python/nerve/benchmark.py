@@ -1,16 +1,20 @@
-"""End-to-end training benchmark: nerve against PyTorch eager, interleaved in one run.
+"""End-to-end training benchmark: nerve against PyTorch eager and JAX, interleaved in one run.
 
 Trains the same MLP (same initial weights, Adam, softmax cross-entropy) in
-both frameworks on the same random batches, one optimizer step per call, and
+each framework on the same random batches, one optimizer step per call, and
 reports samples/s per batch size and thread count as medians over rounds that
-alternate between the two, with the nerve/PyTorch ratio measured in the same
-run. Also reports the achieved GFLOP/s of the step (6·params-ish FLOPs per
+alternate between them, with the nerve/peer ratios measured in the same run.
+Peers: PyTorch eager (``torch``: model, loss.backward(), torch.optim.Adam) and
+JAX (``jax``: value_and_grad of the loss and optax.adam's update compiled into
+one XLA call with ``jax.jit``, parameters and state donated). XLA fixes its
+CPU thread pool when it starts, so with JAX each thread count runs in its own
+process (nerve, PyTorch and JAX all inside it, interleaved as before). Also reports the achieved GFLOP/s of the step (6·params-ish FLOPs per
 sample: forward 2, backward 4 per weight) and, for batches >= 512, that rate
 against the best sgemm GFLOP/s (numpy's BLAS or PyTorch's, 2048³) measured in
 the same run at the same thread count (bench/machine_limits.py has the
 per-shape table).
 
-Run: python bench/train_mlp.py [--against torch] [--threads 1,2] [--model ref]
+Run: python bench/train_mlp.py [--against torch,jax] [--threads 1,2] [--model ref]
 or:  nerve bench --against torch
 """
 import argparse
@@ -67,6 +71,74 @@ def _torch_model(sizes, weights, lr, fused):
     return model, opt
 
 
+def _jax_steps(sizes, weights, lr, xs, ys):
+    """A function k -> seconds for k JAX training steps (jit of the whole step)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def loss_fn(params, x, y):
+        h = x
+        for i, (w, b) in enumerate(params):
+            h = h @ w + b
+            if i < len(params) - 1:
+                h = jax.nn.relu(h)
+        return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
+
+    opt = optax.adam(lr)
+
+    def step(params, state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    params = [(jnp.asarray(weights[2 * i]), jnp.asarray(weights[2 * i + 1])) for i in range(len(sizes) - 1)]
+    box = {"params": params, "state": opt.init(params)}
+    jxs = [jax.device_put(x) for x in xs]
+    jys = [jax.device_put(y.astype(np.int32)) for y in ys]
+    pool = len(xs)
+
+    def jax_steps(k):
+        p, st = box["params"], box["state"]
+        t0 = time.perf_counter()
+        for i in range(k):
+            p, st, _ = step(p, st, jxs[i % pool], jys[i % pool])
+        jax.block_until_ready(p)
+        dt = time.perf_counter() - t0
+        box["params"], box["state"] = p, st
+        return dt
+
+    return jax_steps
+
+
+def jax_thread_env(threads, env=None):
+    """Environment for a process whose XLA CPU backend uses `threads` threads
+    (XLA reads XLA_FLAGS once, when the backend starts)."""
+    env = dict(os.environ if env is None else env)
+    flags = env.get("XLA_FLAGS", "")
+    if threads == 1:
+        flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    env["XLA_FLAGS"] = flags.strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def peers_of(against):
+    """'torch', 'torch,jax', None or a list -> list of peer names."""
+    if not against:
+        return []
+    names = against.split(",") if isinstance(against, str) else list(against)
+    for n in names:
+        if n not in PEERS:
+            raise ValueError(f"unknown peer {n!r}: choose from {', '.join(PEERS)}")
+    return names
+
+
+PEERS = {"torch": "PyTorch", "jax": "JAX"}
+
+
 def sgemm_roof(torch=None, n=2048, seconds=0.3, min_calls=7):
     """Best sgemm GFLOP/s of this process's BLAS libraries on an n x n x n
     product at the current thread count: numpy's (OpenBLAS) and PyTorch's (MKL)
@@ -113,8 +185,9 @@ def _init_weights(sizes, seed=0):
 def run(sizes, batches, threads, rounds, against, seconds, fused, log=print, roof=True):
     import nerve as nv
 
+    peers = peers_of(against)
     torch = None
-    if against == "torch":
+    if "torch" in peers:
         import torch
     results = []
     weights = _init_weights(sizes)
@@ -162,6 +235,8 @@ def run(sizes, batches, threads, rounds, against, seconds, fused, log=print, roo
                     return time.perf_counter() - t0
 
                 runners["torch"] = torch_steps
+            if "jax" in peers:
+                runners["jax"] = _jax_steps(sizes, weights, 1e-4, xs, ys)
             # Warm up and size each measurement to ~`seconds`.
             steps = {}
             for name, fn in runners.items():
@@ -181,13 +256,16 @@ def run(sizes, batches, threads, rounds, against, seconds, fused, log=print, roo
             # The roof below is a best-of-calls figure; the step's best round
             # is the like-for-like companion of its median on a shared machine.
             row["nerve_best_gflops"] = max(rates["nerve"]) * fps / 1e9
-            if torch is not None:
-                ratios = [a / b for a, b in zip(rates["nerve"], rates["torch"])]
-                row["ratio"] = statistics.median(ratios)
+            for peer in peers:
+                # Same-round ratios: both sides of a ratio saw the same load.
+                ratios = [a / b for a, b in zip(rates["nerve"], rates[peer])]
+                row[f"ratio_{peer}"] = statistics.median(ratios)
+            if "torch" in peers:
+                row["ratio"] = row["ratio_torch"]  # the name older results and bench/report.py use
             results.append(row)
             msg = f"threads={t} batch={batch}: nerve {row['nerve_samples_per_s']:,.0f}/s"
-            if torch is not None:
-                msg += f", torch {row['torch_samples_per_s']:,.0f}/s, ratio {row['ratio']:.2f}x"
+            for peer in peers:
+                msg += f", {peer} {row[f'{peer}_samples_per_s']:,.0f}/s, ratio {row[f'ratio_{peer}']:.2f}x"
             log(msg)
         # The roof is measured after this thread count's rows: numpy's BLAS
         # threads spin for a while after a call and would steal cycles from
@@ -213,20 +291,22 @@ def roof_share(r):
 
 
 def table(results, against):
+    peers = peers_of(against)
     roof = any("sgemm_roof" in r for r in results)
     head = "| threads | batch | nerve samples/s | nerve GFLOP/s |"
     sep = "|---|---|---|---|"
-    if against:
-        head += " PyTorch samples/s | PyTorch GFLOP/s | nerve / PyTorch |"
-        sep += "---|---|---|"
+    for peer in peers:
+        name = PEERS[peer]
+        head += f" {name} samples/s | nerve / {name} |"
+        sep += "---|---|"
     if roof:
         head += " best sgemm GFLOP/s | nerve step / best sgemm |"
         sep += "---|---|"
     lines = [head, sep]
     for r in results:
         line = f"| {r['threads']} | {r['batch']} | {r['nerve_samples_per_s']:,.0f} | {r['nerve_gflops']:.1f} |"
-        if against:
-            line += f" {r['torch_samples_per_s']:,.0f} | {r['torch_gflops']:.1f} | **{r['ratio']:.2f}×** |"
+        for peer in peers:
+            line += f" {r[f'{peer}_samples_per_s']:,.0f} | **{r[f'ratio_{peer}']:.2f}×** |"
         if roof:
             if "sgemm_roof" in r and r["batch"] >= 512:
                 best = max(r["sgemm_roof"], key=r["sgemm_roof"].get)
@@ -237,9 +317,28 @@ def table(results, against):
     return "\n".join(lines)
 
 
+def _per_thread_processes(argv, threads):
+    """Runs this benchmark once per thread count, each in a fresh process whose
+    XLA uses that many threads; returns the merged results."""
+    import subprocess
+    import sys
+    import tempfile
+
+    results = []
+    for t in threads:
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "r.json")
+            cmd = [sys.executable, "-m", "nerve.benchmark", *argv, "--threads", str(t), "--json", out,
+                   "--child"]
+            subprocess.run(cmd, check=True, env=jax_thread_env(t))
+            with open(out) as f:
+                results += json.load(f)["results"]
+    return results
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--against", choices=["torch"], default=None)
+    p.add_argument("--against", default=None, help="comma-separated peers: torch, jax (e.g. torch,jax)")
     p.add_argument("--model", choices=sorted(MODELS), default="ref")
     p.add_argument("--batches", default="1,32,128,512,2048")
     p.add_argument("--threads", default="1,2")
@@ -248,27 +347,62 @@ def main(argv=None):
     p.add_argument("--torch-fused", action="store_true", help="PyTorch Adam(fused=True) instead of its default")
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--no-roof", action="store_true", help="skip the sgemm roof measurement (batches >= 512)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    try:
+        peers = peers_of(a.against)
+    except ValueError as e:
+        p.error(str(e))
     import nerve as nv
 
     sizes = MODELS[a.model]
     batches = [int(b) for b in a.batches.split(",")]
     threads = [int(t) for t in a.threads.split(",")]
-    results = run(sizes, batches, threads, a.rounds, a.against, a.seconds, a.torch_fused, roof=not a.no_roof)
+    if "jax" in peers and not a.child:
+        passed = [x for x in (argv if argv is not None else __import__("sys").argv[1:])]
+        passed = _drop_options(passed, {"--threads": 1, "--json": 1})
+        results = _per_thread_processes(passed, threads)
+    else:
+        if "jax" in peers:
+            nv.set_num_threads(threads[0])
+        results = run(sizes, batches, threads, a.rounds, peers, a.seconds, a.torch_fused, roof=not a.no_roof)
     meta = {"model": sizes, "nerve": nv.build_info(), "machine": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "rounds": a.rounds, "torch_fused": a.torch_fused}
-    if a.against == "torch":
+    if "torch" in peers:
         import torch
 
         meta["torch"] = torch.__version__
+    if "jax" in peers:
+        import jax
+
+        meta["jax"] = jax.__version__
+    if a.child:  # the parent prints the merged table
+        with open(a.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f)
+        return 0
     print()
     print(f"model {'-'.join(map(str, sizes))}, Adam, cross-entropy; medians of {a.rounds} interleaved rounds")
-    print(table(results, a.against))
+    print(table(results, peers))
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)
     return 0
+
+
+def _drop_options(argv, options):
+    """argv without the given options (and their values, `--opt v` or `--opt=v`)."""
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in options:
+            skip = 0 if "=" in arg else options[name]
+            continue
+        out.append(arg)
+    return out
 
 
 if __name__ == "__main__":

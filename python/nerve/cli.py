@@ -378,8 +378,10 @@ def _parser():
     p.add_argument("--index-column", default="auto", choices=["auto", "drop", "keep"],
                    help="as for train; auto also drops it when the training file had one")
     sub.add_parser("info", formatter_class=fmt, help="build information (compiler, SIMD, OpenMP, threads)")
-    b = sub.add_parser("bench", formatter_class=fmt, help="end-to-end training benchmark (optionally against PyTorch)")
-    b.add_argument("--against", choices=["torch"], default=None, help="compare with PyTorch eager in the same run")
+    b = sub.add_parser("bench", formatter_class=fmt,
+                       help="end-to-end training benchmark (optionally against PyTorch and JAX)")
+    b.add_argument("--against", choices=["torch", "jax", "torch,jax"], default=None,
+                   help="compare with PyTorch eager and/or jitted JAX in the same run")
     return parser
 
 

@@ -5,6 +5,7 @@
 // number of threads.
 #pragma once
 #include <atomic>
+#include <cstdint>
 
 #include "nerve/common.hpp"
 
@@ -17,6 +18,9 @@ namespace nerve {
 int num_threads();
 void set_num_threads(int n);
 bool have_openmp();
+// The oversubscription guard (parallel_for below), on by default.
+void set_adaptive_threads(bool on);
+bool adaptive_threads();
 
 // Below this many floating-point operations a loop stays on one thread: the
 // fork/join (a few µs, far more when the machine is oversubscribed) would
@@ -61,6 +65,51 @@ inline void sync_fp_mode() {
   if (mode >= 0) detail::apply_fp_mode(mode);
 }
 
+// Oversubscription guard. On a machine whose cores are shared (another
+// process busy on one of them, a GridSearchCV with n_jobs = cores, a cloud
+// VM's noisy neighbour), a worker thread is often not running when a
+// parallel region starts: the team's barrier then waits for the scheduler to
+// give it a time slice (milliseconds), and a step made of dozens of regions
+// ran 2x slower on 2 threads than on 1 (issue 15). parallel_for therefore
+// times each multi-thread region: when the calling thread finishes its share
+// and then waits at the barrier longer than kStallNs and longer than twice its
+// own share took, a worker was off the CPU (a "stall"). After a stall every
+// region runs on the calling thread alone for a back-off period, then the
+// team is tried again; the period doubles (20 ms up to 1 s) while stalls come
+// back soon after the team does, and halves after the team has run clean for
+// four periods. Results are unchanged: every loop's
+// pieces are split by shape, never by thread count (see the top of this file).
+// NERVE_ADAPTIVE_THREADS=0 or nv.set_adaptive_threads(False) turns it off.
+namespace detail {
+constexpr std::int64_t kStallNs = 300'000;            // 0.3 ms: far above a quiet wake-up
+constexpr std::int64_t kMinBackoffNs = 20'000'000;    // 20 ms alone after a first stall
+constexpr std::int64_t kMaxBackoffNs = 1'000'000'000; // at most 1 s between probes
+struct ThreadGuard {
+  std::atomic<bool> enabled{true};
+  std::atomic<std::int64_t> solo_until_ns{0};  // 0: the team is in use
+  std::atomic<std::int64_t> backoff_ns{kMinBackoffNs};
+  std::atomic<std::int64_t> resumed_ns{0};     // when the team was last taken back
+  std::atomic<std::uint64_t> team_regions{0}, solo_regions{0}, stalls{0};
+  // Test hook: worker threads sleep this long as a region starts (a simulated
+  // neighbour that holds their core). 0 in normal use.
+  std::atomic<std::int64_t> worker_delay_ns{0};
+};
+extern ThreadGuard thread_guard;
+std::int64_t now_ns();
+// True when this region should run on the calling thread only.
+inline bool guard_says_solo() {
+  if (!thread_guard.enabled.load(std::memory_order_relaxed)) return false;
+  const std::int64_t until = thread_guard.solo_until_ns.load(std::memory_order_relaxed);
+  if (until == 0 || now_ns() >= until) return false;
+  thread_guard.solo_regions.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+// Records a team region: the calling thread's own share took `work_ns`, then
+// it waited `wait_ns` for the others.
+void guard_note_region(std::int64_t work_ns, std::int64_t wait_ns);
+void worker_delay();
+}  // namespace detail
+
 // body(i) for i in [0, count), split statically over `threads` threads. One
 // thread runs the plain loop and never enters an OpenMP region: libgomp
 // mallocs and frees a team for every single-thread region (it caches only
@@ -68,16 +117,26 @@ inline void sync_fp_mode() {
 template <class F>
 inline void parallel_for(Index count, int threads, F&& body) {
   sync_fp_mode();
-  if (threads <= 1) {
+  if (threads <= 1 || detail::guard_says_solo()) {
     for (Index i = 0; i < count; ++i) body(i);
     return;
   }
+  const std::int64_t start = detail::now_ns();
+  std::int64_t own_done = start;
 #pragma omp parallel num_threads(threads)
   {
     sync_fp_mode();
-#pragma omp for schedule(static)
+#ifdef _OPENMP
+    if (omp_get_thread_num() != 0) detail::worker_delay();
+#endif
+#pragma omp for schedule(static) nowait
     for (Index i = 0; i < count; ++i) body(i);
+#ifdef _OPENMP
+    if (omp_get_thread_num() == 0) own_done = detail::now_ns();
+#endif
   }
+  const std::int64_t end = detail::now_ns();
+  detail::guard_note_region(own_done - start, end - own_done);
 }
 
 }  // namespace nerve
