@@ -2,7 +2,7 @@
 # Every benchmark behind bench/README.md's figures, in one session, into
 # bench/results/ (JSON + the printed tables in run_all.log). Assumes the
 # module is built into python/nerve and bench_kernels into build/dev (see
-# bench/README.md). Takes ~7 minutes on 2 cores.
+# bench/README.md). Takes ~12 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=python
@@ -19,10 +19,14 @@ bin=build/dev/bench/bench_kernels
   fi
   # The reference model decides the issue's targets: more, shorter interleaved rounds
   # (a neighbour on the host hits fewer of them).
-  python3 bench/train_mlp.py --against torch --threads 1,2 --rounds 9 --seconds 0.15 --json "$out/train_mlp_ref.json"
-  python3 bench/train_mlp.py --against torch --threads 1,2 --model deep --json "$out/train_mlp_deep.json"
-  python3 bench/train_mlp.py --against torch --threads 1,2 --model wide --batches 1,32,128,512,2048 \
+  # PyTorch eager and jitted JAX (one process per thread count: XLA fixes its pool at start).
+  python3 bench/train_mlp.py --against torch,jax --threads 1,2 --rounds 9 --seconds 0.15 --json "$out/train_mlp_ref.json"
+  python3 bench/train_mlp.py --against torch,jax --threads 1,2 --model deep --json "$out/train_mlp_deep.json"
+  python3 bench/train_mlp.py --against torch,jax --threads 1,2 --model wide --batches 1,32,128,512,2048 \
     --rounds 3 --json "$out/train_mlp_wide.json"
+  # The same steps with a process spinning on one core (the busy neighbour):
+  # 2 threads against 1, guard on and off, and PyTorch.
+  python3 bench/busy_neighbour.py --against torch --batches 1,32,128,512,2048
   python3 bench/optimizer_step.py --json "$out/optimizer_step.json"
   python3 bench/peak_memory.py --json "$out/peak_memory.json"
   python3 bench/fit_loop.py

@@ -50,9 +50,7 @@ Index strided_matrix(const py::array& a, const char* what) {
 }
 
 void check_range(const ParamArena& a, Index offset, Index size) {
-  require(offset >= 0 && size >= 0 && size <= a.size() && offset <= a.size() - size,
-          "arena slice [" + std::to_string(offset) + ", " + std::to_string(offset + size) +
-              ") is outside an arena of " + std::to_string(a.size()) + " floats");
+  check_slice(a.size(), offset, size, "arena slice");
 }
 
 // Fills out[i] for i in [0, n) from element counters, in parallel chunks: each

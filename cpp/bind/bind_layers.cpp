@@ -32,9 +32,8 @@ const float* weights_from_python(const py::object& w, Index rows) {
 FloatArray new_matrix(Index rows, Index cols) { return FloatArray(std::vector<py::ssize_t>{rows, cols}); }
 
 void bind_param(ParamRef& ref, const std::shared_ptr<ParamArena>& arena, Index offset, Index size) {
-  require(arena && offset >= 0 && size >= 0 && size <= arena->size() && offset <= arena->size() - size,
-          "parameter slice [" + std::to_string(offset) + ", " + std::to_string(offset + size) +
-              ") is outside the arena");
+  require(arena != nullptr, "parameter slice without an arena");
+  check_slice(arena->size(), offset, size, "parameter slice");
   ref.arena = arena;
   ref.offset = offset;
   ref.size = size;

@@ -27,8 +27,8 @@ std::vector<ParamSpan> to_spans(const py::list& items, std::vector<std::shared_p
     auto arena = t[0].cast<std::shared_ptr<ParamArena>>();
     const Index offset = t[1].cast<Index>(), size = t[2].cast<Index>();
     const bool decay = t[3].cast<bool>();
-    require(arena && offset >= 0 && size >= 0 && offset + size <= arena->size(),
-            "parameter slice outside its arena");
+    require(arena != nullptr, "parameter slice without an arena");
+    check_slice(arena->size(), offset, size, "parameter slice");
     keep.push_back(arena);
     ParamSpan s{arena->values.data() + offset, arena->grads.data() + offset, size, decay};
     if (merge && !spans.empty()) {

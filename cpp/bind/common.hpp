@@ -38,6 +38,15 @@ inline void matrix_shape(const py::array& a, Index& rows, Index& cols, const cha
   }
 }
 
+// Throws ValueError unless [offset, offset + size) lies inside an arena of
+// `arena_size` floats. Never computes offset + size: it may not fit an Index
+// (UBSan caught the old messages doing so for offsets near INT64_MAX).
+inline void check_slice(Index arena_size, Index offset, Index size, const char* what) {
+  if (offset >= 0 && size >= 0 && size <= arena_size && offset <= arena_size - size) return;
+  throw ValueError(std::string(what) + " of " + std::to_string(size) + " floats at offset " +
+                   std::to_string(offset) + " is outside an arena of " + std::to_string(arena_size) + " floats");
+}
+
 inline const float* fptr(const py::array& a) { return static_cast<const float*>(a.data()); }
 inline float* fmut(py::array& a) { return static_cast<float*>(a.mutable_data()); }
 
