@@ -255,9 +255,49 @@ def scenario_uneven(tmp):
     return out
 
 
+def scenario_resume(tmp):
+    """BackupAndRestore in a distributed fit: a run interrupted after epoch 2
+    on every rank, then resumed by fresh models (another init on rank 1), must
+    end with the bits of the uninterrupted run. Each rank names its own
+    backup_dir: rank 0 writes (rank 1's stays empty) and rank 1 resumes from
+    rank 0's broadcast."""
+    r = nvd.rank()
+    x, y = data(seed=4)
+    shard = nvd.shard(x, y)
+    extra = (lambda: (L.BatchNorm(momentum=0.2), L.Dropout(0.2)))  # new layers per model
+    adam = (lambda: nv.optimizers.Adam(lr=5e-3))
+    fit = dict(epochs=5, batch_size=16, shuffle=True, verbose=0, distributed=nvd.Options(check=True))
+    ref = mlp(8, extra(), adam)
+    h_ref = ref.fit(*shard, **fit)
+    bk = os.path.join(tmp, f"bk{r}")
+
+    class Crash(nv.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    crashed = mlp(8, extra(), adam)
+    try:
+        crashed.fit(*shard, callbacks=[Crash(), nv.callbacks.BackupAndRestore(bk)], **fit)
+    except KeyboardInterrupt:
+        pass
+    files = sorted(os.listdir(bk)) if os.path.isdir(bk) else None
+    nvd.barrier()
+    cb = nv.callbacks.BackupAndRestore(bk)
+    resumed = mlp(8 + 100 * r, extra(), adam)
+    h = resumed.fit(*shard, callbacks=[cb], **fit)
+    files = nvd.comm().gather(files, root=0)
+    left = nvd.comm().gather(os.path.exists(cb.path), root=0)
+    if r != 0:
+        return {}
+    return {"files": files, "epochs": h.epoch, "restored": cb.restored_epoch, "bits": identical(ref, resumed),
+            "loss_equal": h.history["loss"] == h_ref.history["loss"][2:], "left": left,
+            "step_equal": int(ref._net.step) == int(resumed._net.step)}
+
+
 if __name__ == "__main__":
     scenario, tmp = sys.argv[1], sys.argv[2]
     nvd.init(threads=1)
-    result = {"two": scenario_two, "uneven": scenario_uneven}[scenario](tmp)
+    result = {"two": scenario_two, "uneven": scenario_uneven, "resume": scenario_resume}[scenario](tmp)
     if nvd.rank() == 0:
         print("RESULT " + json.dumps(result), flush=True)

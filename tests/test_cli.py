@@ -63,7 +63,7 @@ def test_every_train_flag_has_help_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--dataset", "--task", "--layers", "--activation", "--optimizer", "--lr", "--epochs",
                  "--batch-size", "--test-size", "--seed", "--threads", "--delimiter", "--index-column",
-                 "--save", "--json"):
+                 "--save", "--json", "--backup-dir"):
         assert flag in text
     for default in ("(default: digits)", "(default: auto)", "(default: relu)", "(default: adam)",
                     "(default: 0.2)", "(default: 0)", "128,64", "20 epochs", "more than 50 distinct values"):
@@ -195,3 +195,37 @@ def test_info_runs(capsys):
     out = capsys.readouterr().out
     assert "simd: avx2+fma" in out or "simd:" in out
     assert "openmp" in out
+
+
+def test_train_backup_dir_resumes_after_a_kill(tmp_path, capsys):
+    import os
+    import signal
+
+    import nerve as nv
+
+    args = ["train", "--epochs", "4", "--layers", "32", "--json"]
+    assert cli.main(args + ["--save", str(tmp_path / "ref.nerve")]) == 0
+    backup = tmp_path / "bk"
+    # Killed (SIGKILL) right after the backup of epoch 2 was written.
+    code = ("import os, signal, sys\n"
+            "import nerve as nv\n"
+            "from nerve import cli\n"
+            "real = nv.callbacks.BackupAndRestore.on_epoch_end\n"
+            "def end(self, epoch, logs=None):\n"
+            "    real(self, epoch, logs)\n"
+            "    if epoch == 1:\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "nv.callbacks.BackupAndRestore.on_epoch_end = end\n"
+            "cli.main(sys.argv[1:])\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    p = subprocess.run([sys.executable, "-c", code, *args, "--backup-dir", str(backup)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert (backup / "backup.nerve").exists()
+    capsys.readouterr()
+    assert cli.main(args + ["--backup-dir", str(backup), "--save", str(tmp_path / "out.nerve")]) == 0
+    assert "resumed from the backup" in capsys.readouterr().out
+    ref, out = nv.load_model(tmp_path / "ref.nerve"), nv.load_model(tmp_path / "out.nerve")
+    for a, b in zip(ref.get_weights(), out.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not (backup / "backup.nerve").exists()

@@ -95,6 +95,15 @@ def test_three_ranks_uneven_shards(tmp_path):
 
 
 @needs_mpi
+def test_backup_and_restore_distributed(tmp_path):
+    r = worker_result(2, "resume", tmp_path)
+    assert r["files"] == [["backup.nerve"], None], r       # rank 0 wrote; rank 1 wrote nothing
+    assert r["restored"] == 2 and r["epochs"] == [2, 3, 4], r  # the crash came before epoch 2 was backed up
+    assert r["bits"] and r["step_equal"] and r["loss_equal"], r  # the uninterrupted run's bits (check=True: all ranks)
+    assert r["left"] == [False, False], r                    # deleted after the complete run
+
+
+@needs_mpi
 def test_cli_distributed(tmp_path):
     out = run_ranks(2, ["-m", "nerve", "train", "--distributed", "--epochs", "3", "--json",
                         "--save", str(tmp_path / "m.nerve")], tmp_path)

@@ -60,6 +60,14 @@ class Callback:
         the loss of each of its batches, the first being batch `first_batch`
         of the epoch. Costs nothing per batch."""
 
+    def _get_state(self):
+        """(JSON-able dict, list of float32 arrays) of the state this callback
+        carries between epochs, for BackupAndRestore; None when it has none."""
+        return None
+
+    def _set_state(self, state, arrays):
+        """Restores what _get_state returned (called after on_train_begin)."""
+
     def wants_batches(self):
         """True when this callback overrides a per-batch hook."""
         cls = type(self)
@@ -101,6 +109,27 @@ def _nonneg_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     return int(value)
+
+
+def _state_int(state, key, lo=0):
+    v = state.get(key) if isinstance(state, dict) else None
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v < 2 ** 62:
+        raise ValueError(f"callback state {key!r} must be an int >= {lo}, got {v!r}")
+    return v
+
+
+def _state_float(state, key):
+    v = state.get(key) if isinstance(state, dict) else None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        raise ValueError(f"callback state {key!r} must be a number, got {v!r}")
+    return float(v)
+
+
+def _weights_like(model, arrays, what):
+    shapes = [w.shape for w in model.get_weights()]
+    if len(arrays) != len(shapes) or any(a.size != int(np.prod(s)) for a, s in zip(arrays, shapes)):
+        raise ValueError(f"{what}: {len(arrays)} arrays that do not match the model's {len(shapes)} weights")
+    return [np.asarray(a, np.float32).reshape(s).copy() for a, s in zip(arrays, shapes)]
 
 
 class _Improvement:
@@ -184,6 +213,19 @@ class EarlyStopping(Callback):
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
+    def _get_state(self):
+        return ({"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch,
+                 "stopped_epoch": self.stopped_epoch},
+                list(self.best_weights) if self.best_weights is not None else [])
+
+    def _set_state(self, state, arrays):
+        self.wait = _state_int(state, "wait")
+        self._tracker.best = _state_float(state, "best")
+        self.best_epoch = _state_int(state, "best_epoch", lo=-1)
+        self.stopped_epoch = _state_int(state, "stopped_epoch", lo=-1)
+        if self.restore_best_weights and arrays:
+            self.best_weights = _weights_like(self.model, arrays, "EarlyStopping best weights")
+
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self.best_weights is not None:
             self.model.set_weights(self.best_weights)
@@ -223,6 +265,15 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, logs=None):
         self._tracker.reset()
+
+    def _get_state(self):
+        return {"best": self._tracker.best, "saved": list(self.saved)}, []
+
+    def _set_state(self, state, arrays):
+        self._tracker.best = _state_float(state, "best")
+        saved = state.get("saved", [])
+        if isinstance(saved, list) and all(isinstance(p, str) for p in saved):
+            self.saved = list(saved)
 
     def _filename(self, epoch, logs):
         try:
@@ -275,6 +326,15 @@ class ReduceLROnPlateau(Callback):
         self._tracker.reset()
         self.wait = 0
         self.cooldown_counter = 0
+
+    def _get_state(self):
+        # The rate itself is optimizer state (saved with it).
+        return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": self._tracker.best}, []
+
+    def _set_state(self, state, arrays):
+        self.wait = _state_int(state, "wait")
+        self.cooldown_counter = _state_int(state, "cooldown_counter")
+        self._tracker.best = _state_float(state, "best")
 
     def on_epoch_end(self, epoch, logs=None):
         opt = _optimizer_of(self.model, "ReduceLROnPlateau")
@@ -486,3 +546,224 @@ class GradientMonitor(Callback):
             return np.zeros((0, 0))
         return np.array([[s.get(key, np.nan) if s.get(key) is not None else np.nan for s in stats]
                          for _, stats in self.records], dtype=np.float64)
+
+
+# -- fault tolerance -------------------------------------------------------------------------
+_BACKUP_FILE = "backup.nerve"
+_BACKUP_KEY = "_nerve_backup"
+_BACKUP_FORMAT = 1
+
+
+class BackupAndRestore(Callback):
+    """Resumes a run that was killed (SIGKILL, a node lost, a time limit)
+    where it stopped (Keras 3 semantics).
+
+    At the end of every epoch the training state goes into one file,
+    ``backup_dir/backup.nerve``: the model file (architecture, weights,
+    buffers, pruning masks, optimizer state and step count, the network's
+    seed, stream and step counter that key dropout and noise) plus the
+    number of epochs done, ``model.stop_training`` and the state of the other
+    callbacks (EarlyStopping's best, wait and best weights, ReduceLROnPlateau's
+    counters, ModelCheckpoint's best). It is written under a temporary name,
+    fsynced and renamed (as ``model.save``), so a kill during a write leaves
+    the previous backup whole. When ``fit`` starts and a backup exists, it is
+    restored into the model and training continues at the next epoch; the
+    resumed run gives the bits of an uninterrupted one (the shuffle order and
+    every random draw are functions of the saved state). When fit ends
+    normally the backup is deleted, unless ``delete_checkpoint=False``.
+
+    A backup that is corrupt, truncated, not a backup, or for another
+    architecture or optimizer raises ``ValueError`` (``nv.ModelFileError``
+    for an unreadable file): never a silent wrong resume. In a distributed
+    fit rank 0 writes and reads the backup and the state is broadcast.
+    Only ``save_freq="epoch"`` is supported. ``restored_epoch`` is the epoch
+    fit resumed at (None when it started fresh).
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__()
+        if save_freq != "epoch":
+            raise ValueError(f"BackupAndRestore: save_freq must be 'epoch' (a backup after every epoch), got "
+                             f"{save_freq!r}")
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq = save_freq
+        self.delete_checkpoint = bool(delete_checkpoint)
+        self.restored_epoch = None
+        self._callbacks = []
+
+    @property
+    def path(self):
+        """The backup file: ``backup_dir/backup.nerve``."""
+        return os.path.join(self.backup_dir, _BACKUP_FILE)
+
+    def _check_dir(self):
+        if os.path.exists(self.backup_dir) and not os.path.isdir(self.backup_dir):
+            raise ValueError(f"BackupAndRestore: backup_dir {self.backup_dir!r} exists and is not a directory")
+
+    # -- reading ---------------------------------------------------------------
+    def _read(self, model):
+        """The backup's training state, written into `model`; None without a backup."""
+        from . import model as _model
+
+        self._check_dir()
+        path = self.path
+        if not os.path.lexists(path):
+            return None
+        if not os.path.isfile(path):
+            raise ValueError(f"BackupAndRestore: {path} is not a regular file")
+        loaded = _model.load_model(path)
+        state = loaded.metadata.pop(_BACKUP_KEY, None) if isinstance(loaded.metadata, dict) else None
+        try:
+            if not isinstance(state, dict) or state.get("format") != _BACKUP_FORMAT:
+                raise ValueError("no training state (a model file, but not one BackupAndRestore wrote)")
+            epoch = _state_int(state, "epoch")
+            if not isinstance(state.get("callbacks"), dict):
+                raise ValueError("callback state must be a mapping")
+            arrays = {}
+            limit = sum(w.size for w in model.get_weights())
+            with np.load(path, allow_pickle=False) as archive:
+                for name in state.get("arrays", []):
+                    if not isinstance(name, str) or not name.startswith("backup_") or \
+                            f"{name}.npy" not in archive.zip.namelist():
+                        raise ValueError(f"callback array {name!r} missing")
+                    shape = _model._npy_shape(archive, name)
+                    if len(shape) != 1 or shape[0] > limit:
+                        raise ValueError(f"callback array {name!r} has shape {shape}, more than the model holds")
+                    _model._check_member(archive, name, shape[0])
+                    arr = archive[name]
+                    if arr.dtype != np.float32 or arr.ndim != 1 or not np.all(np.isfinite(arr)):
+                        raise ValueError(f"callback array {name!r} is not finite float32 values")
+                    arrays[name] = arr
+            self._apply(model, loaded)
+        except Exception as e:
+            raise _model.ModelFileError(f"{path}: not a usable BackupAndRestore backup: "
+                                        f"{type(e).__name__}: {e}") from e
+        return {"epoch": epoch, "stop_training": bool(state.get("stop_training", False)),
+                "callbacks": state["callbacks"], "arrays": arrays, "stream": loaded._stream}
+
+    @staticmethod
+    def _apply(model, loaded):
+        """Copies the backed-up state into `model` (same architecture and optimizer class), all checked first."""
+        import json
+
+        mine = json.loads(json.dumps(model.get_config()))
+        theirs = json.loads(json.dumps(loaded.get_config()))
+        if mine["layers"] != theirs["layers"] or mine["input_dim"] != theirs["input_dim"]:
+            raise ValueError("the backup holds another architecture than the model being trained")
+        if loaded.optimizer is None or type(loaded.optimizer).__name__ != type(model.optimizer).__name__:
+            got = type(loaded.optimizer).__name__ if loaded.optimizer is not None else "no optimizer"
+            raise ValueError(f"the backup holds {got}, the model is compiled with "
+                             f"{type(model.optimizer).__name__}")
+        params, theirs_p = model.parameters(), loaded.parameters()
+        model._bind_optimizer()
+        opt_state = loaded.optimizer.state_dict()
+        # Checks everything (slot sizes, scalars) before changing anything.
+        model.optimizer.load_state_dict(opt_state)
+        model.set_weights(loaded.get_weights())
+        for p, q in zip(params, theirs_p):
+            if q._arena.has_mask:
+                if not p._arena.has_mask:
+                    p._arena.enable_mask()
+                p._arena.mask(p._offset, p.size)[...] = q._arena.mask(q._offset, q.size)
+            elif p._arena.has_mask:
+                p._arena.mask(p._offset, p.size)[...] = 1.0
+        for p in params:
+            if p._arena.has_mask:
+                p._arena.apply_mask()
+        model._net.seed = loaded._net.seed
+        model._net.step = loaded._net.step
+        model._set_streams(loaded._stream)
+
+    def _restore(self, model, callbacks, distributed):
+        """Called by fit before training (and before a distributed fit's
+        broadcast): restores the model from the backup. Returns the training
+        state for _restore_callbacks, or None when there is no backup."""
+        self._callbacks = list(callbacks)
+        if not distributed:
+            resumed = self._read(model)
+        else:
+            from . import distributed as _dist
+
+            if not _dist.is_initialized():
+                _dist.init()
+            resumed, error = None, None
+            if _dist.rank() == 0:
+                try:
+                    resumed = self._read(model)
+                except ValueError as e:
+                    error = (type(e).__name__, str(e))
+            # The weights and optimizer state follow in the fit's broadcast from rank 0.
+            resumed, error = _dist.comm().bcast((resumed, error), root=0)
+            if error is not None:
+                from . import model as _model
+
+                raise (_model.ModelFileError if error[0] == "ModelFileError" else ValueError)(
+                    f"rank 0: {error[1]}")
+            if resumed is not None and _dist.rank() != 0:
+                model._set_streams(resumed["stream"])
+        self.restored_epoch = None if resumed is None else resumed["epoch"]
+        return resumed
+
+    def _restore_callbacks(self, callbacks, resumed):
+        """After on_train_begin (which resets the callbacks): their backed-up state."""
+        saved, arrays = resumed["callbacks"], resumed["arrays"]
+        for key, cb in _state_keys(callbacks):
+            entry = saved.get(key)
+            if not isinstance(entry, dict):
+                continue  # a callback added since the backup: it starts fresh
+            names = entry.get("arrays", [])
+            try:
+                cb._set_state(entry.get("state"), [arrays[n] for n in names])
+            except (KeyError, TypeError, ValueError) as e:
+                from . import model as _model
+
+                raise _model.ModelFileError(f"{self.path}: callback state of {key}: {e}") from None
+        self.model.stop_training = False
+
+    # -- writing ---------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        self._check_dir()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not _writes_files(self.model):
+            return
+        from . import model as _model
+
+        callbacks, extra = {}, {}
+        for key, cb in _state_keys(self._callbacks):
+            got = cb._get_state()
+            if got is None:
+                continue
+            state, arrays = got
+            names = []
+            for j, a in enumerate(arrays):
+                name = f"backup_{len(extra)}"
+                extra[name] = a
+                names.append(name)
+            callbacks[key] = {"state": state, "arrays": names}
+        metadata = dict(self.model.metadata or {})
+        metadata[_BACKUP_KEY] = {"format": _BACKUP_FORMAT, "epoch": int(epoch) + 1,
+                                 "stop_training": bool(self.model.stop_training),
+                                 "callbacks": callbacks, "arrays": list(extra)}
+        os.makedirs(self.backup_dir, exist_ok=True)
+        _model._atomic_savez(self.path, self.model._file_arrays(metadata=metadata, extra=extra))
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and _writes_files(self.model):
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _state_keys(callbacks):
+    """(key, callback) for the callbacks whose state a backup carries: class
+    name and its occurrence among callbacks of that class."""
+    seen = {}
+    for cb in callbacks:
+        if isinstance(cb, BackupAndRestore) or type(cb).__name__ == "History":
+            continue
+        name = type(cb).__name__
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        yield f"{name}#{k}", cb

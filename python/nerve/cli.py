@@ -186,8 +186,11 @@ def train(args):
             x_te, y_te = nvd.shard(x_te, y_te)
         nvd.barrier()
     t0 = time.perf_counter()
+    backup = nv.callbacks.BackupAndRestore(args.backup_dir) if args.backup_dir else None
     model.fit(x_tr, y_fit, epochs=epochs, batch_size=batch_size, verbose=1, seed=args.seed,
-              distributed=bool(nvd))
+              distributed=bool(nvd), callbacks=[backup] if backup else None)
+    if backup is not None and backup.restored_epoch is not None:
+        out(f"resumed from the backup in {args.backup_dir} at epoch {backup.restored_epoch + 1}")
     seconds = time.perf_counter() - t0
     if classification:
         result = nvd.evaluate(model, x_te, y_te) if nvd else model.evaluate(x_te, y_te)
@@ -362,6 +365,9 @@ def _parser():
     t.add_argument("--save", default=None, help="write the trained model (and its class names and feature "
                                                 "scaling, for nerve predict) to this file")
     t.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
+    t.add_argument("--backup-dir", default=None, metavar="DIR",
+                   help="back the run up into DIR after every epoch; run the same command again after a "
+                        "kill to resume where it stopped (nv.callbacks.BackupAndRestore)")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI: run under mpirun -n N (needs nerve[mpi]); "
                         "--batch-size is per rank")

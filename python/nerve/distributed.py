@@ -181,6 +181,9 @@ def allreduce_mean(values, weight=1.0):
     sum_r weight_r * v_r / sum_r weight_r (weight: e.g. this rank's rows)."""
     MPI = _state["MPI"]
     if isinstance(values, dict):
+        if comm().Get_size() == 1:
+            # One rank's mean is its value: v * w / w can round off the last bit.
+            return {k: float(v) for k, v in values.items()}
         keys = sorted(values)
         buf = np.array([float(values[k]) * weight for k in keys] + [float(weight)], dtype=np.float64)
         comm().Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
@@ -206,10 +209,11 @@ def _state_arrays(model):
 
 def broadcast_model(model, root=0):
     """Copies ``root``'s parameters, buffers, optimizer state (slots, step
-    count, lr, kept scalars such as NAdam's mu product), random seed and step counter to every rank, in place."""
+    count, lr, kept scalars such as NAdam's mu product), random seed, random
+    streams and step counter to every rank, in place."""
     c = comm()
     opt = model.optimizer
-    scalars = {"seed": int(model._net.seed), "step": int(model._net.step),
+    scalars = {"seed": int(model._net.seed), "step": int(model._net.step), "stream": int(model._stream),
                "sizes": [int(a.size) for a in _state_arrays(model)]}
     if opt is not None and opt.params:
         scalars.update(iterations=int(opt._core.iterations), lr=float(opt._core.lr),
@@ -223,6 +227,8 @@ def broadcast_model(model, root=0):
             c.Bcast(a, root=root)
     model._net.seed = got["seed"]
     model._net.step = got["step"]
+    if got["stream"] != model._stream:
+        model._set_streams(got["stream"])  # the layers' random streams (and fit's shuffle key) follow rank 0
     if "iterations" in got:
         opt._core.iterations = got["iterations"]
         opt._core.lr = got["lr"]

@@ -379,8 +379,17 @@ class Sequential:
     @_locked
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
             shuffle=True, callbacks=None, verbose=1, seed=None, augment=None, cache_frozen=False,
-            sample_weight=None, class_weight=None, validation_split_mode="last", distributed=False):
+            sample_weight=None, class_weight=None, validation_split_mode="last", distributed=False,
+            initial_epoch=0):
         """Trains for `epochs` passes over (x, y) in shuffled mini-batches.
+
+        initial_epoch: the epoch to start at (Keras semantics): epochs
+        ``initial_epoch .. epochs - 1`` run, and History and the callbacks see
+        those indices. Everything random in an epoch is a function of the
+        model's seed (or `seed`), the epoch index and the step count at the
+        epoch's start (saved in model files), so N epochs, ``save``,
+        ``load_model``, then ``fit(epochs=N + M, initial_epoch=N)`` gives the
+        bits of one ``fit(epochs=N + M)`` (docs/training.md, "Resuming a run").
 
         float64 (or integer) inputs are converted to float32. Every input is
         checked before the first step (shapes, NaN/Inf, label range): bad data
@@ -406,7 +415,7 @@ class Sequential:
 
         augment: a callable ``augment(x_batch, rng) -> x_batch`` (e.g. an
         ``nv.augment.Compose``) applied to every training batch before the
-        step, drawing from a generator keyed by (seed, epoch, batch), so the
+        step, drawing from a generator keyed by (seed, epoch, global step), so the
         same seed gives the same run. Labels are untouched; validation data is
         not augmented.
 
@@ -425,7 +434,7 @@ class Sequential:
         allreduce per step, batch_size rows per rank per step; epoch logs and
         validation averaged over the ranks (docs/distributed.md).
         """
-        for name, v, lo in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+        for name, v, lo in (("epochs", epochs, 0), ("batch_size", batch_size, 1), ("initial_epoch", initial_epoch, 0)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
         x = _as_x(x, self.input_dim)
@@ -479,10 +488,19 @@ class Sequential:
                 check(self.input_dim)
 
         history = History()
-        cbs = list(callbacks or []) + [history]
+        cbs = list(callbacks or [])
         for cb in cbs:
             if not isinstance(cb, _callbacks.Callback):
                 raise ValueError(f"callbacks must be nv.callbacks.Callback objects, got {type(cb).__name__}")
+        # A backup is written after every other callback (the History too) has
+        # seen the epoch, so it holds their state at the epoch's end.
+        backups = [cb for cb in cbs if isinstance(cb, _callbacks.BackupAndRestore)]
+        if len(backups) > 1:
+            raise ValueError("fit takes at most one BackupAndRestore callback")
+        cbs = [cb for cb in cbs if cb not in backups] + [history] + backups
+        resumed = backups[0]._restore(self, cbs, bool(distributed)) if backups else None
+        if resumed is not None:
+            initial_epoch = max(int(initial_epoch), resumed["epoch"])
         # Frozen-prefix cache: decided (and refused) before anything trains.
         net, train_x, val_x, penalty = self._net, x, None, 0.0
         if cache_frozen:
@@ -521,11 +539,15 @@ class Sequential:
         for cb in cbs:
             cb.set_model(self)
             cb.set_params({"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n,
-                           "verbose": verbose})
+                           "verbose": verbose, "initial_epoch": int(initial_epoch)})
             cb._set_fit_data(x, y)
-        # Shuffling draws from Philox too, keyed by the global seed unless `seed` is given.
-        key = _random.next_key() if seed is None else (int(seed), 0)
-        rng = np.random.Generator(np.random.Philox(key=np.array(key, dtype=np.uint64)))
+        # Shuffling and augmentation draw from Philox keyed by (key, epoch, step
+        # at the epoch's start): the model's seed and stream (saved with it)
+        # unless `seed` is given. A pure function of the training state, so a
+        # resumed run draws what the uninterrupted one drew, and consecutive
+        # fit calls (steps differ) draw different orders.
+        key = (int(dist.base_seed if dist is not None else self._net.seed), self._stream) if seed is None \
+            else (int(seed), 0)
         progress = Progress(epochs, steps, verbose)
         # On a terminal, about 20 progress updates per epoch; otherwise the whole epoch in one call.
         chunk = 1 if per_batch else (max(1, steps // 20) if progress.live else steps)
@@ -535,11 +557,21 @@ class Sequential:
         self.stop_training = False
         for cb in cbs:
             cb.on_train_begin()
-        for epoch in range(epochs):
+        if resumed is not None:
+            backups[0]._restore_callbacks(cbs, resumed)
+            if resumed.get("stop_training"):
+                initial_epoch = max(initial_epoch, epochs)  # the backed-up run had stopped (EarlyStopping)
+        for epoch in range(initial_epoch, epochs):
             for cb in cbs:
                 cb.on_epoch_begin(epoch)
             progress.start_epoch(epoch)
-            order = rng.permutation(n).astype(np.int64) if shuffle else np.arange(n, dtype=np.int64)
+            step0 = int(self._net.step)
+            if shuffle:
+                gen = np.random.Generator(np.random.Philox(np.random.SeedSequence(
+                    [key[0], key[1], 0x5348, epoch, step0])))
+                order = gen.permutation(n).astype(np.int64)
+            else:
+                order = np.arange(n, dtype=np.int64)
             loss_sum, correct, seen = 0.0, 0, 0
             for first in range(0, steps, chunk):
                 rows = order[first * batch_size: min(n, (first + chunk) * batch_size)]
@@ -548,8 +580,8 @@ class Sequential:
                         cb.on_batch_begin(first)
                     self.optimizer._before_step()
                 if augment is not None and len(rows):
-                    bx, blab, bval, brows = self._augmented(augment, key, epoch, first, rows, batch_size,
-                                                            train_x, labels, values)
+                    bx, blab, bval, brows = self._augmented(augment, key, epoch, step0 + first, rows,
+                                                            batch_size, train_x, labels, values)
                     bw = None if weights is None else np.ascontiguousarray(weights[rows])
                 else:
                     bx, blab, bval, brows, bw = train_x, labels, values, rows, weights
@@ -618,8 +650,9 @@ class Sequential:
 
     def _augmented(self, augment, key, epoch, first, rows, batch_size, x, labels, values):
         """Augmented copies of the rows of a run of batches. Each batch draws
-        from its own generator keyed by (seed, stream, epoch, batch index), so
-        results do not depend on how batches are grouped into C++ calls."""
+        from its own generator keyed by (seed, stream, epoch, global step of
+        the batch; `first` is the first batch's), so results do not depend on
+        how batches are grouped into C++ calls, and a resumed run draws the same."""
         parts = []
         for b, start in enumerate(range(0, len(rows), batch_size)):
             idx = rows[start: start + batch_size]
@@ -734,13 +767,27 @@ class Sequential:
         leaves any previous file intact. `path` may also be a binary file
         object opened for writing (``io.BytesIO()``, ``open(p, "wb")``): the
         model is written at its current position and the object stays open."""
+        arrays = self._file_arrays()
+        if hasattr(path, "write"):
+            if isinstance(path, _io.TextIOBase):
+                raise ValueError("model.save needs a binary file object (open(path, 'wb'), io.BytesIO()), "
+                                 "got a text stream")
+            np.savez(path, **arrays)
+            return
+        _atomic_savez(os.fspath(path), arrays)
+
+    def _file_arrays(self, metadata=None, extra=None):
+        """The members of the model file (name -> array). `metadata` replaces
+        self.metadata in the file and `extra` adds float32 members (training
+        backups: nv.callbacks.BackupAndRestore); load_model ignores extra members."""
         if not self.built:
             raise RuntimeError("build or train the model before saving it")
         config = {"format": "nerve-model", "format_version": 1, "nerve_version": __version__,
                   "model": self.get_config(), "net": {"seed": int(self._net.seed), "step": int(self._net.step),
                           "stream": self._stream}}
-        if self.metadata:
-            config["metadata"] = self.metadata
+        metadata = self.metadata if metadata is None else metadata
+        if metadata:
+            config["metadata"] = metadata
         arrays = {"params": np.concatenate([p.value.reshape(-1) for p in self.parameters()]
                                            or [np.zeros(0, np.float32)])}
         buffers = self.buffers()
@@ -765,13 +812,9 @@ class Sequential:
             for name, arr in state["slots"].items():
                 arrays[f"slot_{name}"] = arr
         arrays["config"] = np.frombuffer(json.dumps(config).encode("utf-8"), dtype=np.uint8)
-        if hasattr(path, "write"):
-            if isinstance(path, _io.TextIOBase):
-                raise ValueError("model.save needs a binary file object (open(path, 'wb'), io.BytesIO()), "
-                                 "got a text stream")
-            np.savez(path, **arrays)
-            return
-        _atomic_savez(os.fspath(path), arrays)
+        for name, arr in (extra or {}).items():
+            arrays[name] = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+        return arrays
 
     def to_bytes(self):
         """The model file's bytes (what ``save`` writes); ``nv.load_model(io.BytesIO(b))`` reads them."""
