@@ -162,6 +162,41 @@ def test_backup_resume_in_process_equals_one_run(tmp_path):
     assert not os.path.exists(cb.path)   # deleted after a complete run
 
 
+@pytest.mark.parametrize("freq, crash_at, where", [(2, (2, 4), (2, 2)), (3, (1, 7), (1, 6)),
+                                                   (4, (3, 2), (3, 0))])
+def test_backup_every_k_batches_resumes_inside_the_epoch(tmp_path, freq, crash_at, where):
+    # 120 training rows / 16 = 8 batches per epoch (the last one of 8 rows). The crash comes
+    # before the backup of the batch it interrupts, so the run resumes at the one before.
+    x, y = _data()
+    nv.manual_seed(6)
+    make = OPTIMIZERS["adamw_schedule"]
+    one = _model(make)
+    start = one.to_bytes()
+    h1 = one.fit(x, y, epochs=5, **FIT)
+
+    class Crash(nv.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batches_end(self, first_batch, batch_losses, logs=None):
+            if (self.epoch, first_batch + len(batch_losses)) == crash_at:
+                raise KeyboardInterrupt
+
+    cb = nv.callbacks.BackupAndRestore(tmp_path, save_freq=freq)
+    two = nv.load_model(io.BytesIO(start))
+    with pytest.raises(KeyboardInterrupt):
+        two.fit(x, y, epochs=5, callbacks=[Crash(), cb], **FIT)
+    three = nv.load_model(io.BytesIO(start))
+    again = nv.callbacks.BackupAndRestore(tmp_path)   # save_freq need not match
+    h = three.fit(x, y, epochs=5, callbacks=[again], **FIT)
+    assert (again.restored_epoch, again.restored_batch) == where
+    assert (h.epoch[0], len(h.epoch)) == (where[0], 5 - where[0])
+    _assert_same(_state(one), _state(three))
+    # The resumed epoch's logs include the batches run before the crash.
+    assert h.history["loss"] == h1.history["loss"][where[0]:]
+    assert h.history["accuracy"] == h1.history["accuracy"][where[0]:]
+
+
 def test_backup_kept_when_asked(tmp_path):
     x, y = _data(48)
     model = _model(OPTIMIZERS["adam"])
@@ -270,8 +305,9 @@ def test_bad_backups_raise(tmp_path):
     for u, v in zip(before, model.get_weights()):
         np.testing.assert_array_equal(u, v)
     assert model.optimizer.iterations == 0
-    with pytest.raises(ValueError, match="save_freq"):
-        nv.callbacks.BackupAndRestore(bk, save_freq=10)
+    for bad in (0, -1, "batch", 1.5, True):
+        with pytest.raises(ValueError, match="save_freq"):
+            nv.callbacks.BackupAndRestore(bk, save_freq=bad)
     with pytest.raises(ValueError, match="at most one"):
         model.fit(x, y, epochs=1, callbacks=[cb, nv.callbacks.BackupAndRestore(tmp_path / "z")], verbose=0)
 
@@ -294,7 +330,12 @@ def test_hostile_training_state(tmp_path):
     for mutate, match in ((lambda s: s.update(epoch=-1), "epoch"), (lambda s: s.update(epoch="3"), "epoch"),
                           (lambda s: s.update(callbacks=[]), "mapping"),
                           (lambda s: s.update(arrays=["backup_99"]), "missing"),
-                          (lambda s: s.update(format=2), "not one BackupAndRestore")):
+                          (lambda s: s.update(format=2), "not one BackupAndRestore"),
+                          (lambda s: s.update(batch=1), "epoch_step"),
+                          (lambda s: s.update(batch=1, epoch_step=0, partial=[1.0, -1, 2]), "partial"),
+                          (lambda s: s.update(batch=1, epoch_step=0, partial=[float("inf"), 1, 2]), "partial"),
+                          # step 2 after one epoch of 2 batches: batch 1 from step 0 cannot be
+                          (lambda s: s.update(epoch=1, batch=1, epoch_step=0, partial=[1.0, 1, 2]), "batch 1")):
         cfg = json.loads(json.dumps(config))
         mutate(cfg["metadata"]["_nerve_backup"])
         write(cfg)
@@ -351,7 +392,7 @@ _SCRIPT = textwrap.dedent("""
     else:
         cbs = [Kill()] if mode == "batch" else []
     if mode != "none":
-        cbs.append(nv.callbacks.BackupAndRestore(backup))
+        cbs.append(nv.callbacks.BackupAndRestore(backup, save_freq=2 if mode == "batch" else "epoch"))
     h = model.fit(x, y, epochs=6, batch_size=16, validation_split=0.25, validation_split_mode="random",
                   callbacks=cbs, verbose=0)
     np.savez(out, *model.get_weights(), step=model._net.step, it=model.optimizer.iterations,
@@ -382,11 +423,14 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, mode):
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr)
     assert not (tmp_path / "out.npz").exists()
     assert (backup / "backup.nerve").exists()
+    st = json.loads(np.load(backup / "backup.nerve")["config"].tobytes())["metadata"]["_nerve_backup"]
+    if mode == "batch":
+        # save_freq=2: the last backup is from inside epoch 3, after its batches 0 and 1.
+        assert (st["epoch"], st["batch"]) == (3, 2)
     if mode == "write":
         # The interrupted write left its temporary file; the backup is epoch 2's (3 epochs done).
         assert any(n.startswith(".nerve-") for n in os.listdir(backup))
-        st = json.loads(np.load(backup / "backup.nerve")["config"].tobytes())
-        assert st["metadata"]["_nerve_backup"]["epoch"] == 3
+        assert (st["epoch"], st["batch"]) == (3, 0)
     again = _run(tmp_path, backup, tmp_path / "out.npz", 3, "rerun")
     assert again.returncode == 0, again.stderr
     a, b = _weights(tmp_path / "ref.npz"), _weights(tmp_path / "out.npz")
@@ -397,3 +441,16 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, mode):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert not (backup / "backup.nerve").exists()
     assert not any(n.startswith(".nerve-") for n in os.listdir(backup))   # the stale temp file was removed
+
+
+def test_distributed_backs_up_at_epoch_ends_only(tmp_path):
+    pytest.importorskip("mpi4py")
+    import nerve.distributed as nvd
+
+    nvd.init(threads=None)   # no launcher: a world of one rank
+    x, y = _data(48)
+    model = _model(OPTIMIZERS["adam"])
+    with pytest.raises(ValueError, match="epoch ends only"):
+        model.fit(x, y, epochs=1, verbose=0, distributed=True,
+                  callbacks=[nv.callbacks.BackupAndRestore(tmp_path, save_freq=2)])
+    assert model.optimizer.iterations == 0

@@ -576,19 +576,25 @@ class BackupAndRestore(Callback):
     architecture or optimizer raises ``ValueError`` (``nv.ModelFileError``
     for an unreadable file): never a silent wrong resume. In a distributed
     fit rank 0 writes and reads the backup and the state is broadcast.
-    Only ``save_freq="epoch"`` is supported. ``restored_epoch`` is the epoch
-    fit resumed at (None when it started fresh).
+    ``save_freq=k`` (an int) also backs up after every k-th batch of an
+    epoch (fit then hands at most k batches to C++ at a time), and a rerun
+    continues inside that epoch, with the same bits; distributed fits back up
+    at epoch ends only. ``restored_epoch`` and ``restored_batch`` say where
+    fit resumed (None when it started fresh).
     """
 
     def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
         super().__init__()
-        if save_freq != "epoch":
-            raise ValueError(f"BackupAndRestore: save_freq must be 'epoch' (a backup after every epoch), got "
-                             f"{save_freq!r}")
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, (int, np.integer))
+                                     or save_freq < 1):
+            raise ValueError(f"BackupAndRestore: save_freq must be 'epoch' or an int >= 1 (a backup every that "
+                             f"many batches, and at every epoch's end), got {save_freq!r}")
+        save_freq = save_freq if save_freq == "epoch" else int(save_freq)
         self.backup_dir = os.fspath(backup_dir)
         self.save_freq = save_freq
         self.delete_checkpoint = bool(delete_checkpoint)
         self.restored_epoch = None
+        self.restored_batch = None
         self._callbacks = []
 
     @property
@@ -617,6 +623,16 @@ class BackupAndRestore(Callback):
             if not isinstance(state, dict) or state.get("format") != _BACKUP_FORMAT:
                 raise ValueError("no training state (a model file, but not one BackupAndRestore wrote)")
             epoch = _state_int(state, "epoch")
+            batch = _state_int(state, "batch") if "batch" in state else 0
+            partial = None
+            if batch:
+                epoch_step = _state_int(state, "epoch_step")
+                partial = state.get("partial")
+                if not (isinstance(partial, list) and len(partial) == 3 and all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                        for v in partial) and all(isinstance(v, int) and v >= 0 for v in partial[1:])):
+                    raise ValueError(f"the partial epoch sums must be [loss_sum, correct, seen], got {partial!r}")
+                partial = (float(partial[0]), partial[1], partial[2])
             if not isinstance(state.get("callbacks"), dict):
                 raise ValueError("callback state must be a mapping")
             arrays = {}
@@ -638,7 +654,8 @@ class BackupAndRestore(Callback):
         except Exception as e:
             raise _model.ModelFileError(f"{path}: not a usable BackupAndRestore backup: "
                                         f"{type(e).__name__}: {e}") from e
-        return {"epoch": epoch, "stop_training": bool(state.get("stop_training", False)),
+        return {"epoch": epoch, "batch": batch, "epoch_step": epoch_step if batch else None, "partial": partial,
+                "stop_training": bool(state.get("stop_training", False)),
                 "callbacks": state["callbacks"], "arrays": arrays, "stream": loaded._stream}
 
     @staticmethod
@@ -679,6 +696,9 @@ class BackupAndRestore(Callback):
         broadcast): restores the model from the backup. Returns the training
         state for _restore_callbacks, or None when there is no backup."""
         self._callbacks = list(callbacks)
+        if distributed and self.save_freq != "epoch":
+            raise ValueError("BackupAndRestore: a distributed fit backs up at epoch ends only (save_freq='epoch'): "
+                             "inside an epoch the ranks' BatchNorm statistics and partial sums differ")
         if not distributed:
             resumed = self._read(model)
         else:
@@ -702,6 +722,7 @@ class BackupAndRestore(Callback):
             if resumed is not None and _dist.rank() != 0:
                 model._set_streams(resumed["stream"])
         self.restored_epoch = None if resumed is None else resumed["epoch"]
+        self.restored_batch = None if resumed is None else resumed["batch"]
         return resumed
 
     def _restore_callbacks(self, callbacks, resumed):
@@ -725,6 +746,12 @@ class BackupAndRestore(Callback):
         self._check_dir()
 
     def on_epoch_end(self, epoch, logs=None):
+        self._backup(epoch + 1, 0)
+
+    def _backup(self, epoch, batch, epoch_step=None, partial=None):
+        """Writes the backup: `epoch` epochs done and, inside an epoch (fit
+        calls this every save_freq batches), `batch` batches of the next one,
+        with the step count at its start and its partial log sums."""
         if not _writes_files(self.model):
             return
         from . import model as _model
@@ -742,9 +769,11 @@ class BackupAndRestore(Callback):
                 names.append(name)
             callbacks[key] = {"state": state, "arrays": names}
         metadata = dict(self.model.metadata or {})
-        metadata[_BACKUP_KEY] = {"format": _BACKUP_FORMAT, "epoch": int(epoch) + 1,
-                                 "stop_training": bool(self.model.stop_training),
-                                 "callbacks": callbacks, "arrays": list(extra)}
+        state = {"format": _BACKUP_FORMAT, "epoch": int(epoch), "batch": int(batch),
+                 "stop_training": bool(self.model.stop_training), "callbacks": callbacks, "arrays": list(extra)}
+        if batch:
+            state.update(epoch_step=int(epoch_step), partial=[float(partial[0]), int(partial[1]), int(partial[2])])
+        metadata[_BACKUP_KEY] = state
         os.makedirs(self.backup_dir, exist_ok=True)
         _model._atomic_savez(self.path, self.model._file_arrays(metadata=metadata, extra=extra))
 
@@ -754,6 +783,12 @@ class BackupAndRestore(Callback):
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+def _bad_backup(cb, why):
+    from . import model as _model
+
+    return _model.ModelFileError(f"{cb.path}: not a usable BackupAndRestore backup: {why}")
 
 
 def _state_keys(callbacks):

@@ -554,18 +554,29 @@ class Sequential:
         if augment is not None:
             # Augmented copies of at most ~8k rows at a time bound the memory.
             chunk = min(chunk, max(1, 8192 // batch_size))
+        # BackupAndRestore(save_freq=k): runs of batches end at every k-th batch of an epoch.
+        freq = backups[0].save_freq if backups and backups[0].save_freq != "epoch" else None
+        if freq is not None:
+            chunk = min(chunk, freq)
         self.stop_training = False
         for cb in cbs:
             cb.on_train_begin()
+        mid = None  # (batch, step at the epoch's start, partial sums) of a backup taken inside an epoch
         if resumed is not None:
             backups[0]._restore_callbacks(cbs, resumed)
             if resumed.get("stop_training"):
                 initial_epoch = max(initial_epoch, epochs)  # the backed-up run had stopped (EarlyStopping)
+            elif resumed["batch"] and initial_epoch == resumed["epoch"]:
+                mid = resumed["batch"], resumed["epoch_step"], resumed["partial"]
+                if mid[0] >= steps or int(self._net.step) != mid[1] + mid[0]:
+                    raise _callbacks._bad_backup(backups[0], f"it was taken at batch {mid[0]} (step "
+                                                 f"{int(self._net.step)}, epoch start {mid[1]}), which this "
+                                                 f"fit's {steps} batches per epoch do not have")
         for epoch in range(initial_epoch, epochs):
             for cb in cbs:
                 cb.on_epoch_begin(epoch)
             progress.start_epoch(epoch)
-            step0 = int(self._net.step)
+            step0 = int(self._net.step) if mid is None else mid[1]
             if shuffle:
                 gen = np.random.Generator(np.random.Philox(np.random.SeedSequence(
                     [key[0], key[1], 0x5348, epoch, step0])))
@@ -573,8 +584,14 @@ class Sequential:
             else:
                 order = np.arange(n, dtype=np.int64)
             loss_sum, correct, seen = 0.0, 0, 0
-            for first in range(0, steps, chunk):
-                rows = order[first * batch_size: min(n, (first + chunk) * batch_size)]
+            first = 0
+            if mid is not None:  # resumed inside this epoch
+                first, (loss_sum, correct, seen), mid = mid[0], mid[2], None
+            while first < steps:
+                nb = min(chunk, steps - first)
+                if freq is not None:
+                    nb = min(nb, freq - first % freq)
+                rows = order[first * batch_size: min(n, (first + nb) * batch_size)]
                 if per_batch:
                     for cb in cbs:
                         cb.on_batch_begin(first)
@@ -589,7 +606,7 @@ class Sequential:
                     net.step = self._net.step
                 if dist is not None:
                     batch_losses, batch_correct, sizes = dist.train_batches(
-                        net, bx, blab, bval, brows, first, min(chunk, steps - first), self.loss._spec,
+                        net, bx, blab, bval, brows, first, nb, self.loss._spec,
                         self.optimizer._core, count, bw)
                 else:
                     batch_losses, batch_correct = net.train_batches(
@@ -615,6 +632,9 @@ class Sequential:
                     self.stop_training = dist.agree_stop(self.stop_training)
                 if self.stop_training:
                     break
+                first += nb
+                if freq is not None and first % freq == 0 and first < steps:
+                    backups[0]._backup(epoch, first, step0, (loss_sum, correct, seen))
             if dist is not None:
                 # Every rank's rows: the same epoch logs (and decisions) everywhere.
                 loss_sum, correct, seen = dist.epoch_logs(loss_sum, correct, seen)
