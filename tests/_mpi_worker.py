@@ -295,9 +295,44 @@ def scenario_resume(tmp):
             "step_equal": int(ref._net.step) == int(resumed._net.step)}
 
 
+def scenario_resume_kill(tmp):
+    """Run twice by the test: the first job's rank 1 SIGKILLs itself inside
+    epoch 2 (the launcher then ends the job); the second job reruns the same
+    fit, which resumes from rank 0's backup, and compares with an
+    uninterrupted run trained in the same job."""
+    import signal
+
+    r = nvd.rank()
+    x, y = data(seed=5)
+    shard = nvd.shard(x, y)
+    fit = dict(epochs=4, batch_size=16, shuffle=True, verbose=0, validation_split=0.25,
+               validation_split_mode="random", distributed=nvd.Options(check=True))
+    first = not os.path.exists(os.path.join(tmp, "killed"))
+
+    class Kill(nv.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_batch_end(self, batch, logs=None):
+            if first and r == 1 and self.epoch == 2 and batch == 1:
+                open(os.path.join(tmp, "killed"), "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    model = mlp(12, (L.BatchNorm(), L.Dropout(0.25)), lambda: nv.optimizers.Adam(lr=5e-3))
+    cb = nv.callbacks.BackupAndRestore(os.path.join(tmp, "bk"))
+    h = model.fit(*shard, callbacks=[Kill(), cb], **fit)
+    ref = mlp(12, (L.BatchNorm(), L.Dropout(0.25)), lambda: nv.optimizers.Adam(lr=5e-3))
+    h_ref = ref.fit(*shard, **fit)
+    if r != 0:
+        return {}
+    return {"restored": cb.restored_epoch, "epochs": h.epoch, "bits": identical(model, ref),
+            "val_equal": h.history["val_loss"] == h_ref.history["val_loss"][2:]}
+
+
 if __name__ == "__main__":
     scenario, tmp = sys.argv[1], sys.argv[2]
     nvd.init(threads=1)
-    result = {"two": scenario_two, "uneven": scenario_uneven, "resume": scenario_resume}[scenario](tmp)
+    result = {"two": scenario_two, "uneven": scenario_uneven, "resume": scenario_resume,
+              "resume_kill": scenario_resume_kill}[scenario](tmp)
     if nvd.rank() == 0:
         print("RESULT " + json.dumps(result), flush=True)

@@ -104,6 +104,21 @@ def test_backup_and_restore_distributed(tmp_path):
 
 
 @needs_mpi
+def test_backup_and_restore_after_a_rank_is_killed(tmp_path):
+    # Job 1: rank 1 SIGKILLs itself inside epoch 2; the launcher ends the job.
+    cmd = [_mpirun(), "-n", "2", sys.executable, "-m", "mpi4py", WORKER, "resume_kill", str(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=str(tmp_path),
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode != 0 and (tmp_path / "killed").exists(), (p.returncode, p.stdout[-2000:])
+    assert (tmp_path / "bk" / "backup.nerve").exists()
+    # Job 2: the same command resumes at epoch 2 and ends with the uninterrupted run's bits.
+    r = worker_result(2, "resume_kill", tmp_path)
+    assert r["restored"] == 2 and r["epochs"] == [2, 3], r
+    assert r["bits"] and r["val_equal"], r
+    assert not (tmp_path / "bk" / "backup.nerve").exists()
+
+
+@needs_mpi
 def test_cli_distributed(tmp_path):
     out = run_ranks(2, ["-m", "nerve", "train", "--distributed", "--epochs", "3", "--json",
                         "--save", str(tmp_path / "m.nerve")], tmp_path)

@@ -454,3 +454,25 @@ def test_distributed_backs_up_at_epoch_ends_only(tmp_path):
         model.fit(x, y, epochs=1, verbose=0, distributed=True,
                   callbacks=[nv.callbacks.BackupAndRestore(tmp_path, save_freq=2)])
     assert model.optimizer.iterations == 0
+
+
+def test_cache_frozen_resume():
+    x, y = _data()
+
+    def make():
+        m = nv.Sequential([L.Dense(10, activation="tanh"), L.Dense(8, activation="relu"), L.Dropout(0.2),
+                           L.Dense(3)], input_dim=6)
+        m.layers[0].trainable = False
+        m.compile(optimizer=nv.optimizers.Adam(lr=1e-2), loss="cross_entropy")
+        return m
+
+    nv.manual_seed(13)
+    one = make()
+    start = one.to_bytes()
+    one.fit(x, y, epochs=4, batch_size=16, cache_frozen=True, verbose=0)
+    two = nv.load_model(io.BytesIO(start))
+    assert not two.layers[0].trainable
+    two.fit(x, y, epochs=2, batch_size=16, cache_frozen=True, verbose=0)
+    two = nv.load_model(io.BytesIO(two.to_bytes()))
+    two.fit(x, y, epochs=4, initial_epoch=2, batch_size=16, cache_frozen=True, verbose=0)
+    _assert_same(_state(one), _state(two))
