@@ -141,6 +141,7 @@ LEVEL_TEST_FILES = {
     "test_activations.py", "test_losses.py", "test_optimizers.py", "test_initializers.py",
     "test_layers_norm.py", "test_gemm.py", "test_gemm_kernel.py", "test_dense_forward.py",
     "test_dense_backward.py", "test_fused_update.py", "test_regressions.py", "test_build.py",
+    "test_recurrent.py",
 }
 
 

@@ -177,3 +177,66 @@ def test_optimized_predict_allocates_nothing_per_batch(tmp_path):
     for threads, batch, counts in results:
         assert counts["short"] > 0, counts
         assert counts["long"] == counts["short"], (threads, batch, counts)
+
+
+RECURRENT_CHILD = textwrap.dedent("""
+    import ctypes, json, sys
+    import numpy as np
+    import nerve as nv
+
+    calls = ctypes.CDLL(None).nerve_test_malloc_calls
+    calls.restype = ctypes.c_longlong
+    L = nv.layers
+    out = []
+    for threads, batch, kind in json.loads(sys.argv[1]):
+        nv.set_num_threads(threads)
+        steps = 9
+        r = np.random.default_rng(0)
+        if kind == "tokens":
+            layers = [L.Embedding(30, 8), L.LSTM(16, return_sequences=True, bidirectional=True), L.Dropout(0.1),
+                      L.GRU(12), L.Dense(3)]
+            x = r.integers(0, 30, (12 * batch, steps))
+            y = r.integers(0, 3, 12 * batch)
+        else:  # float sequences, a per-step output
+            layers = [L.SimpleRNN(16, return_sequences=True), L.GRU(8, return_sequences=True, bidirectional=True),
+                      L.LSTM(8, return_sequences=True), L.Dense(3)]
+            x = r.standard_normal((12 * batch, steps, 4)).astype(np.float32)
+            y = r.integers(0, 3, (12 * batch, steps))
+        m = nv.Sequential(layers)
+        m.compile(optimizer=nv.optimizers.Adam(lr=1e-3), loss="cross_entropy")
+        m.fit(x[:batch], y[:batch], epochs=1, batch_size=batch, verbose=0)  # builds, plans
+        rows, info = m._input(x)
+        labels, values = m._split_y(info.flat_y(y), info.samples * info.out_steps)
+        net, spec, opt = m._net, m.loss._spec, m.optimizer._core
+        short = np.arange(3 * batch, dtype=np.int64)
+        long = np.arange(12 * batch, dtype=np.int64)
+        counts = {}
+        runs = (("w1", short), ("w2", long), ("w3", short), ("w4", long), ("short", short), ("long", long))
+        for name, order in runs:
+            c0 = calls()
+            net.train_batches(rows, labels, values, order, batch, spec, opt, False, None, steps=steps)
+            counts[name] = calls() - c0
+        out.append([threads, batch, kind, counts])
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc hook (LD_PRELOAD)")
+def test_recurrent_train_step_allocates_nothing_after_the_first(tmp_path):
+    import json
+
+    lib = _compile_shim(tmp_path)
+    cases = [[1, 1, "tokens"], [2, 32, "tokens"], [1, 8, "floats"], [2, 40, "floats"]]
+    env = dict(os.environ, LD_PRELOAD=str(lib))
+    import nerve
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(nerve.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", RECURRENT_CHILD, json.dumps(cases)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    results = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(results) == len(cases)
+    for threads, batch, kind, counts in results:
+        assert counts["short"] > 0, counts
+        assert counts["long"] == counts["short"], (threads, batch, kind, counts)

@@ -8,6 +8,7 @@
 #include "nerve/gemm.hpp"
 #include "nerve/network.hpp"
 #include "nerve/parallel.hpp"
+#include "nerve/recurrent.hpp"
 
 namespace nerve::bind {
 
@@ -55,7 +56,9 @@ struct PyNetwork {
   PyNetwork(Index input_dim, std::vector<std::shared_ptr<Layer>> layers)
       : net(input_dim, std::move(layers)) {}
 
-  void check_input(const py::array& x, Index& rows) const {
+  // x: (rows, input_dim); a batch of sequences of `steps` steps is
+  // (sequences * steps, input_dim), sequence b's step t in row b * steps + t.
+  void check_input(const py::array& x, Index& rows, Index steps = 1) const {
     Index cols;
     matrix_shape(x, rows, cols, "x");
     if (x.ndim() == 1) cols = 1;
@@ -64,6 +67,10 @@ struct PyNetwork {
       throw ValueError("x: expected shape (batch, " + std::to_string(net.input_dim()) + "), got " +
                        shape_str(x));
     require(rows > 0, "x is empty");
+    require(steps > 0, "steps must be positive");
+    if (rows % steps != 0)
+      throw ValueError("x: " + std::to_string(rows) + " rows are not whole sequences of " + std::to_string(steps) +
+                       " steps");
   }
 
   // Copies rows idx[0, m) of x (and of the targets) into the batch buffers;
@@ -114,36 +121,41 @@ void bind_layers(py::module_& m) {
       .def_readwrite("stream", &Layer::stream)
       .def(
           "forward_np",
-          [](Layer& l, py::array x, bool training, std::uint64_t seed, std::uint64_t step) {
+          [](Layer& l, py::array x, bool training, std::uint64_t seed, std::uint64_t step, Index steps) {
             Index rows, cols;
             matrix_shape(x, rows, cols, "x");
             require(x.ndim() == 2 && cols == l.in_features,
                     l.type() + ": expected input of shape (batch, " + std::to_string(l.in_features) +
                         "), got " + shape_str(x));
-            FloatArray y = new_matrix(rows, l.out_features);
+            require(steps > 0 && rows % steps == 0, "x: rows must be whole sequences of `steps` steps");
+            FloatArray y = new_matrix(rows / steps * l.out_steps(steps), l.out_features);
             float* out = y.mutable_data();
             const float* in = fptr(x);
+            StepContext ctx{training, seed, step};
+            ctx.steps = steps;
             {
               py::gil_scoped_release nogil;
               l.plan(rows);
-              l.forward(in, out, rows, StepContext{training, seed, step});
+              l.forward(in, out, rows, ctx);
             }
             return y;
           },
-          py::arg("x"), py::arg("training"), py::arg("seed") = 0, py::arg("step") = 0)
+          py::arg("x"), py::arg("training"), py::arg("seed") = 0, py::arg("step") = 0, py::arg("steps") = 1)
       .def(
           "backward_np",
           [](Layer& l, py::array x, py::array y, py::array dy, bool training, std::uint64_t seed,
-             std::uint64_t step, bool want_dx) {
+             std::uint64_t step, bool want_dx, Index steps) {
             Index rows, cols, yr, yc, dr, dc;
             matrix_shape(x, rows, cols, "x");
             matrix_shape(y, yr, yc, "y");
             matrix_shape(dy, dr, dc, "dy");
-            require(dr == rows && dc == l.out_features && yr == rows && yc == l.out_features,
-                    l.type() + ": expected dy of shape (" + std::to_string(rows) + ", " +
+            require(steps > 0 && rows % steps == 0, "x: rows must be whole sequences of `steps` steps");
+            const Index out_rows = rows / steps * l.out_steps(steps);
+            require(dr == out_rows && dc == l.out_features && yr == out_rows && yc == l.out_features,
+                    l.type() + ": expected dy of shape (" + std::to_string(out_rows) + ", " +
                         std::to_string(l.out_features) + "), got " + shape_str(dy));
-            FloatArray scratch = new_matrix(rows, l.out_features);  // dy is overwritten
-            std::copy(fptr(dy), fptr(dy) + rows * l.out_features, scratch.mutable_data());
+            FloatArray scratch = new_matrix(out_rows, l.out_features);  // dy is overwritten
+            std::copy(fptr(dy), fptr(dy) + out_rows * l.out_features, scratch.mutable_data());
             py::object dx_obj = py::none();
             float* dx = nullptr;
             if (want_dx) {
@@ -155,16 +167,20 @@ void bind_layers(py::module_& m) {
             float* dyp = scratch.mutable_data();
             {
               py::gil_scoped_release nogil;
-              l.backward(xp, yp, dyp, dx, rows, StepContext{training, seed, step}, true);
+              StepContext ctx{training, seed, step};
+              ctx.steps = steps;
+              l.plan(rows);
+              l.backward(xp, yp, dyp, dx, rows, ctx, true);
             }
             return dx_obj;
           },
           py::arg("x"), py::arg("y"), py::arg("dy"), py::arg("training"), py::arg("seed") = 0,
-          py::arg("step") = 0, py::arg("want_dx") = true,
+          py::arg("step") = 0, py::arg("want_dx") = true, py::arg("steps") = 1,
           "Parameter gradients are accumulated (PyTorch semantics); returns dL/dx")
       .def("regularize", &Layer::regularize, py::arg("add_grad"))
       .def("apply_constraints", &Layer::apply_constraints)
       .def("check_batch", &Layer::check_batch, py::arg("batch"), py::arg("training"))
+      .def("out_steps", &Layer::out_steps, py::arg("steps"))
       .def(
           "buffers",
           [](py::object self) {
@@ -265,11 +281,56 @@ void bind_layers(py::module_& m) {
       .def_readonly("pieces", &Maxout::pieces)
       .def_readonly("inner", &Maxout::inner, "the Dense layer to units * pieces columns");
 
+  // Sequence layers (layers_recurrent.cpp).
+  py::class_<Embedding, Layer, std::shared_ptr<Embedding>>(m, "Embedding")
+      .def(py::init<Index, Index>(), py::arg("vocab_size"), py::arg("dim"))
+      .def_readonly("vocab_size", &Embedding::vocab)
+      .def_readonly("dim", &Embedding::dim)
+      .def(
+          "bind_params",
+          [](Embedding& l, std::shared_ptr<ParamArena> arena, Index offset) {
+            bind_param(l.table, arena, offset, checked_mul(l.vocab, l.dim, "Embedding table"));
+          },
+          py::arg("arena"), py::arg("offset"));
+  py::class_<Recurrent, Layer, std::shared_ptr<Recurrent>>(m, "Recurrent")
+      .def(py::init([](Index in, Index units, const std::string& cell, bool return_sequences, bool bidirectional) {
+             CellKind k;
+             if (cell == "tanh") k = CellKind::RnnTanh;
+             else if (cell == "relu") k = CellKind::RnnRelu;
+             else if (cell == "lstm") k = CellKind::Lstm;
+             else if (cell == "gru") k = CellKind::Gru;
+             else throw ValueError("unknown recurrent cell '" + cell + "' (tanh, relu, lstm, gru)");
+             return std::make_shared<Recurrent>(in, units, k, return_sequences, bidirectional);
+           }),
+           py::arg("in_features"), py::arg("units"), py::arg("cell"), py::arg("return_sequences"),
+           py::arg("bidirectional"))
+      .def_readonly("units", &Recurrent::units)
+      .def_readonly("return_sequences", &Recurrent::return_sequences)
+      .def_readonly("directions", &Recurrent::directions)
+      .def(
+          "bind_params",
+          [](Recurrent& l, std::shared_ptr<ParamArena> arena, std::vector<Index> offsets) {
+            // In params() order: per direction kernel, recurrent_kernel, bias (, recurrent_bias).
+            const Index G = l.gates() * l.units;
+            const std::size_t per = l.cell == CellKind::Gru ? 4 : 3;
+            require(offsets.size() == per * l.directions, "Recurrent.bind_params: wrong number of offsets");
+            for (int d = 0; d < l.directions; ++d) {
+              const Index* o = offsets.data() + per * d;
+              bind_param(l.dir[d].kernel, arena, o[0], checked_mul(l.in_features, G, "recurrent kernel"));
+              bind_param(l.dir[d].recurrent_kernel, arena, o[1], checked_mul(l.units, G, "recurrent kernel"));
+              bind_param(l.dir[d].bias, arena, o[2], G);
+              if (per == 4) bind_param(l.dir[d].recurrent_bias, arena, o[3], G);
+            }
+          },
+          py::arg("arena"), py::arg("offsets"));
+
   py::class_<PyNetwork>(m, "Network")
       .def(py::init<Index, std::vector<std::shared_ptr<Layer>>>(), py::arg("input_dim"),
            py::arg("layers"))
       .def_property_readonly("input_dim", [](PyNetwork& n) { return n.net.input_dim(); })
       .def_property_readonly("output_dim", [](PyNetwork& n) { return n.net.output_dim(); })
+      .def("output_steps", [](PyNetwork& n, Index steps) { return n.net.output_steps(steps); },
+           py::arg("steps"))
       .def_property(
           "seed", [](PyNetwork& n) { return n.net.seed; },
           [](PyNetwork& n, std::uint64_t s) { n.net.seed = s; })
@@ -283,9 +344,9 @@ void bind_layers(py::module_& m) {
           "False forces the separate optimizer pass, for comparisons)")
       .def(
           "forward",
-          [](PyNetwork& n, py::array x, bool training) {
+          [](PyNetwork& n, py::array x, bool training, Index steps) {
             Index rows;
-            n.check_input(x, rows);
+            n.check_input(x, rows, steps);
             n.net.check_finite(fptr(x), rows, n.net.input_dim(), "x");
             const Index in = n.net.input_dim();
             n.saved_rows = 0;  // the layers' saved activations are replaced from here on
@@ -296,12 +357,13 @@ void bind_layers(py::module_& m) {
               std::copy(src, src + rows * in, n.saved_x.data());
               src = n.saved_x.data();
             }
-            FloatArray out = new_matrix(rows, n.net.output_dim());
+            const Index out_rows = n.net.output_rows(rows, steps);
+            FloatArray out = new_matrix(out_rows, n.net.output_dim());
             float* o = out.mutable_data();
             {
               py::gil_scoped_release nogil;
-              const float* y = n.net.forward(src, rows, training);
-              std::copy(y, y + rows * n.net.output_dim(), o);
+              const float* y = n.net.forward(src, rows, training, steps);
+              std::copy(y, y + out_rows * n.net.output_dim(), o);
             }
             if (training) {
               n.net.step += 1;
@@ -311,7 +373,7 @@ void bind_layers(py::module_& m) {
             }
             return out;
           },
-          py::arg("x"), py::arg("training") = false)
+          py::arg("x"), py::arg("training") = false, py::arg("steps") = 1)
       .def(
           "backward",
           [](PyNetwork& n, py::array dout, bool accumulate, bool want_dx) {
@@ -324,8 +386,9 @@ void bind_layers(py::module_& m) {
                   "forward(x, training=True) first (predict, evaluate, train_step, fit and an "
                   "evaluation forward replace the activations backward needs)");
             const Index batch = n.saved_rows;
-            require(dout.ndim() == 2 && rows == batch && cols == n.net.output_dim(),
-                    "backward: expected a gradient of shape (" + std::to_string(batch) + ", " +
+            const Index out_rows = n.net.last_out_rows();
+            require(dout.ndim() == 2 && rows == out_rows && cols == n.net.output_dim(),
+                    "backward: expected a gradient of shape (" + std::to_string(out_rows) + ", " +
                         std::to_string(n.net.output_dim()) + "), got " + shape_str(dout));
             py::object dx_obj = py::none();
             float* dx = nullptr;
@@ -352,42 +415,52 @@ void bind_layers(py::module_& m) {
       .def("apply_constraints", [](PyNetwork& n) { n.net.apply_constraints(); })
       .def("apply_masks", [](PyNetwork& n) { n.net.apply_masks(); },
            "Re-zeroes pruned parameters (what train_step does after every update)")
-      .def("check_batch", [](PyNetwork& n, Index batch, bool training) { n.net.check_batch(batch, training); },
-           py::arg("batch"), py::arg("training"))
+      .def("check_batch",
+           [](PyNetwork& n, Index batch, bool training, Index steps) {
+             n.net.check_batch(checked_mul(batch, steps, "batch rows"), training, steps);
+           },
+           py::arg("batch"), py::arg("training"), py::arg("steps") = 1,
+           "batch: samples (sequences of `steps` rows each)")
       .def(
           "train_step",
           [](PyNetwork& n, py::array x, py::object labels, py::object values, const Loss& loss,
-             py::object opt, bool count, py::object weights) {
+             py::object opt, bool count, py::object weights, Index steps) {
             Index rows;
-            n.check_input(x, rows);
-            Target t = target_from_python(labels, values, rows, n.net.output_dim());
-            t.weights = weights_from_python(weights, rows);
+            n.check_input(x, rows, steps);
+            const Index out_rows = n.net.output_rows(rows, steps);
+            Target t = target_from_python(labels, values, out_rows, n.net.output_dim());
+            t.weights = weights_from_python(weights, out_rows);
             Optimizer& o = unwrap_optimizer(opt);
             const float* xp = fptr(x);
             StepResult r;
             n.saved_rows = 0;
             {
               py::gil_scoped_release nogil;
-              r = n.net.train_step(xp, rows, t, loss, o, count);
+              r = n.net.train_step(xp, rows, t, loss, o, count, false, steps);
             }
             return py::make_tuple(r.loss, r.correct);
           },
           py::arg("x"), py::arg("labels"), py::arg("values"), py::arg("loss"), py::arg("optimizer"),
-          py::arg("count") = false, py::arg("weights") = py::none())
+          py::arg("count") = false, py::arg("weights") = py::none(), py::arg("steps") = 1)
       .def(
           "train_batches",
           [](PyNetwork& n, py::array X, py::object labels, py::object values, LabelArray order,
-             Index batch_size, const Loss& loss, py::object opt, bool count, py::object weights) {
-            Index rows;
-            n.check_input(X, rows);
-            const float* all_weights = weights_from_python(weights, rows);
+             Index batch_size, const Loss& loss, py::object opt, bool count, py::object weights, Index steps) {
+            // `order` and batch_size count samples: rows, or sequences of
+            // `steps` rows (whose targets have output_steps rows each).
+            Index all_rows;
+            n.check_input(X, all_rows, steps);
+            const Index rows = all_rows / steps;                // samples
+            const Index ts = n.net.output_steps(steps);         // target rows per sample
+            const Index out_rows = rows * ts;
+            const float* all_weights = weights_from_python(weights, out_rows);
             require(batch_size > 0, "batch_size must be positive, got " + std::to_string(batch_size));
             const Index in = n.net.input_dim(), out = n.net.output_dim();
             // Whole-array checks first: nothing is trained if any batch would fail.
-            Target all = target_from_python(labels, values, rows, out);
-            n.net.check_finite(fptr(X), rows, in, "x");
-            validate_target(loss, all, rows, out);
-            if (all.values && loss.kind != LossKind::Distillation) n.net.check_finite(all.values, rows, out, "y");
+            Target all = target_from_python(labels, values, out_rows, out);
+            n.net.check_finite(fptr(X), all_rows, in, "x");
+            validate_target(loss, all, out_rows, out);
+            if (all.values && loss.kind != LossKind::Distillation) n.net.check_finite(all.values, out_rows, out, "y");
             require(order.ndim() == 1, "order must be 1-D");
             const Index count_rows = order.shape(0);
             const std::int64_t* idx = order.data();
@@ -396,14 +469,15 @@ void bind_layers(py::module_& m) {
             Optimizer& o = unwrap_optimizer(opt);
             const Index batches = (count_rows + batch_size - 1) / batch_size;
             if (batches > 0) {  // e.g. batch norm refuses a last batch of one row: say so before training
-              n.net.check_batch(std::min(batch_size, count_rows), true);
-              n.net.check_batch(count_rows - (batches - 1) * batch_size, true);
+              n.net.check_batch(std::min(batch_size, count_rows) * steps, true, steps);
+              n.net.check_batch((count_rows - (batches - 1) * batch_size) * steps, true, steps);
             }
             const Index cap = std::min(batch_size, count_rows);
-            n.batch_x.reserve(checked_mul(cap, in, "batch buffer"));
-            if (all.values) n.batch_values.reserve(checked_mul(cap, out, "batch target buffer"));
-            if (all.labels && static_cast<Index>(n.batch_labels.size()) < cap) n.batch_labels.resize(cap);
-            if (all_weights && static_cast<Index>(n.batch_weights.size()) < cap) n.batch_weights.resize(cap);
+            const Index in_s = checked_mul(steps, in, "sequence row"), out_s = ts * out;
+            n.batch_x.reserve(checked_mul(cap, in_s, "batch buffer"));
+            if (all.values) n.batch_values.reserve(checked_mul(cap, out_s, "batch target buffer"));
+            if (all.labels && static_cast<Index>(n.batch_labels.size()) < cap * ts) n.batch_labels.resize(cap * ts);
+            if (all_weights && static_cast<Index>(n.batch_weights.size()) < cap * ts) n.batch_weights.resize(cap * ts);
             py::array_t<double> losses(batches);
             py::array_t<std::int64_t> correct(batches);
             double* lp = losses.mutable_data();
@@ -412,7 +486,7 @@ void bind_layers(py::module_& m) {
             n.saved_rows = 0;
             {
               py::gil_scoped_release nogil;
-              n.net.plan(cap);
+              n.net.plan(cap * steps);
               for (Index b = 0; b < batches; ++b) {
                 const Index start = b * batch_size, m = std::min(batch_size, count_rows - start);
                 // The gather streams m rows from all over x: shared over the
@@ -420,16 +494,18 @@ void bind_layers(py::module_& m) {
                 // rows of 784 floats cost fit ~3% of a 2-thread step).
                 constexpr Index kGatherRows = 32;
                 const Index blocks = (m + kGatherRows - 1) / kGatherRows;
-                const int threads = threads_for(stream_work(static_cast<double>(m) * (in + out)), blocks);
+                const int threads = threads_for(stream_work(static_cast<double>(m) * (in_s + out_s)), blocks);
                 parallel_for(blocks, threads, [&](Index blk) {
                   for (Index r = blk * kGatherRows, end = std::min(m, r + kGatherRows); r < end; ++r) {
                     const Index src = idx[start + r];
-                    std::copy(xp + src * in, xp + (src + 1) * in, n.batch_x.data() + r * in);
+                    std::copy(xp + src * in_s, xp + (src + 1) * in_s, n.batch_x.data() + r * in_s);
                     if (all.values)
-                      std::copy(all.values + src * out, all.values + (src + 1) * out,
-                                n.batch_values.data() + r * out);
-                    if (all.labels) n.batch_labels[r] = all.labels[src];
-                    if (all_weights) n.batch_weights[r] = all_weights[src];
+                      std::copy(all.values + src * out_s, all.values + (src + 1) * out_s,
+                                n.batch_values.data() + r * out_s);
+                    for (Index k = 0; k < ts; ++k) {
+                      if (all.labels) n.batch_labels[r * ts + k] = all.labels[src * ts + k];
+                      if (all_weights) n.batch_weights[r * ts + k] = all_weights[src * ts + k];
+                    }
                   }
                 });
                 Target t;
@@ -437,7 +513,7 @@ void bind_layers(py::module_& m) {
                 if (all.labels) t.labels = n.batch_labels.data();
                 if (all_weights) t.weights = n.batch_weights.data();
                 // x and the targets were checked whole above.
-                StepResult res = n.net.train_step(n.batch_x.data(), m, t, loss, o, count, true);
+                StepResult res = n.net.train_step(n.batch_x.data(), m * steps, t, loss, o, count, true, steps);
                 lp[b] = res.loss;
                 cp[b] = res.correct;
               }
@@ -446,27 +522,28 @@ void bind_layers(py::module_& m) {
           },
           py::arg("x"), py::arg("labels"), py::arg("values"), py::arg("order"),
           py::arg("batch_size"), py::arg("loss"), py::arg("optimizer"), py::arg("count") = false,
-          py::arg("weights") = py::none(),
+          py::arg("weights") = py::none(), py::arg("steps") = 1,
           "Runs train_step over x[order] in batches (rows of the loss gradient scaled by weights[row] "
           "when given); returns per-batch losses and correct counts")
       .def(
           "compute_gradients",
           [](PyNetwork& n, py::array x, py::object labels, py::object values, const Loss& loss, bool count,
-             double grad_scale, py::object weights) {
+             double grad_scale, py::object weights, Index steps) {
             Index rows;
-            n.check_input(x, rows);
-            Target t = target_from_python(labels, values, rows, n.net.output_dim());
-            t.weights = weights_from_python(weights, rows);
+            n.check_input(x, rows, steps);
+            const Index out_rows = n.net.output_rows(rows, steps);
+            Target t = target_from_python(labels, values, out_rows, n.net.output_dim());
+            t.weights = weights_from_python(weights, out_rows);
             const float* xp = fptr(x);
             StepResult r;
             {
               py::gil_scoped_release nogil;
-              r = n.net.compute_gradients(xp, rows, t, loss, count, false, static_cast<float>(grad_scale));
+              r = n.net.compute_gradients(xp, rows, t, loss, count, false, static_cast<float>(grad_scale), steps);
             }
             return py::make_tuple(r.loss, r.correct);
           },
           py::arg("x"), py::arg("labels"), py::arg("values"), py::arg("loss"), py::arg("count") = false,
-          py::arg("grad_scale") = 1.0, py::arg("weights") = py::none(),
+          py::arg("grad_scale") = 1.0, py::arg("weights") = py::none(), py::arg("steps") = 1,
           "First half of train_step: forward, loss and backward; assigns every trainable gradient "
           "(of the data loss, times grad_scale) and updates nothing. Returns (loss, correct)")
       .def(
@@ -520,13 +597,15 @@ void bind_layers(py::module_& m) {
           "constraints, step += 1. Returns the weight penalty (train_step adds it to the loss)")
       .def(
           "predict",
-          [](PyNetwork& n, py::array X, Index batch_size) {
-            Index rows;
-            n.check_input(X, rows);
+          [](PyNetwork& n, py::array X, Index batch_size, Index steps) {
+            Index all_rows;
+            n.check_input(X, all_rows, steps);
             require(batch_size > 0, "batch_size must be positive");
-            n.net.check_finite(fptr(X), rows, n.net.input_dim(), "x");
-            const Index in = n.net.input_dim(), out = n.net.output_dim();
-            FloatArray result = new_matrix(rows, out);
+            n.net.check_finite(fptr(X), all_rows, n.net.input_dim(), "x");
+            // Batches of batch_size samples (sequences of `steps` rows).
+            const Index rows = all_rows / steps, ts = n.net.output_steps(steps);
+            const Index in = n.net.input_dim() * steps, out = n.net.output_dim() * ts;
+            FloatArray result = new_matrix(rows * ts, n.net.output_dim());
             float* o = result.mutable_data();
             const float* xp = fptr(X);
             n.saved_rows = 0;
@@ -534,14 +613,14 @@ void bind_layers(py::module_& m) {
               py::gil_scoped_release nogil;
               for (Index start = 0; start < rows; start += batch_size) {
                 const Index m = std::min(batch_size, rows - start);
-                const float* y = n.net.forward(xp + start * in, m, false);
+                const float* y = n.net.forward(xp + start * in, m * steps, false, steps);
                 std::copy(y, y + m * out, o + start * out);
               }
               n.net.forget_input();  // no pointer to X outlives this call
             }
             return result;
           },
-          py::arg("x"), py::arg("batch_size") = 256);
+          py::arg("x"), py::arg("batch_size") = 256, py::arg("steps") = 1);
 }
 
 }  // namespace nerve::bind

@@ -20,6 +20,10 @@ Residual::Residual(std::vector<std::shared_ptr<Layer>> layers)
   require(body.out_features == d, "Residual: f must map " + std::to_string(d) + " features to " +
                                       std::to_string(d) + " so that x + f(x) is defined, but its layers give " +
                                       std::to_string(body.out_features));
+  // x + f(x) adds row by row: f must give one output row per input row.
+  require(body.out_steps(2) == 2 && body.out_steps(7) == 7,
+          "Residual: f must keep the time steps of a sequence (a recurrent layer inside needs "
+          "return_sequences=True)");
   in_features = out_features = d;
 }
 

@@ -33,15 +33,21 @@ void Network::plan(Index capacity) {
   capacity_ = capacity;
 }
 
-void Network::check_batch(Index batch, bool training) const { stack_.check_batch(batch, training); }
+void Network::check_batch(Index batch, bool training, Index steps) const {
+  stack_.check_batch(batch, training, steps);
+}
 
-const float* Network::forward(const float* x, Index batch, bool training) {
-  check_batch(batch, training);
+const float* Network::forward(const float* x, Index batch, bool training, Index steps) {
+  check_batch(batch, training, steps);
   plan(batch);
-  const float* y = stack_.forward(x, batch, StepContext{training, seed, step});
+  StepContext ctx{training, seed, step};
+  ctx.steps = steps;
+  const float* y = stack_.forward(x, batch, ctx);
   input_ = x;
   last_training_ = training;
   last_batch_ = batch;
+  last_steps_ = steps;
+  last_out_rows_ = stack_.out_rows(batch, steps);
   return y;
 }
 
@@ -57,7 +63,9 @@ void Network::backward(const float* dout, Index batch, bool accumulate, float* d
       break;
     }
   if (dx) lowest = 0;
-  stack_.backward(input_, dout, dx, batch, StepContext{last_training_, seed, step, update}, accumulate, lowest);
+  StepContext ctx{last_training_, seed, step, update};
+  ctx.steps = last_steps_;
+  stack_.backward(input_, dout, dx, batch, ctx, accumulate, lowest);
 }
 
 double Network::regularize(bool add_grad) { return stack_.regularize(add_grad); }
@@ -97,36 +105,39 @@ static double weight_rows(const Loss& loss, const float* y, const Target& target
 }
 
 StepResult Network::forward_loss(const char* who, const float* x, Index batch, const Target& target,
-                                 const Loss& loss, bool count, bool data_checked) {
+                                 const Loss& loss, bool count, bool data_checked, Index steps) {
   if (batch <= 0) require(false, std::string(who) + ": empty batch");  // the string only when it fails
   const Index out = output_dim();
-  check_batch(batch, true);
+  check_batch(batch, true, steps);
+  // The loss is over the output's rows: sequences x steps for a sequence
+  // output, one row per sequence after a recurrent layer's last state.
+  const Index out_rows = output_rows(batch, steps);
   if (!data_checked) {
     check_finite(x, batch, input_dim_, "input batch");
-    validate_target(loss, target, batch, out);
+    validate_target(loss, target, out_rows, out);
     if (target.values && loss.kind != LossKind::Distillation)
-      check_finite(target.values, batch, out, "target batch");
+      check_finite(target.values, out_rows, out, "target batch");
   }
-  const float* y = forward(x, batch, true);
+  const float* y = forward(x, batch, true, steps);
   StepResult result;
   float* dy = loss_grad();
-  result.loss = loss_forward_backward(loss, y, target, batch, out, dy);
-  if (target.weights) result.loss = weight_rows(loss, y, target, batch, out, dy);
+  result.loss = loss_forward_backward(loss, y, target, out_rows, out, dy);
+  if (target.weights) result.loss = weight_rows(loss, y, target, out_rows, out, dy);
   if (count)
     // One logit column (trained with BCE-with-logits) is decided at 0, not 0.5.
     result.correct = loss.kind == LossKind::BinaryCrossEntropyWithLogits
-                         ? count_correct_logit_threshold(y, target, batch, out)
-                         : count_correct(y, target, batch, out);
+                         ? count_correct_logit_threshold(y, target, out_rows, out)
+                         : count_correct(y, target, out_rows, out);
   return result;
 }
 
 StepResult Network::compute_gradients(const float* x, Index batch, const Target& target, const Loss& loss,
-                                      bool count, bool data_checked, float grad_scale) {
+                                      bool count, bool data_checked, float grad_scale, Index steps) {
   require(std::isfinite(grad_scale), "compute_gradients: grad_scale must be finite");
-  StepResult result = forward_loss("compute_gradients", x, batch, target, loss, count, data_checked);
+  StepResult result = forward_loss("compute_gradients", x, batch, target, loss, count, data_checked, steps);
   float* dy = loss_grad();
   if (grad_scale != 1.0f)
-    for (Index i = 0, n = batch * output_dim(); i < n; ++i) dy[i] *= grad_scale;
+    for (Index i = 0, n = last_out_rows_ * output_dim(); i < n; ++i) dy[i] *= grad_scale;
   backward(dy, batch, false, nullptr, nullptr);
   return result;
 }
@@ -144,8 +155,8 @@ double Network::apply_update(Optimizer& opt) {
 }
 
 StepResult Network::train_step(const float* x, Index batch, const Target& target, const Loss& loss,
-                               Optimizer& opt, bool count, bool data_checked) {
-  StepResult result = forward_loss("train_step", x, batch, target, loss, count, data_checked);
+                               Optimizer& opt, bool count, bool data_checked, Index steps) {
+  StepResult result = forward_loss("train_step", x, batch, target, loss, count, data_checked, steps);
   // The optimizer's step in pieces: validation and per-step scalars first,
   // then the layers' own updates inside backward (when allowed), then every
   // parameter not updated yet. Same kernels, same order per element as

@@ -626,9 +626,223 @@ class Maxout(Dense):
         return cfg
 
 
+# -- sequences (docs/sequences.md) -------------------------------------------------------------
+# A (batch, time, features) sequence runs through a model as batch * time rows,
+# so every per-row layer (Dense, activations, Dropout, BatchNorm over all rows)
+# applies to the last axis of a sequence unchanged.
+
+MAX_VOCAB = 2 ** 24  # token ids travel as exact float32 values
+
+
+class Embedding(Layer):
+    """Token embeddings: ``y[b, t] = embeddings[ids[b, t]]`` (torch.nn.Embedding).
+
+    The model's input is then an integer array of token ids of shape
+    (batch, time), each in ``[0, vocab_size)`` (``vocab_size < 2**24``); the
+    output is (batch, time, dim). Ids out of range, float ids and NaN raise
+    ValueError. The table (``embeddings``, shape (vocab_size, dim), kind
+    "kernel") starts as N(0, 1), as PyTorch, unless
+    ``embeddings_initializer`` is given. Its gradient sums the output
+    gradient over the positions holding each id (dense, as torch's default
+    ``sparse=False``); the ids themselves have no gradient (zeros).
+    """
+
+    deterministic_in_training = True
+
+    def __init__(self, vocab_size, dim, embeddings_initializer=None, trainable=True, name=None):
+        super().__init__(trainable=trainable, name=name)
+        self.vocab_size = _positive_int("Embedding", "vocab_size", vocab_size)
+        if self.vocab_size >= MAX_VOCAB:
+            raise ValueError(f"Embedding: vocab_size must be < 2**24 (ids travel as exact float32), got {vocab_size}")
+        self.dim = _positive_int("Embedding", "dim", dim)
+        self.embeddings_initializer = initializers.get(
+            embeddings_initializer if embeddings_initializer is not None
+            else {"name": "random_normal", "mean": 0.0, "stddev": 1.0})
+        self.embeddings = None
+
+    def _make_core(self, input_dim):
+        if input_dim != 1:
+            raise ValueError(f"Embedding takes one token id per step: build the model with input_dim=1 (or "
+                             f"leave input_dim out), got input_dim={input_dim}")
+        return _core.Embedding(self.vocab_size, self.dim)
+
+    def _param_specs(self):
+        return [("embeddings", (self.vocab_size, self.dim), "kernel", self.embeddings_initializer)]
+
+    def _bind_core(self, arena, offsets):
+        self._core.bind_params(arena, offsets["embeddings"])
+
+    def check_ids(self, ids, what="x"):
+        """float32 (batch * time, 1) rows from integer ids of shape (batch, time); ValueError otherwise."""
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"{what}: Embedding takes integer token ids, got dtype {ids.dtype} (convert with "
+                             f".astype(np.int64) if the values are whole numbers)")
+        if ids.ndim != 2:
+            raise ValueError(f"{what}: Embedding takes token ids of shape (batch, time), got shape {ids.shape}")
+        if ids.size == 0:
+            raise ValueError(f"{what} is empty")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            pos = tuple(int(i) for i in np.argwhere(ids == bad)[0])
+            raise ValueError(f"{what}: token id {bad} at position {pos} is out of range [0, {self.vocab_size})")
+        return ids.astype(np.float32).reshape(-1, 1)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(vocab_size=self.vocab_size, dim=self.dim,
+                   embeddings_initializer=self.embeddings_initializer.get_config())
+        return cfg
+
+
+class _SumOfUniforms(initializers.Initializer):
+    """U(-k, k) + U(-k, k): the distribution of torch's b_ih + b_hh (the one
+    bias nerve keeps for both)."""
+
+    name = "sum_of_uniforms"
+
+    def __init__(self, k):
+        self.k = float(k)
+
+    def fill(self, out, seed=None):
+        u = initializers.RandomUniform(-self.k, self.k)
+        u.fill(out, seed)
+        extra = np.empty_like(out)
+        u.fill(extra, None if seed is None else seed + 1)
+        out += extra
+
+    def get_config(self):
+        return {"name": "random_uniform", "minval": -self.k, "maxval": self.k}
+
+
+class _Recurrent(Layer):
+    """Shared parts of SimpleRNN, LSTM and GRU (one C++ layer, nerve/recurrent.hpp)."""
+
+    _gates = 1
+    _separate_recurrent_bias = False
+    deterministic_in_training = True
+
+    def __init__(self, units, return_sequences=False, bidirectional=False, kernel_initializer=None,
+                 recurrent_initializer=None, bias_initializer=None, trainable=True, name=None):
+        super().__init__(trainable=trainable, name=name)
+        owner = type(self).__name__
+        self.units = _positive_int(owner, "units", units)
+        self.return_sequences = bool(return_sequences)
+        self.bidirectional = bool(bidirectional)
+        # None: PyTorch's default, U(-1/sqrt(units), 1/sqrt(units)) for every weight.
+        self.kernel_initializer = None if kernel_initializer is None else initializers.get(kernel_initializer)
+        self.recurrent_initializer = (None if recurrent_initializer is None
+                                      else initializers.get(recurrent_initializer))
+        self.bias_initializer = None if bias_initializer is None else initializers.get(bias_initializer)
+
+    @property
+    def _cell(self):
+        raise NotImplementedError
+
+    def _make_core(self, input_dim):
+        return _core.Recurrent(input_dim, self.units, self._cell, self.return_sequences, self.bidirectional)
+
+    def _param_specs(self):
+        k = 1.0 / math.sqrt(self.units)
+        uniform = initializers.RandomUniform(-k, k)
+        g = self._gates * self.units
+        kinit = self.kernel_initializer or uniform
+        rinit = self.recurrent_initializer or uniform
+        binit = self.bias_initializer or (uniform if self._separate_recurrent_bias else _SumOfUniforms(k))
+        specs = []
+        for suffix in ("", "_reverse")[: 2 if self.bidirectional else 1]:
+            specs += [("kernel" + suffix, (self.input_dim, g), "kernel", kinit),
+                      ("recurrent_kernel" + suffix, (self.units, g), "kernel", rinit),
+                      ("bias" + suffix, (g,), "bias", binit)]
+            if self._separate_recurrent_bias:
+                specs.append(("recurrent_bias" + suffix, (g,), "bias", self.bias_initializer or uniform))
+        return specs
+
+    def _bind_core(self, arena, offsets):
+        self._core.bind_params(arena, [offsets[attr] for attr, _, _, _ in self._param_specs()])
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(units=self.units, return_sequences=self.return_sequences, bidirectional=self.bidirectional)
+        for key in ("kernel_initializer", "recurrent_initializer", "bias_initializer"):
+            init = getattr(self, key)
+            if init is not None:
+                cfg[key] = init.get_config()
+        return cfg
+
+
+class SimpleRNN(_Recurrent):
+    """Elman RNN (torch.nn.RNN): ``h_t = act(x_t W + h_{t-1} U + b)``, h_0 = 0.
+
+    ``kernel`` = W_ih.T (in, units), ``recurrent_kernel`` = W_hh.T (units,
+    units), ``bias`` = b_ih + b_hh. ``activation`` "tanh" (default) or
+    "relu" (torch's ``nonlinearity``). Input (batch, time, features); output
+    (batch, time, units) with ``return_sequences=True``, else the last state
+    (batch, units). ``bidirectional=True`` adds a second set of weights
+    (``kernel_reverse``, ...) reading the steps backwards and concatenates
+    both outputs per step (2·units features); with return_sequences=False the
+    output is torch's ``h_n`` of both directions (the reverse one after step 0).
+    Default initializers as PyTorch: every weight U(-1/√units, 1/√units)
+    (the bias the sum of two such draws, like b_ih + b_hh).
+    """
+
+    def __init__(self, units, activation="tanh", return_sequences=False, bidirectional=False,
+                 kernel_initializer=None, recurrent_initializer=None, bias_initializer=None,
+                 trainable=True, name=None):
+        if activation not in ("tanh", "relu"):
+            raise ValueError(f"SimpleRNN: activation must be 'tanh' or 'relu' (as torch.nn.RNN), got {activation!r}")
+        self.activation_name = activation
+        super().__init__(units, return_sequences, bidirectional, kernel_initializer, recurrent_initializer,
+                         bias_initializer, trainable, name)
+
+    _cell = property(lambda self: self.activation_name)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["activation"] = self.activation_name
+        return cfg
+
+
+class LSTM(_Recurrent):
+    """Long short-term memory (Hochreiter & Schmidhuber 1997; torch.nn.LSTM):
+
+    ``[i, f, g, o] = x_t W + h_{t-1} U + b`` (gates in that order, each
+    ``units`` wide), ``i, f, o = σ(·)``, ``g = tanh(·)``,
+    ``c_t = f ⊙ c_{t-1} + i ⊙ g``, ``h_t = o ⊙ tanh(c_t)``; h_0 = c_0 = 0.
+    ``kernel`` = W_ih.T (in, 4·units), ``recurrent_kernel`` = W_hh.T (units,
+    4·units), ``bias`` = b_ih + b_hh (4·units). Shapes, ``return_sequences``,
+    ``bidirectional`` and initializers as :class:`SimpleRNN`.
+    """
+
+    _gates = 4
+    _cell = "lstm"
+
+
+class GRU(_Recurrent):
+    """Gated recurrent unit (Cho et al. 2014), torch.nn.GRU's formulation:
+
+    ``r = σ(x W_r + b_r + h U_r + rb_r)``, ``z = σ(x W_z + b_z + h U_z + rb_z)``,
+    ``n = tanh(x W_n + b_n + r ⊙ (h U_n + rb_n))``, ``h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}``;
+    h_0 = 0. ``kernel`` = W_ih.T (in, 3·units), ``recurrent_kernel`` = W_hh.T
+    (units, 3·units), ``bias`` = b_ih, ``recurrent_bias`` = b_hh, gates
+    (r, z, n). Shapes, ``return_sequences``, ``bidirectional`` and
+    initializers as :class:`SimpleRNN`.
+    """
+
+    _gates = 3
+    _cell = "gru"
+    _separate_recurrent_bias = True
+
+
+def _is_sequence_layer(layer):
+    return isinstance(layer, (Embedding, _Recurrent))
+
+
 # Classes a model file may name: loading instantiates nothing else.
 LAYER_CLASSES = {cls.__name__: cls for cls in (Dense, Activation, BatchNorm, Dropout, AlphaDropout,
-                                                GaussianNoise, Residual, PReLU, Swish, Maxout)}
+                                                GaussianNoise, Residual, PReLU, Swish, Maxout,
+                                                Embedding, SimpleRNN, LSTM, GRU)}
 
 
 def register(cls):

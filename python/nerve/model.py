@@ -46,6 +46,62 @@ def _as_x(x, input_dim=None, what="x"):
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def _as_seq(x, input_dim=None, what="x"):
+    """float32 C-contiguous (batch, time, features) sequences; ints are converted."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
+    if arr.ndim != 3:
+        raise ValueError(f"{what} must be 3-D (batch, time, features) for a model with recurrent layers, "
+                         f"got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{what} is empty (shape {arr.shape})")
+    if input_dim is not None and arr.shape[2] != input_dim:
+        raise ValueError(f"{what}: the model expects {input_dim} features per step, got {arr.shape[2]} "
+                         f"(shape {arr.shape})")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+class _Input:
+    """A batch as the C++ network takes it: `rows` = samples * steps rows of
+    `features`, plus how to shape outputs and flatten targets. Sequence input
+    (batch, time, features) -- or (batch, time) token ids into an Embedding --
+    is batch * time rows; a sequence output (no layer returning only its last
+    state) is (batch, time, out) and its targets (batch, time[, out])."""
+
+    __slots__ = ("rows", "samples", "steps", "seq", "seq_out")
+
+    def __init__(self, rows, samples, steps, seq, seq_out):
+        self.rows, self.samples, self.steps, self.seq, self.seq_out = rows, samples, steps, seq, seq_out
+
+    @property
+    def out_steps(self):
+        return self.steps if self.seq_out else 1
+
+    def shape_out(self, out):
+        if self.seq_out:
+            return out.reshape(self.samples, self.steps, out.shape[1])
+        return out
+
+    def flat_y(self, y, what="y"):
+        """Targets of a sequence output, (batch, time[, k]) -> (batch * time[, k])."""
+        if not self.seq_out:
+            return y
+        if isinstance(y, (tuple, list)):
+            return type(y)(self.flat_y(a, what) for a in y)
+        arr = np.asarray(y)
+        if arr.ndim < 2 or arr.shape[:2] != (self.samples, self.steps):
+            raise ValueError(f"{what}: the model outputs a sequence of shape (batch, time, out) = "
+                             f"({self.samples}, {self.steps}, ...), so targets must have shape "
+                             f"({self.samples}, {self.steps}) (labels) or ({self.samples}, {self.steps}, out); "
+                             f"got {arr.shape}")
+        return arr.reshape((self.samples * self.steps,) + arr.shape[2:])
+
+    def per_sample(self, x):
+        """The rows grouped per sample (for indexing samples)."""
+        return x.reshape(self.samples, self.steps, x.shape[1]) if self.seq else x
+
+
 class _LayerList(list):
     """``model.layers``: a plain list until the model is built, then read-only.
 
@@ -190,6 +246,34 @@ class Sequential:
     def output_dim(self):
         return self.layers[-1].output_dim if self.built else None
 
+    # -- sequences -------------------------------------------------------------
+    def _sequence_model(self):
+        return any(_layers._is_sequence_layer(leaf) for l in self.layers for leaf in _leaf_layer_list(l))
+
+    def _input(self, x, what="x"):
+        """(x as (rows, features) float32, _Input): the model's input in C++ rows."""
+        if self.layers and isinstance(self.layers[0], _layers.Embedding):
+            ids = np.asarray(x)
+            flat = self.layers[0].check_ids(ids, what)
+            if not self.built:
+                self.build(1)
+            samples, steps = ids.shape
+        elif np.ndim(x) == 3 or self._sequence_model():
+            arr = _as_seq(x, self.input_dim, what)
+            samples, steps, features = arr.shape
+            flat = arr.reshape(samples * steps, features)
+            if not self.built:
+                self.build(features)
+        else:
+            flat = _as_x(x, self.input_dim, what)
+            if not self.built:
+                self.build(flat.shape[1])
+            return flat, _Input(flat.shape[0], flat.shape[0], 1, False, False)
+        # Whether the output keeps the steps is structural (a recurrent
+        # layer with return_sequences=False keeps 1 of any number).
+        seq_out = self._net.output_steps(2) == 2
+        return flat, _Input(flat.shape[0], samples, steps, True, seq_out)
+
     def parameters(self):
         """Every parameter, in layer order (nv.Parameter objects)."""
         return [p for layer in self.layers for p in layer.parameters()]
@@ -279,6 +363,10 @@ class Sequential:
             self.build(x.shape[1])
         self._bind_optimizer()
 
+    def _require_compiled(self):
+        if self.optimizer is None or self.loss is None:
+            raise RuntimeError("call model.compile(optimizer=..., loss=...) before training")
+
     def _logit_outputs(self):
         """True when a single output column is a logit (decided at 0 by accuracy)."""
         return self.loss is not None and self.loss.name == "binary_cross_entropy_with_logits"
@@ -292,20 +380,22 @@ class Sequential:
         """One fused C++ step on a batch: forward, loss, backward, penalties,
         update, constraints. Returns the loss (with weight penalties). A bad
         batch raises ValueError and changes nothing."""
-        x = _as_x(x, self.input_dim)
+        self._require_compiled()
+        x, info = self._input(x)
         self._ready(x)
-        labels, values = self._split_y(y, x.shape[0], check_label_range=False)  # the C++ step checks
+        labels, values = self._split_y(info.flat_y(y), info.samples * info.out_steps,
+                                       check_label_range=False)  # the C++ step checks
         self.optimizer._before_step()
-        loss, _ = self._net.train_step(x, labels, values, self.loss._spec, self.optimizer._core, False)
+        loss, _ = self._net.train_step(x, labels, values, self.loss._spec, self.optimizer._core, False,
+                                       steps=info.steps)
         return float(loss)
 
     @_locked
     def forward(self, x, training=False):
         """The model's output for x; with training=True, keeps what backward needs."""
-        x = _as_x(x, self.input_dim)
-        if not self.built:
-            self.build(x.shape[1])
-        return self._net.forward(x, bool(training))
+        x, info = self._input(x)
+        self._last_input = (info, np.shape(x)) if training else None
+        return info.shape_out(self._net.forward(x, bool(training), info.steps))
 
     __call__ = forward
 
@@ -316,9 +406,20 @@ class Sequential:
         if not self.built:
             raise RuntimeError("call forward before backward")
         g = np.ascontiguousarray(grad, dtype=np.float32)
+        last = getattr(self, "_last_input", None)
+        info = last[0] if last is not None else None
+        if info is not None and info.seq_out:
+            if g.shape != (info.samples, info.steps, self.output_dim):
+                raise ValueError(f"backward: expected a gradient of shape "
+                                 f"{(info.samples, info.steps, self.output_dim)}, got {g.shape}")
+            g = g.reshape(-1, self.output_dim)
         if g.ndim == 1 and self.output_dim == 1:
             g = g.reshape(-1, 1)
         dx = self._net.backward(g, True, bool(return_input_grad))
+        if dx is not None and info is not None and info.seq:
+            # d loss / d input in the input's shape (token ids: zeros, they have no gradient).
+            dx = dx.reshape(info.samples, info.steps) if isinstance(self.layers[0], _layers.Embedding) \
+                else dx.reshape(info.samples, info.steps, -1)
         # Weight penalties belong to the loss: their gradients join the data
         # gradients here, as inside train_step.
         self._net.regularize(True)
@@ -327,10 +428,8 @@ class Sequential:
     @_locked
     def predict(self, x, batch_size=256):
         """Outputs for x (evaluation mode), computed in batches."""
-        x = _as_x(x, self.input_dim)
-        if not self.built:
-            self.build(x.shape[1])
-        return self._net.predict(x, int(batch_size))
+        x, info = self._input(x)
+        return info.shape_out(self._net.predict(x, int(batch_size), info.steps))
 
     def predict_proba(self, x, batch_size=256):
         """Class probabilities for x, for models compiled with a classification loss.
@@ -352,8 +451,8 @@ class Sequential:
                              f"{self.loss.name!r}, whose outputs are not probabilities: use predict")
         out = self.predict(x, batch_size).astype(np.float64)
         if link == "softmax":
-            out = np.exp(out - out.max(axis=1, keepdims=True))
-            out /= out.sum(axis=1, keepdims=True)
+            out = np.exp(out - out.max(axis=-1, keepdims=True))
+            out /= out.sum(axis=-1, keepdims=True)
         elif link == "sigmoid":
             out = 0.5 * (1.0 + np.tanh(0.5 * out))  # = 1 / (1 + exp(-z)) without overflow
         return out.astype(np.float32)
@@ -363,12 +462,17 @@ class Sequential:
         """{"loss": ..., metric: ...} on (x, y); the loss includes weight penalties, as in fit."""
         if self.loss is None:
             raise RuntimeError("call model.compile(...) before evaluate")
-        x = _as_x(x, self.input_dim)
-        _, values = self._split_y(y, x.shape[0])
+        x, info = self._input(x)
+        y = info.flat_y(y)
+        _, values = self._split_y(y, info.samples * info.out_steps)
         if values is not None and not np.all(np.isfinite(values)):
             row = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
             raise ValueError(f"y contains NaN or Inf at row {row}")
-        pred = self.predict(x, batch_size)
+        return self._evaluate_prepared(x, info, y, batch_size, verbose)
+
+    def _evaluate_prepared(self, x, info, y, batch_size, verbose=0):
+        """evaluate on x already in rows (_input) and y flattened (info.flat_y)."""
+        pred = self._net.predict(x, int(batch_size), info.steps)
         logs = {"loss": self.loss.forward(pred, y) + self._net.regularize(False)}
         for m in self.metrics:
             logs[m.name] = m.forward(pred, y, self._logit_outputs())
@@ -437,9 +541,19 @@ class Sequential:
         for name, v, lo in (("epochs", epochs, 0), ("batch_size", batch_size, 1), ("initial_epoch", initial_epoch, 0)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-        x = _as_x(x, self.input_dim)
+        self._require_compiled()
+        x, info = self._input(x)
         self._ready(x)
-        n = x.shape[0]
+        seq = info.seq
+        if seq:
+            for flag, what in ((cache_frozen, "cache_frozen=True"), (augment is not None, "augment="),
+                               (distributed, "distributed=True"),
+                               (class_weight is not None and info.seq_out, "class_weight= with a sequence output")):
+                if flag:
+                    raise ValueError(f"fit: {what} is not supported with sequence input yet")
+            x = info.per_sample(x)  # (samples, steps, features): rows are drawn per sample
+        n = info.samples
+        self._fit_rows_per_sample = info.out_steps
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
         if validation_split_mode not in ("last", "random", "stratified"):
@@ -466,8 +580,28 @@ class Sequential:
                 weights = np.ascontiguousarray(weights[train_rows])
             validation_data = (x_val, y_val)
             n = x.shape[0]
-        labels, values = self._split_y(y, n)
-        if validation_data is not None:
+            if seq:
+                info = _Input(n * info.steps, n, info.steps, True, info.seq_out)
+        labels, values = self._split_y(info.flat_y(y), n * info.out_steps)
+        if weights is not None and info.out_steps > 1:
+            weights = np.ascontiguousarray(np.repeat(weights, info.out_steps))  # one per output row
+        val_seq = None  # sequences: (rows, _Input, flat y) of the validation data
+        if validation_data is not None and seq:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data must be (x_val, y_val)")
+            xv = validation_data[0]
+            if isinstance(xv, np.ndarray) and xv.ndim == 3 and xv.dtype == np.float32 and \
+                    isinstance(self.layers[0], _layers.Embedding):  # from validation_split: rows already
+                vinfo = _Input(xv.shape[0] * xv.shape[1], xv.shape[0], xv.shape[1], True, info.seq_out)
+                xv = np.ascontiguousarray(xv.reshape(-1, xv.shape[2]))
+            else:
+                xv, vinfo = self._input(xv, "validation x")
+            yv = vinfo.flat_y(validation_data[1], "validation y")
+            _, val_values = self._split_y(yv, vinfo.samples * vinfo.out_steps)
+            if val_values is not None:
+                _check_finite(val_values, "validation y")
+            val_seq = (xv, vinfo, yv)
+        elif validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise ValueError("validation_data must be (x_val, y_val)")
             x_val = _as_x(validation_data[0], self.input_dim, "validation x")
@@ -519,8 +653,12 @@ class Sequential:
         def check_batches():
             # A layer that cannot take some batch size (BatchNorm: a last batch of
             # one row) fails here, before any step, not mid-epoch.
-            self._net.check_batch(min(batch_size, n), True)
-            self._net.check_batch(n - (steps - 1) * batch_size, True)
+            self._net.check_batch(min(batch_size, n), True, info.steps)
+            self._net.check_batch(n - (steps - 1) * batch_size, True, info.steps)
+
+        # The C++ loop takes rows: a sequence sample is `steps` of them.
+        x_rows = np.ascontiguousarray(train_x.reshape(-1, train_x.shape[-1])) if seq else train_x
+        y_rows = info.flat_y(y) if seq else y
 
         dist = None
         if distributed:
@@ -610,7 +748,8 @@ class Sequential:
                         self.optimizer._core, count, bw)
                 else:
                     batch_losses, batch_correct = net.train_batches(
-                        bx, blab, bval, brows, batch_size, self.loss._spec, self.optimizer._core, count, bw)
+                        x_rows if seq else bx, blab, bval, brows, batch_size, self.loss._spec,
+                        self.optimizer._core, count, bw, steps=info.steps)
                 if net is not self._net:
                     # The full network keeps the step count that keys random draws.
                     self._net.step = net.step
@@ -643,11 +782,13 @@ class Sequential:
             extra = [m for m in self.metrics if m.name not in ("accuracy", "zero_one")]
             if extra:
                 # Metrics not counted inside the step: on the training rows at the epoch's end.
-                pred = net.predict(train_x, max(256, batch_size))
+                pred = net.predict(x_rows, max(256, batch_size), info.steps)
                 for m in extra:
-                    logs[m.name] = m.forward(pred, y, self._logit_outputs())
+                    logs[m.name] = m.forward(pred, y_rows, self._logit_outputs())
             if validation_data is not None:
-                if val_x is not None:
+                if val_seq is not None:
+                    val = self._evaluate_prepared(val_seq[0], val_seq[1], val_seq[2], max(256, batch_size))
+                elif val_x is not None:
                     val = self._evaluate_on(net, val_x, validation_data[1], max(256, batch_size))
                 else:
                     val = self.evaluate(validation_data[0], validation_data[1], batch_size=max(256, batch_size))
@@ -728,7 +869,8 @@ class Sequential:
         for m in self.metrics:
             if m.name not in ("accuracy", "zero_one"):
                 continue  # computed at the epoch's end (fit)
-            acc = correct / max(seen, 1)
+            # Sequence outputs count every step's row.
+            acc = correct / max(seen * getattr(self, "_fit_rows_per_sample", 1), 1)
             logs[m.name] = 1.0 - acc if m.name == "zero_one" else acc
         return logs
 

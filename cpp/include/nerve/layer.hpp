@@ -53,6 +53,12 @@ struct StepContext {
   // (Optimizer::update_slice) once their gradient, penalty included, is
   // complete, and mark them updated. Dense does so at batches of 1 to 4.
   Optimizer* optimizer = nullptr;
+  // Time steps of the layer's input: a (batch, steps, features) sequence
+  // travels as batch * steps row-major rows, so per-row layers (Dense,
+  // activations, dropout, batch norm over all rows) work on sequences
+  // unchanged; a recurrent layer reads the `rows` it is given as
+  // rows / steps sequences of `steps` rows each. 1 for plain (batch, features).
+  Index steps = 1;
 };
 
 // Keras-scale weight penalty: l1 * sum|w| + l2 * sum w^2.
@@ -72,6 +78,10 @@ class Layer {
   std::uint64_t stream = 0;  // distinguishes this layer's random draws
 
   virtual std::vector<ParamRef*> params() { return {}; }
+
+  // Steps of the output for an input of `steps` steps: the same for every
+  // per-row layer; 1 for a recurrent layer that returns only its last state.
+  virtual Index out_steps(Index steps) const { return steps; }
 
   // Non-trainable state saved with the model (batch norm's running statistics).
   virtual std::vector<AlignedBuffer*> buffers() { return {}; }
@@ -241,11 +251,18 @@ class LayerStack {
   // Sizes every buffer for batches of up to `capacity` rows (no allocation
   // later for any batch <= capacity).
   void plan(Index capacity);
-  void check_batch(Index batch, bool training) const;
-  // Runs the chain on x; returns the last output (x itself when empty).
+  // `batch` rows of `steps` steps each sequence (rows / steps sequences).
+  void check_batch(Index batch, bool training, Index steps = 1) const;
+  // Steps and rows of the last layer's output for an input of `rows` rows of
+  // `steps` steps; throws ValueError when rows is not a multiple of steps.
+  Index out_steps(Index steps) const;
+  Index out_rows(Index rows, Index steps) const;
+  // Runs the chain on x (`batch` rows, ctx.steps steps); returns the last
+  // output (x itself when empty), of out_rows(batch, ctx.steps) rows.
   const float* forward(const float* x, Index batch, const StepContext& ctx);
   // Back-propagates dout (copied unless it already is grad_buffer()) through
   // the layers above `lowest`; layer `lowest` writes dx only when it is layer 0.
+  // `batch` and ctx.steps are those of the last forward's input.
   void backward(const float* x, const float* dout, float* dx, Index batch, const StepContext& ctx,
                 bool accumulate, std::size_t lowest = 0);
   // Where a caller may write dL/d(output) directly (saves the copy).
@@ -259,6 +276,9 @@ class LayerStack {
  private:
   Index capacity_ = 0;
   std::vector<AlignedBuffer> outputs_;  // outputs_[i]: output of layer i
+  // Rows and steps of each layer's input in the last forward (sized when
+  // built: no allocation per step); entry layers.size() is the output's.
+  std::vector<Index> rows_, steps_;
   AlignedBuffer grad_a_, grad_b_;
 };
 
@@ -272,6 +292,7 @@ class Residual : public Layer {
   std::vector<AlignedBuffer*> buffers() override { return body.buffers(); }
   void check_batch(Index batch, bool training) const override { body.check_batch(batch, training); }
   void plan(Index capacity) override { body.plan(capacity); }
+  // Sequences pass through as rows: f must keep the steps (checked when built).
   void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
   void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
                 const StepContext& ctx, bool accumulate) override;

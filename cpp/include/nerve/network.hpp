@@ -32,7 +32,16 @@ class Network {
   // alive and unchanged until backward (train_step's own x does; the Python
   // binding passes a private copy). Returns the output (batch x output_dim)
   // in an internal buffer.
-  const float* forward(const float* x, Index batch, bool training);
+  // A sequence batch is `batch` = sequences * steps rows (row-major
+  // (sequences, steps, input_dim)); the output then has
+  // output_rows(batch, steps) rows.
+  const float* forward(const float* x, Index batch, bool training, Index steps = 1);
+  Index output_rows(Index rows, Index steps) const { return stack_.out_rows(rows, steps); }
+  Index output_steps(Index steps) const { return stack_.out_steps(steps); }
+  // Rows and steps of the last forward's input and output rows.
+  Index last_rows() const { return last_batch_; }
+  Index last_steps() const { return last_steps_; }
+  Index last_out_rows() const { return last_out_rows_; }
   // Drops the pointer to the last forward's input: backward then refuses to
   // run until the next training forward.
   void forget_input() {
@@ -44,6 +53,7 @@ class Network {
   // forward. Parameter gradients are added (accumulate) or assigned. When dx
   // is not null it receives dL/dx; otherwise backward stops below the lowest
   // layer that needs a gradient (frozen prefixes cost nothing).
+  // `batch`: the rows of the last forward's input.
   void backward(const float* dout, Index batch, bool accumulate, float* dx) {
     backward(dout, batch, accumulate, dx, nullptr);
   }
@@ -54,14 +64,16 @@ class Network {
   // Re-zeroes pruned parameters (arenas with a mask), after every update.
   void apply_masks();
   // Throws ValueError when some layer cannot run on `batch` rows.
-  void check_batch(Index batch, bool training) const;
+  void check_batch(Index batch, bool training, Index steps = 1) const;
 
   // One fused step. Validates everything first: a bad batch throws
   // ValueError and leaves parameters and optimizer state untouched.
   // data_checked: the caller has checked x and the target already (NaN/Inf,
   // labels in range: train_batches checks the whole arrays once per epoch).
+  // With steps > 1 (or a recurrent layer), x is batch rows of sequences of
+  // `steps` rows and the target has output_rows(batch, steps) rows.
   StepResult train_step(const float* x, Index batch, const Target& target, const Loss& loss,
-                        Optimizer& opt, bool count, bool data_checked = false);
+                        Optimizer& opt, bool count, bool data_checked = false, Index steps = 1);
 
   // The same step in two calls, for data-parallel training: the caller
   // averages the gradient arena over the ranks in between.
@@ -76,7 +88,8 @@ class Network {
   // train_step (whose fused Dense update is bit-identical to the separate one).
   // Neither allocates once the network is planned for the batch.
   StepResult compute_gradients(const float* x, Index batch, const Target& target, const Loss& loss,
-                               bool count, bool data_checked = false, float grad_scale = 1.0f);
+                               bool count, bool data_checked = false, float grad_scale = 1.0f,
+                               Index steps = 1);
   double apply_update(Optimizer& opt);
 
   // Throws ValueError naming the row and column of the first NaN/Inf.
@@ -98,7 +111,7 @@ class Network {
   // (unless data_checked), the training forward, the (weighted) loss and its
   // gradient into loss_grad(), and the count of correct predictions.
   StepResult forward_loss(const char* who, const float* x, Index batch, const Target& target,
-                          const Loss& loss, bool count, bool data_checked);
+                          const Loss& loss, bool count, bool data_checked, Index steps);
 
   Index input_dim_;
   LayerStack stack_;                    // the layers and the buffers between them
@@ -108,6 +121,8 @@ class Network {
   const float* input_ = nullptr;        // x of the last forward
   bool last_training_ = false;
   Index last_batch_ = 0;
+  Index last_steps_ = 1;
+  Index last_out_rows_ = 0;
 
  public:
   float* loss_grad() { return stack_.grad_buffer(); }
