@@ -453,3 +453,37 @@ def test_to_torch_refuses_recurrent_layers():
     m = nv.Sequential([L.GRU(3), L.Dense(2)], input_dim=2)
     with pytest.raises(ValueError, match="GRU"):
         nv.interop.to_torch(m)
+
+
+def test_layers_used_on_their_own_take_sequences():
+    x = rng(20).standard_normal((2, 3, 5)).astype(np.float32)
+    for rs in (True, False):
+        lstm = L.GRU(4, return_sequences=rs, bidirectional=True)
+        y = lstm.forward(x, training=True)
+        assert y.shape == ((2, 3, 8) if rs else (2, 8))
+        dy = rng(21).standard_normal(y.shape).astype(np.float32)
+        dx = lstm.backward(dy)
+        m = nv.Sequential([lstm.copy()], input_dim=5)
+        y2, dx2, grads = analytic_grads(m, x, dy)
+        np.testing.assert_array_equal(y, y2)
+        np.testing.assert_allclose(dx, dx2, rtol=1e-6, atol=1e-7)
+        for p, g in zip(lstm.parameters(), grads):
+            np.testing.assert_allclose(p.grad, g, rtol=1e-6, atol=1e-7)
+    emb = L.Embedding(6, 3)
+    out = emb.forward(np.array([[1, 2], [5, 0]]), training=True)
+    assert out.shape == (2, 2, 3)
+    np.testing.assert_array_equal(out[1, 0], emb.embeddings.value[5])
+    assert emb.backward(np.ones((2, 2, 3), np.float32)).shape == (2, 2)
+    np.testing.assert_array_equal(emb.embeddings.grad[[0, 1, 2, 5]], 1)
+    np.testing.assert_array_equal(emb.embeddings.grad[3], 0)
+    # Dense on its own applies to the last axis of a sequence too.
+    d = L.Dense(2)
+    assert d.forward(x).shape == (2, 3, 2)
+    with pytest.raises(ValueError, match="3-D"):
+        L.LSTM(3).forward(np.zeros((2, 5), np.float32))
+
+
+def test_optimize_for_inference_refuses_recurrent_models():
+    m = nv.Sequential([L.LSTM(3), L.Dense(2)], input_dim=2)
+    with pytest.raises(ValueError, match="LSTM"):
+        m.optimize_for_inference()

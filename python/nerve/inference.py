@@ -175,6 +175,10 @@ class InferenceModel:
         if isinstance(sparse_threshold, bool) or not isinstance(sparse_threshold, (int, float)) \
                 or not 0.0 <= sparse_threshold <= 1.0:
             raise ValueError(f"sparse_threshold must be a number in [0, 1], got {sparse_threshold!r}")
+        seq = next((l for l in model.layers if L._is_sequence_layer(l)), None)
+        if seq is not None:
+            raise ValueError(f"optimize_for_inference: layer {seq.describe()} (sequences) has no optimized "
+                             f"form yet; use model.predict")
         self.report = {"removed": [], "folded": [], "sparse": [], "dense": []}
         ops = _plan(model.layers, self.report, "")
         arena_layers = []

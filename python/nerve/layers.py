@@ -159,6 +159,15 @@ class Layer:
     def forward(self, x, training=False):
         """y = layer(x) for a (batch, features) float32 array (other real dtypes are converted)."""
         x = np.asarray(x)
+        shape = None  # (batch, steps) of a sequence input
+        if isinstance(self, Embedding):
+            shape = x.shape if x.ndim == 2 else None
+            x = self.check_ids(x)
+        elif x.ndim == 3:  # (batch, time, features): batch * time rows
+            shape = x.shape[:2]
+            x = x.reshape(-1, x.shape[2])
+        elif isinstance(self, _Recurrent):
+            raise ValueError(f"{self.describe()}: expected a 3-D (batch, time, features) input, got shape {x.shape}")
         if x.dtype.kind not in "fiub":  # as Sequential: bool and integers convert to 0/1 floats
             raise ValueError(f"{self.describe()}: x must be a real numeric array, got dtype {x.dtype}")
         # A private copy: backward reads it later, after the caller may have changed x.
@@ -171,8 +180,11 @@ class Layer:
         training = bool(training) and self._trainable
         if training:
             self._step += 1
-        y = self._core.forward_np(x, bool(training), self._seed, self._step)
-        self._cache = (x, y, bool(training))
+        steps = 1 if shape is None else int(shape[1])
+        y = self._core.forward_np(x, bool(training), self._seed, self._step, steps=steps)
+        self._cache = (x, y, bool(training), steps, shape)
+        if shape is not None and self._core.out_steps(2) == 2:
+            return y.reshape(shape[0], shape[1], -1)
         return y
 
     forward = locked(forward)
@@ -183,11 +195,16 @@ class Layer:
         """dL/dx for the last forward; parameter gradients are added to .grad."""
         if self._cache is None:
             raise RuntimeError(f"{self.describe()}: call forward before backward")
-        x, y, training = self._cache
+        x, y, training, steps, shape = self._cache
         dy = np.ascontiguousarray(dy, dtype=np.float32)
+        if shape is not None and dy.ndim == 3:
+            dy = dy.reshape(-1, dy.shape[2])
         if dy.shape != y.shape:
             raise ValueError(f"{self.describe()}: dy must have shape {y.shape}, got {dy.shape}")
-        return self._core.backward_np(x, y, dy, training, self._seed, self._step, True)
+        dx = self._core.backward_np(x, y, dy, training, self._seed, self._step, True, steps=steps)
+        if shape is not None:
+            dx = dx.reshape(shape) if isinstance(self, Embedding) else dx.reshape(shape[0], shape[1], -1)
+        return dx
 
     # -- description and serialization -------------------------------------
     def describe(self):
