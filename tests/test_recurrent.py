@@ -487,3 +487,9 @@ def test_optimize_for_inference_refuses_recurrent_models():
     m = nv.Sequential([L.LSTM(3), L.Dense(2)], input_dim=2)
     with pytest.raises(ValueError, match="LSTM"):
         m.optimize_for_inference()
+
+
+def test_from_torch_refuses_recurrent_modules_by_name():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="LSTM"):
+        nv.interop.from_torch(torch.nn.Sequential(torch.nn.LSTM(3, 4, batch_first=True)), input_dim=3)
