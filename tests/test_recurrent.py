@@ -493,3 +493,39 @@ def test_from_torch_refuses_recurrent_modules_by_name():
     torch = pytest.importorskip("torch")
     with pytest.raises(ValueError, match="LSTM"):
         nv.interop.from_torch(torch.nn.Sequential(torch.nn.LSTM(3, 4, batch_first=True)), input_dim=3)
+
+
+def test_batched_predict_weights_and_validation_split_on_sequences():
+    x = rng(22).standard_normal((13, 6, 3)).astype(np.float32)
+    y = rng(23).integers(0, 2, (13, 6))
+    m = nv.Sequential([L.LSTM(5, return_sequences=True), L.Dense(2)], input_dim=3)
+    m.compile(optimizer=nv.optimizers.SGD(lr=0.1), loss="cross_entropy", metrics=["accuracy"])
+    # predict in batches of whole sequences gives the one-batch result
+    np.testing.assert_allclose(m.predict(x, batch_size=4), m.predict(x, batch_size=256), rtol=1e-6, atol=1e-7)
+    ev = m.evaluate(x, y)
+    out = m.predict(x).reshape(-1, 2)
+    assert ev["accuracy"] == pytest.approx(np.mean(out.argmax(1) == y.ravel()))
+    # Per-sample weights of a sequence output weigh every step of the sample:
+    # weight 0 for all but the first sample is training on that sample alone.
+    w = np.zeros(13)
+    w[0] = 13.0
+    twins = []
+    for _ in range(2):
+        nv.manual_seed(4)
+        t = nv.Sequential([L.LSTM(5, return_sequences=True), L.Dense(2)], input_dim=3)
+        t.compile(optimizer=nv.optimizers.SGD(lr=0.1), loss="cross_entropy")
+        twins.append(t)
+    twins[0].fit(x, y, epochs=1, batch_size=13, verbose=0, shuffle=False, sample_weight=w)
+    twins[1].fit(x[:1], y[:1], epochs=1, batch_size=1, verbose=0, shuffle=False)
+    for a, b in zip(twins[0].parameters(), twins[1].parameters()):
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-5, atol=1e-6)
+    # validation_split of token ids: the held-out ids stay ids
+    e = nv.Sequential([L.Embedding(9, 3), L.GRU(4), L.Dense(2)])
+    e.compile(optimizer="adam", loss="cross_entropy", metrics=["accuracy"])
+    ids = rng(24).integers(0, 9, (20, 5))
+    hist = e.fit(ids, ids[:, 0] % 2, epochs=2, batch_size=4, verbose=0, validation_split=0.25)
+    assert len(hist.history["val_loss"]) == 2 and np.isfinite(hist.history["val_accuracy"]).all()
+    with pytest.raises(ValueError, match="class_weight"):
+        m.fit(x, y, class_weight={0: 1.0, 1: 2.0}, verbose=0)
+    with pytest.raises(ValueError, match="not supported with sequence input"):
+        m.fit(x, y, augment=lambda xb, r: xb, verbose=0)
