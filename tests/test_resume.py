@@ -105,13 +105,6 @@ def test_consecutive_fits_shuffle_differently():
     # The epoch's order is keyed by the step count too: fit(epochs=1) twice
     # does not repeat the first epoch's order (as fit(epochs=2) does not).
     x, y = _data(64)
-    seen = []
-
-    class Order(nv.callbacks.Callback):
-        def on_batch_begin(self, batch, logs=None):
-            if batch == 0:
-                seen.append(self.model.predict(x[:4]).copy())
-
     nv.manual_seed(2)
     a = _model(OPTIMIZERS["sgd_momentum"])
     start = a.to_bytes()
@@ -334,8 +327,12 @@ def test_hostile_training_state(tmp_path):
                           (lambda s: s.update(batch=1), "epoch_step"),
                           (lambda s: s.update(batch=1, epoch_step=0, partial=[1.0, -1, 2]), "partial"),
                           (lambda s: s.update(batch=1, epoch_step=0, partial=[float("inf"), 1, 2]), "partial"),
+                          (lambda s: s.update(batch=1, epoch_step=0, partial=[1.0, 1, 2]), "shape"),
+                          (lambda s: s.update(batch=1, epoch_step=1, partial=[1.0, 1, 2], shape=[48, 16]),
+                           "batches of 16"),
                           # step 2 after one epoch of 2 batches: batch 1 from step 0 cannot be
-                          (lambda s: s.update(epoch=1, batch=1, epoch_step=0, partial=[1.0, 1, 2]), "batch 1")):
+                          (lambda s: s.update(epoch=1, batch=1, epoch_step=0, partial=[1.0, 1, 2], shape=[48, 32]),
+                           "batch 1")):
         cfg = json.loads(json.dumps(config))
         mutate(cfg["metadata"]["_nerve_backup"])
         write(cfg)

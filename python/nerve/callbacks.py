@@ -633,6 +633,10 @@ class BackupAndRestore(Callback):
                         for v in partial) and all(isinstance(v, int) and v >= 0 for v in partial[1:])):
                     raise ValueError(f"the partial epoch sums must be [loss_sum, correct, seen], got {partial!r}")
                 partial = (float(partial[0]), partial[1], partial[2])
+                epoch_shape = state.get("shape")
+                if not (isinstance(epoch_shape, list) and len(epoch_shape) == 2 and
+                        all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in epoch_shape)):
+                    raise ValueError(f"shape must be [rows, batch_size], got {epoch_shape!r}")
             if not isinstance(state.get("callbacks"), dict):
                 raise ValueError("callback state must be a mapping")
             arrays = {}
@@ -655,6 +659,7 @@ class BackupAndRestore(Callback):
             raise _model.ModelFileError(f"{path}: not a usable BackupAndRestore backup: "
                                         f"{type(e).__name__}: {e}") from e
         return {"epoch": epoch, "batch": batch, "epoch_step": epoch_step if batch else None, "partial": partial,
+                "shape": epoch_shape if batch else None,
                 "stop_training": bool(state.get("stop_training", False)),
                 "callbacks": state["callbacks"], "arrays": arrays, "stream": loaded._stream}
 
@@ -748,7 +753,7 @@ class BackupAndRestore(Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._backup(epoch + 1, 0)
 
-    def _backup(self, epoch, batch, epoch_step=None, partial=None):
+    def _backup(self, epoch, batch, epoch_step=None, partial=None, shape=None):
         """Writes the backup: `epoch` epochs done and, inside an epoch (fit
         calls this every save_freq batches), `batch` batches of the next one,
         with the step count at its start and its partial log sums."""
@@ -772,7 +777,8 @@ class BackupAndRestore(Callback):
         state = {"format": _BACKUP_FORMAT, "epoch": int(epoch), "batch": int(batch),
                  "stop_training": bool(self.model.stop_training), "callbacks": callbacks, "arrays": list(extra)}
         if batch:
-            state.update(epoch_step=int(epoch_step), partial=[float(partial[0]), int(partial[1]), int(partial[2])])
+            state.update(epoch_step=int(epoch_step), partial=[float(partial[0]), int(partial[1]), int(partial[2])],
+                         shape=[int(shape[0]), int(shape[1])])
         metadata[_BACKUP_KEY] = state
         os.makedirs(self.backup_dir, exist_ok=True)
         _model._atomic_savez(self.path, self.model._file_arrays(metadata=metadata, extra=extra))

@@ -706,6 +706,12 @@ class Sequential:
                 initial_epoch = max(initial_epoch, epochs)  # the backed-up run had stopped (EarlyStopping)
             elif resumed["batch"] and initial_epoch == resumed["epoch"]:
                 mid = resumed["batch"], resumed["epoch_step"], resumed["partial"]
+                shape = resumed.get("shape")
+                if shape is not None and shape != [n, batch_size]:
+                    # The epoch's order and batches depend on both: it cannot be continued otherwise.
+                    raise _callbacks._bad_backup(backups[0], f"it was taken inside an epoch of {shape[0]} rows in "
+                                                 f"batches of {shape[1]}; this fit has {n} rows in batches of "
+                                                 f"{batch_size}")
                 if mid[0] >= steps or int(self._net.step) != mid[1] + mid[0]:
                     raise _callbacks._bad_backup(backups[0], f"it was taken at batch {mid[0]} (step "
                                                  f"{int(self._net.step)}, epoch start {mid[1]}), which this "
@@ -773,7 +779,7 @@ class Sequential:
                     break
                 first += nb
                 if freq is not None and first % freq == 0 and first < steps:
-                    backups[0]._backup(epoch, first, step0, (loss_sum, correct, seen))
+                    backups[0]._backup(epoch, first, step0, (loss_sum, correct, seen), (n, batch_size))
             if dist is not None:
                 # Every rank's rows: the same epoch logs (and decisions) everywhere.
                 loss_sum, correct, seen = dist.epoch_logs(loss_sum, correct, seen)
