@@ -315,8 +315,9 @@ def test_thread_count_does_not_change_the_bits():
     for threads in (1, 2):
         nv.set_num_threads(threads)
         nv.manual_seed(5)
-        m = nv.Sequential([L.LSTM(32, return_sequences=True, bidirectional=True), L.GRU(16),
-                           L.Dense(3)], input_dim=8)
+        # Wide enough that the gate passes split over the sequences too.
+        m = nv.Sequential([L.LSTM(64, return_sequences=True, bidirectional=True), L.GRU(96),
+                           L.SimpleRNN(300), L.Dense(3)], input_dim=8)
         m.compile(optimizer=nv.optimizers.Adam(lr=1e-2), loss="cross_entropy")
         m.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
         results.append(np.concatenate([p.value.ravel() for p in m.parameters()]))

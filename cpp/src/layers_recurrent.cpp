@@ -19,9 +19,10 @@ NERVE_INLINE float tanhf_(float v) { return simd::tanh(v); }
 
 // The pointwise passes run over the sequences of a batch: each sequence's
 // rows are independent, so splitting them over threads changes no bits.
+// Work per float: the streaming cost plus ~24 flops of sigmoid/tanh.
 template <class F>
 void over_sequences(Index seqs, double floats_per_seq, F&& body) {
-  parallel_for(seqs, threads_for(stream_work(floats_per_seq * static_cast<double>(seqs), 8.0), seqs), body);
+  parallel_for(seqs, threads_for(stream_work(floats_per_seq * static_cast<double>(seqs), 24.0), seqs), body);
 }
 
 [[noreturn]] void bad_id(Index row, float v, Index vocab) {
