@@ -473,3 +473,22 @@ def test_cache_frozen_resume():
     two = nv.load_model(io.BytesIO(two.to_bytes()))
     two.fit(x, y, epochs=4, initial_epoch=2, batch_size=16, cache_frozen=True, verbose=0)
     _assert_same(_state(one), _state(two))
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "SimpleRNN"])
+def test_recurrent_resume(cell):
+    if not hasattr(L, cell):
+        pytest.skip(f"no {cell} layer in this build")
+    x = rng(2).standard_normal((64, 5, 3)).astype(np.float32)
+    y = np.arange(64) % 3
+    fit = dict(batch_size=16, verbose=0, validation_split=0.25, validation_split_mode="random")
+    nv.manual_seed(1)
+    one = nv.Sequential([getattr(L, cell)(8), L.Dropout(0.2), L.Dense(3)], input_dim=3)
+    one.compile(optimizer=nv.optimizers.Adam(lr=1e-2), loss="cross_entropy")
+    start = one.to_bytes()
+    one.fit(x, y, epochs=4, **fit)
+    two = nv.load_model(io.BytesIO(start))
+    two.fit(x, y, epochs=2, **fit)
+    two = nv.load_model(io.BytesIO(two.to_bytes()))
+    two.fit(x, y, epochs=4, initial_epoch=2, **fit)
+    _assert_same(_state(one), _state(two))
