@@ -142,6 +142,7 @@ LEVEL_TEST_FILES = {
     "test_layers_norm.py", "test_gemm.py", "test_gemm_kernel.py", "test_dense_forward.py",
     "test_dense_backward.py", "test_fused_update.py", "test_regressions.py", "test_build.py",
     "test_recurrent.py",
+    "test_margin.py",
 }
 
 

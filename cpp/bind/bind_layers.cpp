@@ -323,6 +323,26 @@ void bind_layers(py::module_& m) {
             }
           },
           py::arg("arena"), py::arg("offsets"));
+  // Margin-softmax heads (layers_margin.cpp).
+  py::class_<CosineDense, Layer, std::shared_ptr<CosineDense>>(m, "CosineDense")
+      .def(py::init<Index, Index>(), py::arg("in_features"), py::arg("units"))
+      .def_readonly("units", &CosineDense::units)
+      .def(
+          "bind_params",
+          [](CosineDense& l, std::shared_ptr<ParamArena> arena, Index offset) {
+            bind_param(l.kernel, arena, offset, checked_mul(l.in_features, l.units, "CosineDense kernel"));
+          },
+          py::arg("arena"), py::arg("offset"));
+  py::class_<MarginDense, Layer, std::shared_ptr<MarginDense>>(m, "MarginDense")
+      .def(py::init<Index, Index, bool>(), py::arg("in_features"), py::arg("units"), py::arg("normalize_weights"))
+      .def_readonly("units", &MarginDense::units)
+      .def_readonly("normalize_weights", &MarginDense::normalize_weights)
+      .def(
+          "bind_params",
+          [](MarginDense& l, std::shared_ptr<ParamArena> arena, Index offset) {
+            bind_param(l.kernel, arena, offset, checked_mul(l.in_features, l.units, "margin layer kernel"));
+          },
+          py::arg("arena"), py::arg("offset"));
 
   py::class_<PyNetwork>(m, "Network")
       .def(py::init<Index, std::vector<std::shared_ptr<Layer>>>(), py::arg("input_dim"),

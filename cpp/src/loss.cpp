@@ -831,8 +831,165 @@ struct DistillationU : LossUnit<LossKind::Distillation, Targets::ValuesAndLabels
   }
 };
 
+// ---------------------------------------------------------------------------
+// Margin softmax losses (cosface, arcface on CosineDense's cos θ; the
+// large_margin_softmax / sphereface pairs, whose margin their layer applies).
+// Scalar double code of their own, so the SIMD kernels above can change freely.
+
+// Throws (before anything is written) unless every prediction is a cosine.
+// 1e-4 of slack: CosineDense's float products may land just past ±1.
+void check_cosines(const char* name, const float* pred, Index rows, Index cols) {
+  const Index n = rows * cols;
+  Index bad = 0;
+  for (Index k = 0; k < n; ++k) bad += !(pred[k] >= -1.0001f && pred[k] <= 1.0001f);
+  for (Index k = 0; bad > 0 && k < n; ++k)
+    if (!(pred[k] >= -1.0001f && pred[k] <= 1.0001f))
+      throw ValueError(std::string("loss '") + name + "' takes cos θ in [-1, 1] (the output of a CosineDense "
+                       "layer); got " + format_double(pred[k]) + " at row " + std::to_string(k / cols) +
+                       ", column " + std::to_string(k % cols));
+}
+
+// Softmax cross-entropy of the row whose logits are s c_j, except the label's,
+// s phi (phi = the margin function of c_y, dphi its derivative); with g,
+// g_j = d l / d c_j scaled by inv_n. Returns l.
+double margin_ce_row(const float* c, Index cols, Index y, double s, double phi, double dphi, float* g,
+                     double inv_n) {
+  double m = s * phi;
+  for (Index j = 0; j < cols; ++j)
+    if (j != y) m = std::max(m, s * static_cast<double>(c[j]));
+  double z = 0.0;
+  for (Index j = 0; j < cols; ++j) z += std::exp((j == y ? s * phi : s * static_cast<double>(c[j])) - m);
+  const double logz = std::log(z);
+  if (g) {
+    for (Index j = 0; j < cols; ++j) {
+      const double p = std::exp((j == y ? s * phi : s * static_cast<double>(c[j])) - m - logz);
+      g[j] = static_cast<float>(s * (j == y ? (p - 1.0) * dphi : p) * inv_n);
+    }
+  }
+  return logz - (s * phi - m);
+}
+
+// phi(c) of the label's cosine; the margin losses differ only in it.
+template <class Phi>
+double margin_ce(const Phi& phi_of, double s, const float* pred, const std::int64_t* labels, Index rows,
+                 Index cols, float* grad) {
+  const double inv_n = 1.0 / static_cast<double>(rows);
+  auto chunk = [&](Index b, Index e) {
+    double total = 0.0;
+    for (Index i = b; i < e; ++i) {
+      const Index y = static_cast<Index>(labels[i]);
+      double phi, dphi;
+      phi_of(static_cast<double>(pred[i * cols + y]), phi, dphi);
+      total += margin_ce_row(pred + i * cols, cols, y, s, phi, dphi, grad ? grad + i * cols : nullptr, inv_n);
+    }
+    return total;
+  };
+  return chunked_sum(rows, kRowChunk, kRowFlops + 40.0 * static_cast<double>(cols), chunk) * inv_n;
+}
+
+// CosFace / AM-Softmax (Wang et al. 2018): phi(c) = c − m.
+double cosface_loss(const Loss& l, const float* pred, const std::int64_t* labels, Index rows, Index cols,
+                    float* grad) {
+  const double m = l.margin;
+  auto phi = [m](double c, double& v, double& d) {
+    v = c - m;
+    d = 1.0;
+  };
+  return margin_ce(phi, l.scale, pred, labels, rows, cols, grad);
+}
+
+// ArcFace (Deng et al. 2019), insightface's easy_margin=False form:
+// phi(c) = cos(θ + m) = c cos m − sin θ sin m while θ + m <= π (c > th =
+// cos(π − m)); beyond, where cos(θ + m) would turn back up, the linear
+// continuation phi = c − mm, mm = m sin(π − m) = m sin m, keeps phi decreasing
+// in θ. c is clamped to [−1 + 1e-7, 1 − 1e-7] first (as the reference
+// implementations clamp before acos/sqrt), so dphi/dc = cos m + sin m c / sin θ
+// stays finite at c = ±1; outside the clamp the gradient is 0, as torch.clamp's.
+constexpr double kArcClamp = 1e-7;
+double arcface_loss(const Loss& l, const float* pred, const std::int64_t* labels, Index rows, Index cols,
+                    float* grad) {
+  const double m = l.margin, cos_m = std::cos(m), sin_m = std::sin(m);
+  const double th = std::cos(M_PI - m), mm = std::sin(M_PI - m) * m;
+  auto phi = [=](double c, double& v, double& d) {
+    const double lo = -1.0 + kArcClamp, hi = 1.0 - kArcClamp;
+    const bool inside = c >= lo && c <= hi;
+    const double cc = std::min(hi, std::max(lo, c));
+    if (cc > th) {
+      const double sine = std::sqrt(std::max(0.0, 1.0 - cc * cc));
+      v = cc * cos_m - sine * sin_m;
+      d = cos_m + sin_m * cc / sine;
+    } else {
+      v = cc - mm;
+      d = 1.0;
+    }
+    if (!inside) d = 0.0;
+  };
+  return margin_ce(phi, l.scale, pred, labels, rows, cols, grad);
+}
+
+struct CosFaceU : LossUnit<LossKind::CosFace, Targets::Labels> {
+  static LossInfo describe() { return loss_row("cosface", {"am_softmax"}, {{"scale", 30.0}, {"margin", 0.35}}); }
+  static void configure(Loss& l, const LossParams& p) {
+    l.scale = static_cast<float>(p.positive("scale", false));
+    l.margin = p.positive("margin", true);
+  }
+  static double value(const Loss& l, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    check_cosines("cosface", pred, rows, cols);
+    return cosface_loss(l, pred, t.labels, rows, cols, grad);
+  }
+};
+struct ArcFaceU : LossUnit<LossKind::ArcFace, Targets::Labels> {
+  static LossInfo describe() { return loss_row("arcface", {}, {{"scale", 64.0}, {"margin", 0.5}}); }
+  static void configure(Loss& l, const LossParams& p) {
+    l.scale = static_cast<float>(p.positive("scale", false));
+    const double m = p.positive("margin", true);
+    if (!(m < M_PI)) p.bad("margin", m, "in [0, pi)");
+    l.margin = m;
+  }
+  static double value(const Loss& l, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    check_cosines("arcface", pred, rows, cols);
+    return arcface_loss(l, pred, t.labels, rows, cols, grad);
+  }
+};
+
+// L-Softmax and SphereFace: the layer (MarginDense, layers_margin.cpp) puts
+// the margin into the label's logit of its training output, because it needs
+// ‖x‖ and ‖W_y‖; the loss is then softmax cross-entropy on that output (and,
+// at evaluation, on the plain logits). Defaults: margin 4 and the authors'
+// Caffe λ schedules (L-Softmax's MNIST example: base 1000, gamma 2.5e-5,
+// power 35, lambda_min 0; SphereFace's: base 1000, gamma 0.12, power 1,
+// lambda_min 5).
+template <LossKind K>
+struct AngularMarginU : LossUnit<K, Targets::Labels> {
+  static void configure(Loss& l, const LossParams& p) {
+    const double m = p.get("margin");
+    if (!(m >= 1.0 && m <= 16.0 && m == std::floor(m))) p.bad("margin", m, "an integer in [1, 16]");
+    l.margin = m;
+    l.lambda_base = p.positive("base", true);
+    l.lambda_gamma = p.positive("gamma", true);
+    l.lambda_power = p.positive("power", true);
+    l.lambda_min = p.positive("lambda_min", true);
+  }
+  static double value(const Loss& l, const float* pred, const Target& t, Index rows, Index cols, float* grad) {
+    return cross_entropy_loss(l, pred, t, rows, cols, grad);  // label_smoothing 0, no class weights
+  }
+};
+struct LargeMarginSoftmaxU : AngularMarginU<LossKind::LargeMarginSoftmax> {
+  static LossInfo describe() {
+    return loss_row("large_margin_softmax", {"l_softmax"},
+                    {{"margin", 4.0}, {"base", 1000.0}, {"gamma", 2.5e-5}, {"power", 35.0}, {"lambda_min", 0.0}});
+  }
+};
+struct SphereFaceU : AngularMarginU<LossKind::SphereFace> {
+  static LossInfo describe() {
+    return loss_row("sphereface", {"a_softmax"},
+                    {{"margin", 4.0}, {"base", 1000.0}, {"gamma", 0.12}, {"power", 1.0}, {"lambda_min", 5.0}});
+  }
+};
+
 // The table, in the order of enum LossKind.
-using LossUnits = std::tuple<MseU, MaeU, HuberU, SmoothL1U, BceU, BceLogitsU, CrossEntropyU, FocalU, DistillationU>;
+using LossUnits = std::tuple<MseU, MaeU, HuberU, SmoothL1U, BceU, BceLogitsU, CrossEntropyU, FocalU, DistillationU,
+                             CosFaceU, ArcFaceU, LargeMarginSoftmaxU, SphereFaceU>;
 
 template <std::size_t... I>
 constexpr bool loss_units_in_enum_order(std::index_sequence<I...>) {

@@ -37,11 +37,13 @@ void Network::check_batch(Index batch, bool training, Index steps) const {
   stack_.check_batch(batch, training, steps);
 }
 
-const float* Network::forward(const float* x, Index batch, bool training, Index steps) {
+const float* Network::forward(const float* x, Index batch, bool training, Index steps,
+                             const MarginTarget* margin) {
   check_batch(batch, training, steps);
   plan(batch);
   StepContext ctx{training, seed, step};
   ctx.steps = steps;
+  ctx.margin = margin;
   const float* y = stack_.forward(x, batch, ctx);
   input_ = x;
   last_training_ = training;
@@ -118,7 +120,23 @@ StepResult Network::forward_loss(const char* who, const float* x, Index batch, c
     if (target.values && loss.kind != LossKind::Distillation)
       check_finite(target.values, out_rows, out, "target batch");
   }
-  const float* y = forward(x, batch, true, steps);
+  // large_margin_softmax / sphereface: the last layer applies the margin in
+  // this forward (it needs the labels and the loss's parameters).
+  MarginTarget margin;
+  if (loss.kind == LossKind::LargeMarginSoftmax || loss.kind == LossKind::SphereFace) {
+    const auto* head = stack_.layers.empty() ? nullptr : dynamic_cast<const MarginDense*>(stack_.layers.back().get());
+    if (!head || head->loss_kind() != loss.kind) {
+      const bool lsm = loss.kind == LossKind::LargeMarginSoftmax;
+      throw ValueError(std::string("loss '") + (lsm ? "large_margin_softmax" : "sphereface") + "' needs a " +
+                       (lsm ? "LargeMarginDense" : "SphereDense") +
+                       " output layer (the layer applies the angular margin: it needs |x| and |W_y|); the last "
+                       "layer is " + (stack_.layers.empty() ? std::string("missing") : stack_.layers.back()->type()));
+    }
+    margin.layer = head;
+    margin.labels = target.labels;
+    margin.loss = &loss;
+  }
+  const float* y = forward(x, batch, true, steps, margin.layer ? &margin : nullptr);
   StepResult result;
   float* dy = loss_grad();
   result.loss = loss_forward_backward(loss, y, target, out_rows, out, dy);

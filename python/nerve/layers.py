@@ -856,10 +856,81 @@ def _is_sequence_layer(layer):
     return isinstance(layer, (Embedding, _Recurrent))
 
 
+class CosineDense(Layer):
+    """Cosine classifier head: ``y_ij = cos θ_ij = <x_i/‖x_i‖, W[:, j]/‖W[:, j]‖>``.
+
+    Both normalisations are ``v / max(‖v‖, eps)`` with ``eps = 1e-12``
+    (``torch.nn.functional.normalize``), forward and backward; no bias. The
+    kernel has shape ``(in_features, units)`` (glorot_uniform by default: only
+    its directions matter). Train it with ``loss="cosface"`` or ``"arcface"``
+    (which scale and add the margin themselves); ``predict`` returns cos θ, so
+    the arg-max is the class. See docs/margin.md.
+    """
+
+    deterministic_in_training = True
+
+    def __init__(self, units, kernel_initializer="glorot_uniform", trainable=True, name=None):
+        super().__init__(trainable=trainable, name=name)
+        self.units = _positive_int(type(self).__name__, "units", units)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.kernel = None
+
+    def _make_core(self, input_dim):
+        return _core.CosineDense(input_dim, self.units)
+
+    def _param_specs(self):
+        return [("kernel", (self.input_dim, self.units), "kernel", self.kernel_initializer)]
+
+    def _bind_core(self, arena, offsets):
+        self._core.bind_params(arena, offsets["kernel"])
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(units=self.units, kernel_initializer=self.kernel_initializer.get_config())
+        return cfg
+
+
+class LargeMarginDense(CosineDense):
+    """The layer half of the ``large_margin_softmax`` pair (L-Softmax, Liu et
+    al. 2016): ``f = x W`` (no bias, W of shape ``(in_features, units)``).
+
+    ``predict``/``evaluate`` and any forward outside ``fit``/``train_step``
+    give the plain logits ``W·x``. In a training step with
+    ``loss="large_margin_softmax"`` the label's logit becomes
+    ``‖W_y‖‖x‖ (λ cos θ_y + ψ(θ_y)) / (1 + λ)`` (ψ and the λ schedule: see
+    ``nv.losses`` and docs/margin.md); the layer applies it because it needs
+    ‖x‖ and ‖W_y‖, which the loss does not see.
+    """
+
+    _normalize = False
+    deterministic_in_training = False  # its training output depends on the labels
+
+    def _make_core(self, input_dim):
+        return _core.MarginDense(input_dim, self.units, self._normalize)
+
+
+class SphereDense(LargeMarginDense):
+    """The layer half of the ``sphereface`` pair (A-Softmax, Liu et al. 2017):
+    ``f = x Ŵ`` with L2-normalised weight columns ``Ŵ_j = W_j / max(‖W_j‖, 1e-12)``,
+    i.e. ``‖x‖ cos θ_j``, which ``predict`` returns. In a training step with
+    ``loss="sphereface"`` the label's logit becomes
+    ``‖x‖ (λ cos θ_y + ψ(θ_y)) / (1 + λ)``.
+    """
+
+    _normalize = True
+
+
+# The loss each margin layer is trained with (and the layers each margin loss needs).
+MARGIN_LOSS_OF_LAYER = {"LargeMarginDense": "large_margin_softmax", "SphereDense": "sphereface"}
+MARGIN_LAYERS_OF_LOSS = {"cosface": ("CosineDense",), "arcface": ("CosineDense",),
+                         "large_margin_softmax": ("LargeMarginDense",), "sphereface": ("SphereDense",)}
+
+
 # Classes a model file may name: loading instantiates nothing else.
 LAYER_CLASSES = {cls.__name__: cls for cls in (Dense, Activation, BatchNorm, Dropout, AlphaDropout,
                                                 GaussianNoise, Residual, PReLU, Swish, Maxout,
-                                                Embedding, SimpleRNN, LSTM, GRU)}
+                                                Embedding, SimpleRNN, LSTM, GRU, CosineDense,
+                                                LargeMarginDense, SphereDense)}
 
 
 def register(cls):

@@ -17,6 +17,22 @@ the teacher's softmax is nearly one-hot on easy examples and says little more
 than the label, and Hinton et al. report T in 2.5-4 working best for small
 students. ``binary_cross_entropy`` takes probabilities in [0, 1] (values
 outside raise ValueError) and clamps its logs at -100 like PyTorch.
+
+Large-margin softmax (docs/margin.md; integer labels, softmax cross-entropy
+of the margined logits, mean over the batch):
+``cosface(scale=30, margin=0.35)`` (AM-Softmax, Wang et al. 2018: target
+logit ``s (cos θ_y − m)``, others ``s cos θ_j``) and ``arcface(scale=64,
+margin=0.5)`` (Deng et al. 2019: ``s cos(θ_y + m)``, and ``s (cos θ_y − m sin m)``
+once θ_y + m > π, insightface's easy_margin=False fallback; cos θ clamped to
+±(1 − 1e-7)) take cos θ from a ``CosineDense`` output layer.
+``large_margin_softmax(margin=4, base=1000, gamma=2.5e-5, power=35,
+lambda_min=0)`` (L-Softmax, Liu et al. 2016) and ``sphereface(margin=4,
+base=1000, gamma=0.12, power=1, lambda_min=5)`` (A-Softmax, Liu et al.
+2017) pair with ``LargeMarginDense`` / ``SphereDense``, which put
+``r (λ cos θ_y + ψ(θ_y)) / (1 + λ)`` (``r = ‖x‖‖W_y‖``, ``ψ(θ) = (−1)^k cos(mθ)
+− 2k`` on ``[kπ/m, (k+1)π/m]``, ``λ = max(lambda_min, base (1 + gamma
+step)^−power)``) into the label's logit during training; on its own the
+loss is the softmax cross-entropy of the logits it is given.
 """
 import difflib
 
@@ -46,7 +62,8 @@ for _alias, _canon in KERAS_ALIASES.items():
 
 DISTILLATION_TEMPERATURE = [r for r in _ROWS if r["name"] == "distillation"][0]["params"]["temperature"]
 
-_LABEL_LOSSES = {"cross_entropy", "focal", "distillation"}
+_LABEL_LOSSES = {"cross_entropy", "focal", "distillation", "cosface", "arcface", "large_margin_softmax",
+                 "sphereface"}
 _METRICS = {"accuracy": False, "acc": False, "zero_one": True}
 
 
@@ -142,6 +159,7 @@ class LossFunction:
         self.params = dict(params)
         self.weight = None if weight is None else list(cw)
         self._spec = _core.make_loss(self.name, numeric, cw)
+        self._spec_params = {**row["params"], **numeric}  # every parameter, defaults filled in
 
     def _run(self, pred, target, want_grad):
         pred2 = _pred_2d(pred)

@@ -450,6 +450,9 @@ class Sequential:
                              f"binary_cross_entropy[_with_logits]); this model is compiled with "
                              f"{self.loss.name!r}, whose outputs are not probabilities: use predict")
         out = self.predict(x, batch_size).astype(np.float64)
+        if link == "scaled_softmax":  # cosface / arcface: softmax(scale · cos θ), no margin at prediction
+            out = out * float(self.loss._spec_params["scale"])
+            link = "softmax"
         if link == "softmax":
             out = np.exp(out - out.max(axis=-1, keepdims=True))
             out /= out.sum(axis=-1, keepdims=True)
@@ -1094,6 +1097,8 @@ def _validation_rows(mode, n, n_val, y, seed):
 
 # How predict_proba turns outputs into probabilities, per loss.
 _PROBA_LINK = {"cross_entropy": "softmax", "focal": "softmax", "distillation": "softmax",
+               "large_margin_softmax": "softmax", "sphereface": "softmax", "cosface": "scaled_softmax",
+               "arcface": "scaled_softmax",
                "binary_cross_entropy_with_logits": "sigmoid", "binary_cross_entropy": "identity"}
 # Losses that apply their own link to raw scores (logits), and the output
 # activations that would make it apply twice.
@@ -1102,10 +1107,27 @@ _LOGIT_LOSSES = {"cross_entropy": "softmax", "focal": "softmax", "distillation":
 _PROB_ACTIVATIONS = {"softmax", "sigmoid", "log_softmax", "hard_sigmoid"}
 
 
+def _check_margin_pair(layers, loss_fn):
+    """The margin losses need their head as the last layer (cosface / arcface
+    take cos θ from a CosineDense; large_margin_softmax / sphereface are
+    applied by their LargeMarginDense / SphereDense), and those two layers
+    belong to their loss."""
+    last = type(layers[-1]).__name__ if layers else None
+    need = _layers.MARGIN_LAYERS_OF_LOSS.get(loss_fn.name)
+    if need is not None and last not in need:
+        raise ValueError(f"loss {loss_fn.name!r} needs a {' or '.join(need)} output layer (see docs/margin.md); "
+                         f"the last layer is {layers[-1].describe() if layers else 'missing'}")
+    pair = _layers.MARGIN_LOSS_OF_LAYER.get(last)
+    if pair is not None and loss_fn.name != pair:
+        raise ValueError(f"a {last} output layer is trained with loss={pair!r} (it applies that loss's margin); "
+                         f"got loss {loss_fn.name!r}. For a plain linear layer use Dense")
+
+
 def _check_output_for_loss(layers, loss_fn):
     """A logits loss after a probability output layer applies the link twice
     (softmax of a softmax trains, but towards the wrong optimum and with tiny
     gradients); refuse it with the fix named, as binary_cross_entropy refuses logits."""
+    _check_margin_pair(layers, loss_fn)
     if not layers or loss_fn.name not in _LOGIT_LOSSES:
         return
     act = getattr(layers[-1], "activation", None)

@@ -19,6 +19,10 @@ Dropout, AlphaDropout, nothing (identity at inference)
 GaussianNoise
 Residual([f...])       Add(x, f(x))
 PReLU                  PRelu (slope of shape (1,) or (features,))
+CosineDense            Div(x, Max(ReduceL2(x, axis 1), 1e-12)) → MatMul(V),
+                       V the kernel with its columns normalised the same way
+LargeMarginDense       MatMul(W) (the plain logits; the margin is training only)
+SphereDense            MatMul(V) (‖x‖ cos θ), V as for CosineDense
 Swish layer            x · Sigmoid(β x), β the learned value
 activations            see :data:`ACTIVATIONS` (Relu, LeakyRelu, Elu, Selu,
                        Sigmoid, Tanh, Softmax, LogSoftmax, HardSigmoid,
@@ -192,13 +196,22 @@ def _layers(g, x, layers, prefix):
             x = g.op("Add", [x, _layers(g, x, layer.layers, f"{prefix}{i}/")])
         elif type(layer) is L.PReLU:
             x = g.op("PRelu", [x, g.const(f"{stem}_alpha", layer.alpha.value)])
+        elif type(layer) in (L.CosineDense, L.LargeMarginDense, L.SphereDense):
+            w = layer.kernel.value.astype(np.float64)
+            if type(layer) is not L.LargeMarginDense:
+                w = w / np.maximum(np.linalg.norm(w, axis=0, keepdims=True), 1e-12)
+            if type(layer) is L.CosineDense:
+                norm = g.op("ReduceL2", [x], axes=[1], keepdims=1)
+                x = g.op("Div", [x, g.op("Max", [norm, g.const(f"{stem}_eps", np.array([1e-12]))])])
+            x = g.op("MatMul", [x, g.const(f"{stem}_kernel", w.astype(np.float32))])
         elif type(layer) is L.Swish:
             beta = float(layer.beta.value[0]) if layer.learnable else float(layer.beta_init)
             x = _swish(g, x, beta)
         else:
             raise ExportError(f"{where}: layer class {type(layer).__name__} has no ONNX mapping in "
                               f"nv.onnx (mapped: Dense, Maxout, Activation, BatchNorm, Dropout, "
-                              f"AlphaDropout, GaussianNoise, Residual, PReLU, Swish)")
+                              f"AlphaDropout, GaussianNoise, Residual, PReLU, Swish, CosineDense, "
+                              f"LargeMarginDense, SphereDense)")
     return x
 
 
@@ -242,9 +255,9 @@ def to_onnx(model, softmax=False, opset=DEFAULT_OPSET, name=None):
 
 
 def _axes_as_inputs(g, numpy_helper, helper):
-    """Opset >= 18: ReduceMax's axes attribute becomes its second input."""
+    """Opset >= 18: ReduceMax's (and ReduceL2's) axes attribute becomes its second input."""
     for node in g.nodes:
-        if node.op_type != "ReduceMax":
+        if node.op_type not in ("ReduceMax", "ReduceL2"):
             continue
         axes = [a for a in node.attribute if a.name == "axes"]
         if axes:

@@ -13,6 +13,7 @@
 #include "nerve/activation.hpp"
 #include "nerve/arena.hpp"
 #include "nerve/common.hpp"
+#include "nerve/loss.hpp"
 #include "nerve/optimizer.hpp"
 
 namespace nerve {
@@ -44,6 +45,17 @@ struct ParamRef {
   bool bound() const { return arena != nullptr; }
 };
 
+class Layer;
+
+// What a margin layer (LargeMarginDense, SphereDense) needs in a training
+// forward: the batch's labels and the loss holding the margin's parameters.
+// Network::forward_loss sets it for its last layer only (`layer`).
+struct MarginTarget {
+  const Layer* layer = nullptr;
+  const std::int64_t* labels = nullptr;
+  const Loss* loss = nullptr;
+};
+
 struct StepContext {
   bool training = false;
   std::uint64_t seed = 0;
@@ -59,6 +71,8 @@ struct StepContext {
   // unchanged; a recurrent layer reads the `rows` it is given as
   // rows / steps sequences of `steps` rows each. 1 for plain (batch, features).
   Index steps = 1;
+  // Set only in Network::forward_loss's training forward (see MarginTarget).
+  const MarginTarget* margin = nullptr;
 };
 
 // Keras-scale weight penalty: l1 * sum|w| + l2 * sum w^2.
@@ -376,5 +390,72 @@ class Maxout : public Layer {
   AlignedBuffer z_, dz_;
 };
 
+// ---------------------------------------------------------------------------
+// Margin-softmax heads (layers_margin.cpp).
+
+// y_ij = cos θ_ij = <u_i, v_j>, u_i = x_i / max(‖x_i‖, eps), v_j = W[:, j] /
+// max(‖W[:, j]‖, eps), eps = 1e-12 (torch.nn.functional.normalize). No bias.
+// The head of the cosface / arcface losses (Wang et al. 2018, Deng et al. 2019).
+class CosineDense : public Layer {
+ public:
+  CosineDense(Index in, Index units);
+  std::string type() const override { return "CosineDense"; }
+  std::vector<ParamRef*> params() override { return {&kernel}; }
+  void plan(Index capacity) override;
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+  Index units;
+  ParamRef kernel;  // (in, units)
+
+ protected:
+  AlignedBuffer u_;      // normalised input rows (batch x in)
+  AlignedBuffer xnorm_;  // ‖x_i‖ (batch)
+  AlignedBuffer v_;      // normalised kernel columns (in x units)
+  AlignedBuffer wnorm_;  // ‖W[:, j]‖ (units)
+  AlignedBuffer dv_;     // dL/dv (in x units)
+  AlignedBuffer sums_;   // per-column double sums (2 floats each)
+  double* sums() { return reinterpret_cast<double*>(sums_.data()); }
+};
+
+// The layer half of the large_margin_softmax (L-Softmax, Liu et al. 2016) and
+// sphereface (A-Softmax, Liu et al. 2017) pairs. f = x V, V = W (L-Softmax)
+// or W with L2-normalised columns (SphereFace, normalize_weights): at
+// evaluation, and in any forward without a margin target, y = f (the plain
+// logits W·x, or ‖x‖ cos θ). In a training forward of a network whose loss is
+// the matching margin loss, the label's logit becomes
+//   f_y' = r (λ c + ψ(c)) / (1 + λ),  r = ‖x‖ ‖V_y‖,  c = cos θ_y = f_y / r,
+//   ψ = (−1)^k T_m(c) − 2k on θ ∈ [kπ/m, (k+1)π/m]
+// (T_m the Chebyshev polynomial: cos mθ = T_m(cos θ)), λ = max(lambda_min,
+// base (1 + gamma step)^(−power)), and the loss is softmax cross-entropy on y.
+// The margin is applied here, not in the loss, because it needs ‖x‖ and
+// ‖W_y‖, which only the layer has.
+class MarginDense : public Layer {
+ public:
+  MarginDense(Index in, Index units, bool normalize_weights);
+  std::string type() const override { return normalize_weights ? "SphereDense" : "LargeMarginDense"; }
+  std::vector<ParamRef*> params() override { return {&kernel}; }
+  void plan(Index capacity) override;
+  void forward(const float* x, float* y, Index batch, const StepContext& ctx) override;
+  void backward(const float* x, const float* y, float* dy, float* dx, Index batch,
+                const StepContext& ctx, bool accumulate) override;
+  // The loss kind this layer pairs with.
+  LossKind loss_kind() const { return normalize_weights ? LossKind::SphereFace : LossKind::LargeMarginSoftmax; }
+  Index units;
+  bool normalize_weights;
+  ParamRef kernel;  // (in, units)
+
+ private:
+  const float* weights() const { return normalize_weights ? v_.data() : kernel.value(); }
+  AlignedBuffer v_, wnorm_, dv_;  // normalised kernel, its column norms, dL/dV (in x units)
+  AlignedBuffer xnorm_;           // ‖x_i‖ (batch)
+  AlignedBuffer sums_;            // per-column double sums (2 floats each)
+  double* sums() { return reinterpret_cast<double*>(sums_.data()); }
+  // Per row of the last margin forward: dL/dr coefficient (φ(c) − c φ'(c)) and
+  // φ'(c); label < 0 where no margin was applied.
+  AlignedBuffer dphi_, rest_;
+  std::vector<std::int64_t> label_;
+  bool margin_applied_ = false;
+};
 
 }  // namespace nerve

@@ -19,6 +19,10 @@ enum class LossKind : int {
   CrossEntropy,                  // softmax on logits (stable log-sum-exp)
   Focal,                         // softmax focal loss on logits
   Distillation,                  // Hinton: alpha*T^2*KL(teacher||student at T) + (1-alpha)*CE
+  CosFace,                       // AM-Softmax on cos θ: s (cos θ_y - m), then CE
+  ArcFace,                       // additive angular margin on cos θ: s cos(θ_y + m), then CE
+  LargeMarginSoftmax,            // L-Softmax: CE on LargeMarginDense's training output
+  SphereFace,                    // A-Softmax: CE on SphereDense's training output
 };
 
 // Default softening temperature of the distillation loss (see loss.cpp).
@@ -34,7 +38,14 @@ struct Loss {
   float alpha = 0.5f;            // distillation weight; focal class weight when has_alpha
   bool has_alpha = false;        // focal: alpha given
   std::vector<float> class_weight;  // cross_entropy weight= (empty: none)
+  float scale = 30.0f;           // cosface / arcface s
+  double margin = 0.35;          // cosface / arcface m; L-Softmax / SphereFace integer m
+  // L-Softmax / SphereFace λ schedule: max(lambda_min, base (1 + gamma step)^-power).
+  double lambda_base = 1000.0, lambda_gamma = 0.12, lambda_power = 1.0, lambda_min = 5.0;
 };
+
+// λ of the L-Softmax / SphereFace annealing at training step `step`.
+double margin_lambda(const Loss& loss, std::uint64_t step);
 
 // One row per loss, made from its unit in loss.cpp (adding a loss: an enum
 // value and one unit there, plus its oracle in tests/test_losses.py).

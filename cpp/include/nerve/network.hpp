@@ -35,7 +35,9 @@ class Network {
   // A sequence batch is `batch` = sequences * steps rows (row-major
   // (sequences, steps, input_dim)); the output then has
   // output_rows(batch, steps) rows.
-  const float* forward(const float* x, Index batch, bool training, Index steps = 1);
+  // margin: the labels and loss a margin head needs (forward_loss only).
+  const float* forward(const float* x, Index batch, bool training, Index steps = 1,
+                       const MarginTarget* margin = nullptr);
   Index output_rows(Index rows, Index steps) const { return stack_.out_rows(rows, steps); }
   Index output_steps(Index steps) const { return stack_.out_steps(steps); }
   // Rows and steps of the last forward's input and output rows.
