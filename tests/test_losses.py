@@ -90,8 +90,29 @@ def distillation(x, teacher, y, temperature, alpha=0.5):
     return alpha * T * T * kl + (1 - alpha) * ce
 
 
+def margin_ce(c, y, s, phi):
+    """Softmax CE of logits s c with the label's replaced by s phi(c_y)."""
+    z = s * c.copy()
+    rows = np.arange(len(y))
+    z[rows, y] = s * phi(c[rows, y])
+    return float(np.mean(-log_softmax(z)[rows, y]))
+
+
+def cosface(c, y, s=30.0, m=0.35):
+    return margin_ce(c, y, s, lambda cy: cy - m)
+
+
+def arcface(c, y, s=64.0, m=0.5):
+    """insightface easy_margin=False: cos(θ + m) while θ + m < π, else cos θ − m sin m."""
+    def phi(cy):
+        theta = np.arccos(np.clip(cy, -1 + 1e-7, 1 - 1e-7))
+        return np.where(theta + m < np.pi, np.cos(theta + m), np.cos(theta) - m * np.sin(m))
+    return margin_ce(c, y, s, phi)
+
+
 def cases():
     logits, labels, probs, reg = data()
+    cosv = np.tanh(0.5 * logits).astype(np.float32)  # cosines, as a CosineDense gives
     reg_t = data(1)[3]
     p01 = 1 / (1 + np.exp(-logits))
     p01[0, :3] = [0.0, 1.0, 0.5]  # clamped logs at the ends
@@ -132,6 +153,14 @@ def cases():
          lambda x, tt: distillation(x, tt[0], tt[1], 4.0, 0.9)),
         ("distillation(T=1,alpha=0)", {"temperature": 1.0, "alpha": 0.0}, logits, (teacher, labels),
          lambda x, tt: distillation(x, tt[0], tt[1], 1.0, 0.0)),
+        # The margin losses (tests/test_margin.py has the rest): cosface / arcface on cos θ;
+        # large_margin_softmax / sphereface on their own are CE (their layer applies the margin).
+        ("cosface", {}, cosv, labels, cosface),
+        ("cosface(s=4,m=0.2)", {"scale": 4.0, "margin": 0.2}, cosv, labels, lambda c, y: cosface(c, y, 4.0, 0.2)),
+        ("arcface", {}, cosv, labels, arcface),
+        ("arcface(s=8,m=1.2)", {"scale": 8.0, "margin": 1.2}, cosv, labels, lambda c, y: arcface(c, y, 8.0, 1.2)),
+        ("large_margin_softmax", {}, logits, labels, cross_entropy),
+        ("sphereface", {}, logits, labels, cross_entropy),
     ]
     return {k: v for k, *v in [(x[0], *x[1:]) for x in c]}
 
@@ -288,6 +317,22 @@ def torch_loss(key, torch):
                           reduction="batchmean", log_target=True)
             return a * T * T * kl + (1 - a) * F.cross_entropy(x, y)
         return dl
+    if name in ("large_margin_softmax", "sphereface"):
+        return lambda x, t: F.cross_entropy(x, t)
+    if name in ("cosface", "arcface"):
+        s = params.get("scale", 30.0 if name == "cosface" else 64.0)
+        m = params.get("margin", 0.35 if name == "cosface" else 0.5)
+
+        def margin(x, t):
+            oh = F.one_hot(t, x.shape[1]).bool()
+            if name == "cosface":
+                phi = x - m
+            else:  # insightface ArcMarginProduct(easy_margin=False)
+                c = x.clamp(-1 + 1e-7, 1 - 1e-7)
+                phi = c * np.cos(m) - torch.sqrt(1 - c * c) * np.sin(m)
+                phi = torch.where(c > np.cos(np.pi - m), phi, c - np.sin(np.pi - m) * m)
+            return F.cross_entropy(s * torch.where(oh, phi, x), t)
+        return margin
     raise AssertionError(key)
 
 
@@ -439,4 +484,5 @@ def test_registry_rows_come_from_the_loss_units():
         else:
             with pytest.raises(ValueError, match="weight= is a parameter of cross_entropy only"):
                 nv.losses.get(r["name"], weight=[1.0, 2.0])
-    assert {r["name"] for r in rows if r["classification"]} == {"cross_entropy", "focal", "distillation"}
+    assert {r["name"] for r in rows if r["classification"]} == {"cross_entropy", "focal", "distillation", "cosface",
+                                                                "arcface", "large_margin_softmax", "sphereface"}
