@@ -72,8 +72,8 @@ def psi_oracle(theta, m):
     return (-1.0) ** k * np.cos(m * theta) - 2.0 * k
 
 
-def lambda_oracle(step, base, gamma, power, lambda_min):
-    return max(lambda_min, base * (1.0 + gamma * step) ** (-power))
+def lambda_oracle(it, base, gamma, power, lambda_min):
+    return max(lambda_min, base * (1.0 + gamma * it) ** (-power))
 
 
 def margin_logits_oracle(x, w, y, m, lam, sphere):
@@ -301,9 +301,9 @@ def test_margin_pair_loss_and_gradients(sphere, m):
     y = r.integers(0, 3, 9)
     lam = dict(base=0.7, gamma=0.5, power=1.5, lambda_min=0.1)
     model = _margin_model(sphere, m, **lam)
-    model._net.step = 3
-    lam_now = lambda_oracle(3, **lam)
-    assert _core.margin_lambda(model.loss._spec, 3) == pytest.approx(lam_now, rel=1e-12)
+    model._net.step = 3  # the 4th training step: iteration 4 of the authors' Caffe counter
+    lam_now = lambda_oracle(4, **lam)
+    assert _core.margin_lambda(model.loss._spec, 4) == pytest.approx(lam_now, rel=1e-12)
     value, _ = model._net.compute_gradients(x, y, None, model.loss._spec)
     x64, w = x.astype(np.float64), model.layers[1].kernel.value.astype(np.float64)
 
@@ -390,11 +390,11 @@ def test_margin_one_or_huge_lambda_is_plain_softmax():
 
 def test_lambda_schedule_defaults():
     spec = nv.losses.get("sphereface")._spec
-    for step in (0, 1, 10, 1000, 10 ** 6):
-        assert _core.margin_lambda(spec, step) == pytest.approx(lambda_oracle(step, 1000.0, 0.12, 1.0, 5.0))
+    for it in (0, 1, 10, 1000, 10 ** 6):
+        assert _core.margin_lambda(spec, it) == pytest.approx(lambda_oracle(it, 1000.0, 0.12, 1.0, 5.0))
     spec = nv.losses.get("large_margin_softmax")._spec
-    for step in (0, 100, 10 ** 5):
-        assert _core.margin_lambda(spec, step) == pytest.approx(lambda_oracle(step, 1000.0, 2.5e-5, 35.0, 0.0))
+    for it in (0, 100, 10 ** 5):
+        assert _core.margin_lambda(spec, it) == pytest.approx(lambda_oracle(it, 1000.0, 2.5e-5, 35.0, 0.0))
 
 
 def test_predict_gives_plain_logits():

@@ -57,8 +57,8 @@ void bind_loss(py::module_& m) {
     return rows;
   });
 
-  m.def("margin_lambda", &margin_lambda, py::arg("loss"), py::arg("step"),
-        "lambda of the large_margin_softmax / sphereface annealing at training step `step`");
+  m.def("margin_lambda", &margin_lambda, py::arg("loss"), py::arg("iter"),
+        "lambda of the large_margin_softmax / sphereface annealing at iteration `iter` (network step + 1)");
 
   m.def("make_loss", &make_loss, py::arg("name"), py::arg("params"),
         py::arg("class_weight") = std::vector<float>{});

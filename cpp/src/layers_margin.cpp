@@ -138,8 +138,8 @@ void CosineDense::backward(const float* /*x*/, const float* /*y*/, float* dy, fl
 // ---------------------------------------------------------------------------
 // MarginDense (LargeMarginDense / SphereDense)
 
-double margin_lambda(const Loss& loss, std::uint64_t step) {
-  const double lam = loss.lambda_base * std::pow(1.0 + loss.lambda_gamma * static_cast<double>(step),
+double margin_lambda(const Loss& loss, std::uint64_t iter) {
+  const double lam = loss.lambda_base * std::pow(1.0 + loss.lambda_gamma * static_cast<double>(iter),
                                                  -loss.lambda_power);
   return std::max(lam, loss.lambda_min);
 }
@@ -205,7 +205,9 @@ void MarginDense::forward(const float* x, float* y, Index batch, const StepConte
   // below 1 only for a column shorter than eps).
   if (!normalize_weights) normalize_cols(V, in, units, sums(), wnorm_.data(), nullptr);
   const int m = static_cast<int>(mt->loss->margin);
-  const double lam = margin_lambda(*mt->loss, ctx.step);
+  // The Caffe layers count their iterations from 1 (iter_ += 1 before λ):
+  // the first training step (network step 0) is iteration 1.
+  const double lam = margin_lambda(*mt->loss, ctx.step + 1);
   for (Index i = 0; i < batch; ++i) {
     const std::int64_t lab = mt->labels[i];
     const double vn = normalize_weights ? std::min(1.0, static_cast<double>(wnorm_.data()[lab]) / kNormEps)

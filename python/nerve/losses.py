@@ -31,8 +31,9 @@ base=1000, gamma=0.12, power=1, lambda_min=5)`` (A-Softmax, Liu et al.
 2017) pair with ``LargeMarginDense`` / ``SphereDense``, which put
 ``r (λ cos θ_y + ψ(θ_y)) / (1 + λ)`` (``r = ‖x‖‖W_y‖``, ``ψ(θ) = (−1)^k cos(mθ)
 − 2k`` on ``[kπ/m, (k+1)π/m]``, ``λ = max(lambda_min, base (1 + gamma
-step)^−power)``) into the label's logit during training; on its own the
-loss is the softmax cross-entropy of the logits it is given.
+iter)^−power)``, iter = training step + 1 as the authors' Caffe counter)
+into the label's logit during training; on its own the loss is the softmax
+cross-entropy of the logits it is given.
 """
 import difflib
 

@@ -361,6 +361,7 @@ class Sequential:
             raise RuntimeError("call model.compile(optimizer=..., loss=...) before training")
         if not self.built:
             self.build(x.shape[1])
+        _check_margin_pair(self.layers, self.loss)  # layers added after compile
         self._bind_optimizer()
 
     def _require_compiled(self):
@@ -1111,12 +1112,14 @@ def _check_margin_pair(layers, loss_fn):
     """The margin losses need their head as the last layer (cosface / arcface
     take cos θ from a CosineDense; large_margin_softmax / sphereface are
     applied by their LargeMarginDense / SphereDense), and those two layers
-    belong to their loss."""
-    last = type(layers[-1]).__name__ if layers else None
+    belong to their loss. (No layers yet: the C++ step checks the pair.)"""
+    if not layers:
+        return
+    last = type(layers[-1]).__name__
     need = _layers.MARGIN_LAYERS_OF_LOSS.get(loss_fn.name)
     if need is not None and last not in need:
         raise ValueError(f"loss {loss_fn.name!r} needs a {' or '.join(need)} output layer (see docs/margin.md); "
-                         f"the last layer is {layers[-1].describe() if layers else 'missing'}")
+                         f"the last layer is {layers[-1].describe()}")
     pair = _layers.MARGIN_LOSS_OF_LAYER.get(last)
     if pair is not None and loss_fn.name != pair:
         raise ValueError(f"a {last} output layer is trained with loss={pair!r} (it applies that loss's margin); "

@@ -427,7 +427,8 @@ class CosineDense : public Layer {
 //   f_y' = r (λ c + ψ(c)) / (1 + λ),  r = ‖x‖ ‖V_y‖,  c = cos θ_y = f_y / r,
 //   ψ = (−1)^k T_m(c) − 2k on θ ∈ [kπ/m, (k+1)π/m]
 // (T_m the Chebyshev polynomial: cos mθ = T_m(cos θ)), λ = max(lambda_min,
-// base (1 + gamma step)^(−power)), and the loss is softmax cross-entropy on y.
+// base (1 + gamma iter)^(−power)), iter = network step + 1 (the authors' Caffe
+// counter), and the loss is softmax cross-entropy on y.
 // The margin is applied here, not in the loss, because it needs ‖x‖ and
 // ‖W_y‖, which only the layer has.
 class MarginDense : public Layer {

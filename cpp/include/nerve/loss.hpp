@@ -40,12 +40,13 @@ struct Loss {
   std::vector<float> class_weight;  // cross_entropy weight= (empty: none)
   float scale = 30.0f;           // cosface / arcface s
   double margin = 0.35;          // cosface / arcface m; L-Softmax / SphereFace integer m
-  // L-Softmax / SphereFace λ schedule: max(lambda_min, base (1 + gamma step)^-power).
+  // L-Softmax / SphereFace λ schedule: max(lambda_min, base (1 + gamma iter)^-power).
   double lambda_base = 1000.0, lambda_gamma = 0.12, lambda_power = 1.0, lambda_min = 5.0;
 };
 
-// λ of the L-Softmax / SphereFace annealing at training step `step`.
-double margin_lambda(const Loss& loss, std::uint64_t step);
+// λ of the L-Softmax / SphereFace annealing at iteration `iter` (the layer
+// passes network step + 1: the authors' Caffe layers count from 1).
+double margin_lambda(const Loss& loss, std::uint64_t iter);
 
 // One row per loss, made from its unit in loss.cpp (adding a loss: an enum
 // value and one unit there, plus its oracle in tests/test_losses.py).
