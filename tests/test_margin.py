@@ -515,3 +515,35 @@ def test_no_allocation_per_step():
         for _ in range(3):
             model.train_step(x[:32], y[:32])
         assert _core.alloc_count() == before
+
+
+@pytest.mark.parametrize("head,loss", [("CosineDense", "arcface"), ("LargeMarginDense", "large_margin_softmax"),
+                                       ("SphereDense", "sphereface")])
+def test_same_bits_for_any_thread_count_and_sample_weights(head, loss):
+    x, y = _blobs(n=512, dim=64)
+    w = rng(4).uniform(0.0, 2.0, 512).astype(np.float32)
+    old = nv.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            nv.set_num_threads(threads)
+            nv.manual_seed(5)
+            model = nv.Sequential([nv.layers.Dense(256, activation="relu"), getattr(nv.layers, head)(5)],
+                                  input_dim=64)
+            model.compile(optimizer="adam", loss=loss)
+            model.fit(x, y, epochs=2, batch_size=256, sample_weight=w, verbose=0)
+            results.append(np.concatenate([p.value.ravel() for p in model.parameters()]))
+    finally:
+        nv.set_num_threads(old)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_margin_head_after_a_recurrent_layer():
+    r = rng(6)
+    x = r.standard_normal((64, 5, 3)).astype(np.float32)
+    y = (x[:, -1, 0] > 0).astype(np.int64)
+    model = nv.Sequential([nv.layers.GRU(8), nv.layers.SphereDense(2)], input_dim=3)
+    model.compile(optimizer=nv.optimizers.Adam(lr=1e-2), loss=nv.losses.get("sphereface", base=1.0))
+    model.fit(x, y, epochs=30, batch_size=16, verbose=0)
+    assert model.predict(x).shape == (64, 2)
+    assert np.mean(np.argmax(model.predict(x), axis=1) == y) >= 0.85
