@@ -31,9 +31,6 @@
 #include "nerve/simd_math.hpp"
 #include "nerve/vec.hpp"
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
 
 namespace nerve {
 
@@ -114,81 +111,92 @@ struct FStep {
     return simd::sel(x < 0.0f, 0.0f, simd::sel(x >= 0.0f, 1.0f, x));
   }
 };
-#if defined(__AVX2__) && defined(__FMA__)
-// exp(hi + lo) on 8 lanes, |lo| tiny beside hi, for hi in [-86, 0] (so the
-// result is a normal float): exp_nonpos_sum's reduction and polynomial (n from
-// hi alone, lo in the small part of the reduction, p by Estrin: the softmax
-// pass is bound by this chain's latency; 16K floats 15.5 -> 13.5 us), but the
-// 2^n scaling is one integer add into the exponent field instead of
-// pow2_split's two multiplies (which only matter for subnormal results).
+// The vector kernels below are templates over the float type F (simd::vf:
+// f32x16 at avx512, f32x8 at avx2, float at generic; vec.hpp), one body for
+// every width. They run where kVecKernels says (the levels with vectors); the
+// generic level keeps the scalar functors' loops, whose bits these kernels do
+// not reproduce everywhere (gelu), and compiles these only to keep them one code.
+constexpr bool kVecKernels = simd::kLanes > 1;
+
+// exp(hi + lo), |lo| tiny beside hi, for hi in [-86, 0] (so the result is a
+// normal float): exp_nonpos_sum's reduction and polynomial (n from hi alone,
+// lo in the small part of the reduction, p by Estrin: the softmax pass is
+// bound by this chain's latency; 16K floats 15.5 -> 13.5 us), but the 2^n
+// scaling is one integer add into the exponent field instead of pow2_split's
+// two multiplies (which only matter for subnormal results).
 // Same bits as the scalar function on these inputs.
-inline __m256 exp_sum8_normal(__m256 hi, __m256 lo) {
-  const __m256 magic = _mm256_set1_ps(simd::kRoundMagic);
-  const __m256 t = _mm256_fmadd_ps(hi, _mm256_set1_ps(simd::kLog2e), magic);
-  const __m256 nf = _mm256_sub_ps(t, magic);
-  const __m256i ni = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
-  const __m256 r = _mm256_add_ps(_mm256_fnmadd_ps(nf, _mm256_set1_ps(simd::kLn2Hi), hi),
-                                 _mm256_fnmadd_ps(nf, _mm256_set1_ps(simd::kLn2Lo), lo));
-  const __m256 r2 = _mm256_mul_ps(r, r);
-  const __m256 p01 = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 24.0f), r, _mm256_set1_ps(1.0f / 6.0f));
-  const __m256 p23 = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 720.0f), r, _mm256_set1_ps(1.0f / 120.0f));
-  const __m256 p = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(1.0f / 5040.0f), r2, p23), r2, p01);
-  const __m256 tail = _mm256_fmadd_ps(r2, _mm256_set1_ps(0.5f), _mm256_mul_ps(_mm256_mul_ps(r2, r), p));
-  const __m256 mant = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(r, tail));
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(mant), _mm256_slli_epi32(ni, 23)));
+template <class F>
+NERVE_INLINE F exp_sum_normal(F hi, F lo) {
+  using I = simd::i32_of<F>;
+  const F magic(simd::kRoundMagic);
+  const F t = simd::fma_(hi, F(simd::kLog2e), magic);
+  const F nf = t - magic;
+  const I ni = simd::as_int(t) - simd::as_int(magic);
+  const F r = simd::fma_(-nf, F(simd::kLn2Hi), hi) + simd::fma_(-nf, F(simd::kLn2Lo), lo);
+  const F r2 = r * r;
+  const F p01 = simd::fma_(F(1.0f / 24.0f), r, F(1.0f / 6.0f));
+  const F p23 = simd::fma_(F(1.0f / 720.0f), r, F(1.0f / 120.0f));
+  const F p = simd::fma_(simd::fma_(F(1.0f / 5040.0f), r2, p23), r2, p01);
+  const F tail = simd::fma_(r2, F(0.5f), (r2 * r) * p);
+  const F mant = F(1.0f) + (r + tail);
+  return simd::as_float(simd::as_int(mant) + simd::sll(ni, 23));
 }
 
-// exp_shifted on 8 lanes whose hi = x - m >= -86: the same two-sum, then
-// exp_sum8_normal.
-inline __m256 exp_shifted8(__m256 x, __m256 hi, __m256 neg_m) {
-  const __m256 bv = _mm256_sub_ps(hi, x);
-  const __m256 lo = _mm256_add_ps(_mm256_sub_ps(x, _mm256_sub_ps(hi, bv)), _mm256_sub_ps(neg_m, bv));
-  return exp_sum8_normal(hi, lo);
+// exp_shifted on lanes whose hi = x - m >= -86: the same two-sum, then
+// exp_sum_normal.
+template <class F>
+NERVE_INLINE F exp_shifted_normal(F x, F hi, F neg_m) {
+  const F bv = hi - x;
+  const F lo = (x - (hi - bv)) + (neg_m - bv);
+  return exp_sum_normal(hi, lo);
 }
 
-// exp(-(sq + sqlo)/2) on 8 lanes for sq + sqlo = a^2 exactly, a <= 13 (so
-// the result is a normal float): gelu's Gaussian factor. Unlike
-// exp_sum8_normal (which must match the scalar softmax exp bit for bit), it is
-// built for latency: the reduction's low parts are summed off the critical
-// path, and a degree-6 minimax polynomial (fit_gelu_tail.py) is evaluated by
-// Estrin's scheme. Relative error of the polynomial 3.1e-9.
+// exp(-(sq + sqlo)/2) for sq + sqlo = a^2 exactly, a <= 13 (so the result is
+// a normal float): gelu's Gaussian factor. Unlike exp_sum_normal (which must
+// match the scalar softmax exp bit for bit), it is built for latency: the
+// reduction's low parts are summed off the critical path, and a degree-6
+// minimax polynomial (fit_gelu_tail.py) is evaluated by Estrin's scheme.
+// Relative error of the polynomial 3.1e-9.
 // exp(r) = 1 + r + r^2 q(r) on |r| <= ln2/2 (fit_gelu_tail.py).
 constexpr float kGeluExpQ[5] = {4.999999404e-01f, 1.666652113e-01f, 4.166838899e-02f, 8.368702605e-03f, 1.381453476e-03f};
-inline __m256 exp_neg_half_square8(__m256 sq, __m256 sqlo) {
-  const __m256 magic = _mm256_set1_ps(simd::kRoundMagic);
-  const __m256 t = _mm256_fnmadd_ps(sq, _mm256_set1_ps(0.5f * simd::kLog2e), magic);
-  const __m256 nf = _mm256_sub_ps(t, magic);
-  const __m256i ni = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
+template <class F>
+NERVE_INLINE F exp_neg_half_square(F sq, F sqlo) {
+  using I = simd::i32_of<F>;
+  const F magic(simd::kRoundMagic);
+  const F t = simd::fma_(-sq, F(0.5f * simd::kLog2e), magic);
+  const F nf = t - magic;
+  const I ni = simd::as_int(t) - simd::as_int(magic);
   // r = -sq/2 - sqlo/2 - n ln2, with n ln2hi exact and the two small terms
-  // summed beside the large one.
-  const __m256 r_hi = _mm256_fnmsub_ps(nf, _mm256_set1_ps(simd::kLn2Hi), _mm256_mul_ps(sq, _mm256_set1_ps(0.5f)));
-  const __m256 r_lo = _mm256_fnmsub_ps(nf, _mm256_set1_ps(simd::kLn2Lo), _mm256_mul_ps(sqlo, _mm256_set1_ps(0.5f)));
-  const __m256 r = _mm256_add_ps(r_hi, r_lo);
+  // summed beside the large one. sq * -0.5 is -(sq / 2) exactly, and as the
+  // addend of vfnmadd it needs no separate negation (vxorps) on the chain.
+  const F r_hi = simd::fma_(-nf, F(simd::kLn2Hi), sq * F(-0.5f));
+  const F r_lo = simd::fma_(-nf, F(simd::kLn2Lo), sqlo * F(-0.5f));
+  const F r = r_hi + r_lo;
   // exp(r) = 1 + r + r^2 q(r)
-  const __m256 r2 = _mm256_mul_ps(r, r);
-  const __m256 q01 = _mm256_fmadd_ps(_mm256_set1_ps(kGeluExpQ[1]), r, _mm256_set1_ps(kGeluExpQ[0]));
-  const __m256 q23 = _mm256_fmadd_ps(_mm256_set1_ps(kGeluExpQ[3]), r, _mm256_set1_ps(kGeluExpQ[2]));
-  const __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(kGeluExpQ[4]), _mm256_mul_ps(r2, r2), _mm256_fmadd_ps(q23, r2, q01));
-  const __m256 mant = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(r2, q, r));
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(mant), _mm256_slli_epi32(ni, 23)));
+  const F r2 = r * r;
+  const F q01 = simd::fma_(F(kGeluExpQ[1]), r, F(kGeluExpQ[0]));
+  const F q23 = simd::fma_(F(kGeluExpQ[3]), r, F(kGeluExpQ[2]));
+  const F q = simd::fma_(F(kGeluExpQ[4]), r2 * r2, simd::fma_(q23, r2, q01));
+  const F mant = F(1.0f) + simd::fma_(r2, q, r);
+  return simd::as_float(simd::as_int(mant) + simd::sll(ni, 23));
 }
 
-// gelu (exact) on 8 lanes, in float: Phi(-a) = f(a) exp(-a^2/2), a = |x|, with
+// gelu (exact), in float: Phi(-a) = f(a) exp(-a^2/2), a = |x|, with
 // f(a) = erfcx(a/sqrt 2)/2 from piecewise degree-11 polynomials on the 4
 // intervals [0, 1) [1, 3) [3, 7) [7, 15) (the octaves of a + 1, so the
 // interval is the exponent of a + 1), looked up per lane with the in-lane
-// vpermilps (1 uop; the 8-entry vpermps of an 8-interval table is 3 uops on
-// Zen 3 and its lookups dominated). The tables are stored in the order
-// vpermilps reads them: interval i in slot (127 + i) mod 4. The constant term
-// is split hi + lo. f = c0 + s E(s) with E by Estrin's scheme: the loop is
-// bound by the latency of its longest chain (Horner's 11 dependent FMAs
-// cost 8%). gelu = x f e below 0 and x - x f e above, each with one rounding
-// after x f. cpp/tools/fit_gelu_tail.py made the tables and emulates this
-// arithmetic against float64:
+// vpermilps (simd::lookup4, 1 uop; the 8-entry vpermps of an 8-interval
+// table is 3 uops on Zen 3 and its lookups dominated). The tables are stored
+// in the order vpermilps reads them: interval i in slot (127 + i) mod 4. The
+// constant term is split hi + lo. f = c0 + s E(s) with E by Estrin's scheme:
+// the loop is bound by the latency of its longest chain (Horner's 11
+// dependent FMAs cost 8%). gelu = x f e below 0 and x - x f e above, each
+// with one rounding after x f. cpp/tools/fit_gelu_tail.py made the tables and
+// emulates this arithmetic against float64:
 // relative fit error 1.9e-09, exp 3.1e-09; emulated float gelu: max 3.08 ulp
 // (measured on the kernel by tests/test_activations.py). The scalar functor
 // (double t-polynomial, slower) serves lanes with |x| > 13 (exp would leave
-// the fast normal range), NaN, and builds without AVX2.
+// the fast normal range), NaN, and the generic level.
 alignas(16) constexpr float kGeluCentre[4] = {2.000000000e+00f, 5.000000000e+00f, 1.100000000e+01f, 5.000000000e-01f};
 alignas(16) constexpr float kGeluCoef[13][4] = {
     {1.681019962e-01f, 7.691930234e-02f, 3.597488999e-02f, 3.496188223e-01f},
@@ -209,47 +217,48 @@ alignas(16) constexpr float kGeluCoef[13][4] = {
 // f(a) and e = exp(-a^2/2) for a = |x|, so Phi(-a) = f e. Branch-free;
 // `slow` gets the lanes outside the fast range |x| <= 13 (and NaN), whose
 // results are meaningless here.
-NERVE_INLINE void gelu_factors8(__m256 x, __m256& f, __m256& e, int& slow) {
-  const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
-  slow = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(13.0f), _CMP_NLE_UQ));
-  const __m256i exponent = _mm256_srli_epi32(_mm256_castps_si256(_mm256_add_ps(a, _mm256_set1_ps(1.0f))), 23);
-  auto table = [&](const float* row) {
-    return _mm256_permutevar_ps(_mm256_broadcast_ps(reinterpret_cast<const __m128*>(row)), exponent);
-  };
+template <class F>
+NERVE_INLINE void gelu_factors(F x, F& f, F& e, unsigned& slow) {
+  const F a = simd::abs_(x);
+  slow = ~simd::bits(a <= F(13.0f));  // NaN: slow; the callers keep the bits of their lanes
+  const auto exponent = simd::srl(simd::as_int(a + F(1.0f)), 23);
+  auto table = [&](const float* row) { return simd::lookup4(row, exponent); };
   auto c = [&](int k) { return table(kGeluCoef[k + 1]); };  // c(k): s^k, k >= 1
-  const __m256 s = _mm256_sub_ps(a, table(kGeluCentre));
-  const __m256 s2 = _mm256_mul_ps(s, s), s4 = _mm256_mul_ps(s2, s2), s8 = _mm256_mul_ps(s4, s4);
+  const F s = a - table(kGeluCentre);
+  const F s2 = s * s, s4 = s2 * s2, s8 = s4 * s4;
   // E = c1 + c2 s + ... + c11 s^10
-  const __m256 p12 = _mm256_fmadd_ps(c(2), s, c(1)), p34 = _mm256_fmadd_ps(c(4), s, c(3));
-  const __m256 p56 = _mm256_fmadd_ps(c(6), s, c(5)), p78 = _mm256_fmadd_ps(c(8), s, c(7));
-  const __m256 p910 = _mm256_fmadd_ps(c(10), s, c(9));
-  const __m256 q0 = _mm256_fmadd_ps(p34, s2, p12), q1 = _mm256_fmadd_ps(p78, s2, p56);
-  const __m256 q2 = _mm256_fmadd_ps(c(11), s2, p910);
-  const __m256 e_poly = _mm256_fmadd_ps(q2, s8, _mm256_fmadd_ps(q1, s4, q0));
-  f = _mm256_add_ps(_mm256_fmadd_ps(e_poly, s, table(kGeluCoef[1])), table(kGeluCoef[0]));
-  const __m256 sq = _mm256_mul_ps(a, a);
-  e = exp_neg_half_square8(sq, _mm256_fmsub_ps(a, a, sq));
+  const F p12 = simd::fma_(c(2), s, c(1)), p34 = simd::fma_(c(4), s, c(3));
+  const F p56 = simd::fma_(c(6), s, c(5)), p78 = simd::fma_(c(8), s, c(7));
+  const F p910 = simd::fma_(c(10), s, c(9));
+  const F q0 = simd::fma_(p34, s2, p12), q1 = simd::fma_(p78, s2, p56);
+  const F q2 = simd::fma_(c(11), s2, p910);
+  const F e_poly = simd::fma_(q2, s8, simd::fma_(q1, s4, q0));
+  f = simd::fma_(e_poly, s, table(kGeluCoef[1])) + table(kGeluCoef[0]);
+  const F sq = a * a;
+  e = exp_neg_half_square(sq, simd::fma_(a, a, -sq));
 }
 
-inline __m256 gelu_erf8(__m256 x, int& slow) {
-  __m256 f, e;
-  gelu_factors8(x, f, e, slow);
-  const __m256 xf = _mm256_mul_ps(x, f);
-  const __m256 lower = _mm256_mul_ps(xf, e);      // x Phi(x) = x Phi(-a), x < 0
-  const __m256 upper = _mm256_fnmadd_ps(xf, e, x);  // x (1 - Phi(-a)), x >= 0
-  return _mm256_blendv_ps(upper, lower, x);       // sign bit of x set: lower
+template <class F>
+NERVE_INLINE F gelu_erf_fast(F x, unsigned& slow) {
+  F f, e;
+  gelu_factors(x, f, e, slow);
+  const F xf = x * f;
+  const F lower = xf * e;                 // x Phi(x) = x Phi(-a), x < 0
+  const F upper = simd::fma_(-xf, e, x);  // x (1 - Phi(-a)), x >= 0
+  return simd::sel_sign(x, lower, upper);  // -0.0 too: lower
 }
 
 // dy gelu'(x) = dy (Phi(x) + x phi(x)), phi(x) = e / sqrt(2 pi).
-inline __m256 gelu_erf_grad8(__m256 x, __m256 dy, int& slow) {
-  __m256 f, e;
-  gelu_factors8(x, f, e, slow);
-  const __m256 tail = _mm256_mul_ps(f, e);
-  const __m256 cdf = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), tail), tail, x);
-  const __m256 pdf = _mm256_mul_ps(e, _mm256_set1_ps(0.39894228040143268f));
-  return _mm256_mul_ps(dy, _mm256_fmadd_ps(x, pdf, cdf));
+template <class F>
+NERVE_INLINE F gelu_erf_grad_fast(F x, F dy, unsigned& slow) {
+  F f, e;
+  gelu_factors(x, f, e, slow);
+  const F tail = f * e;
+  const F cdf = simd::sel_sign(x, tail, F(1.0f) - tail);
+  const F pdf = e * F(0.39894228040143268f);
+  return dy * simd::fma_(x, pdf, cdf);
 }
-#endif
+
 
 
 // gelu (exact): x * Phi(x); the negative side uses the erfc tail directly so
@@ -260,11 +269,9 @@ struct FGeluErf {
     float phi = simd::sel(x >= 0.0f, 1.0f - tail, tail);
     return x * phi;
   }
-#if defined(__AVX2__) && defined(__FMA__)
-  // The float kernel for 8 lanes (see HasV8).
-  static constexpr bool kHasV8 = true;
-  __m256 v8(__m256 x, int& slow) const { return gelu_erf8(x, slow); }
-#endif
+  // The vector kernel (see HasVec).
+  static constexpr bool kHasVec = true;
+  NERVE_INLINE simd::vf vec(simd::vf x, unsigned& slow) const { return gelu_erf_fast(x, slow); }
 };
 // gelu (tanh form): 0.5 x (1 + tanh(u)) = x * sigmoid(2u),
 // u = sqrt(2/pi) (x + 0.044715 x^3). The sigmoid form avoids 1 + tanh
@@ -397,11 +404,11 @@ struct BGeluErf {
     float phi = simd::sel(x >= 0.0f, 1.0f - tail, tail);
     return dy * simd::fma_(x, pdf, phi);
   }
-#if defined(__AVX2__) && defined(__FMA__)
-  // The float kernel for 8 lanes (see HasV8).
-  static constexpr bool kHasV8 = true;
-  __m256 v8(__m256 x, __m256 dy, int& slow) const { return gelu_erf_grad8(x, dy, slow); }
-#endif
+  // The vector kernel (see HasVec).
+  static constexpr bool kHasVec = true;
+  NERVE_INLINE simd::vf vec(simd::vf x, simd::vf dy, unsigned& slow) const {
+    return gelu_erf_grad_fast(x, dy, slow);
+  }
 };
 // gelu' (tanh form) = s + 2 x s s' u'(x), s = sigmoid(2u), s' = sigmoid(-2u),
 // u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)  (since 1 - tanh(u)^2 = 4 s s').
@@ -463,74 +470,68 @@ struct BHardSwish {
 // large enough to amortise scheduling, fixed so results never depend on threads.
 constexpr Index kChunk = 1 << 14;
 
-// Functors with an explicit 8-lane kernel, `__m256 v8(__m256 x, int& slow)`:
+// Functors with an explicit vector kernel, `vf vec(vf x, unsigned& slow)`:
 // `slow` is a bitmask of lanes outside the kernel's range, which operator()
 // recomputes. Every element's result then depends on its own value only
 // (never on its neighbours or its position), like the scalar loop.
-// (Detected through the kHasV8 flag: naming &F::v8 in a template argument
-// drops __m256's vector attributes, which GCC warns about.)
+// (Detected through the kHasVec flag: naming &F::vec in a template argument
+// drops the vector attributes of vf's member, which GCC warns about.)
 template <class F, class = void>
-struct HasV8 : std::false_type {};
+struct HasVec : std::false_type {};
 template <class F>
-struct HasV8<F, std::void_t<decltype(F::kHasV8)>> : std::bool_constant<F::kHasV8> {};
+struct HasVec<F, std::void_t<decltype(F::kHasVec)>> : std::bool_constant<F::kHasVec && kVecKernels> {};
 
-#if defined(__AVX2__) && defined(__FMA__)
-// Lanes [0, len) of a vector, len in [1, 8]: loads zeros beyond, stores nothing beyond.
-inline __m256i lane_mask(Index len) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(len)),
-                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+// The lanes [0, len) of a vector at p, len in [1, kLanes]: a partial vector
+// loads zeros beyond len and stores nothing beyond (masked, never faulting).
+// Only a partial vector uses the masked forms (vmaskmovps stores are
+// microcoded on Zen).
+NERVE_INLINE simd::vf load_lanes(const float* p, Index len) {
+  return len == simd::kLanes ? simd::load<simd::vf>(p) : simd::load_partial<simd::vf>(p, static_cast<int>(len));
+}
+NERVE_INLINE void store_lanes(float* p, simd::vf v, Index len) {
+  if (len == simd::kLanes)
+    simd::store(p, v);
+  else
+    simd::store_partial(p, v, static_cast<int>(len));
 }
 
-// One vector of up to 8 elements through f.v8, patching the slow lanes. Only
-// a partial vector uses masked loads and stores (vmaskmovps stores are
-// microcoded on Zen).
+// One vector of up to kLanes elements through f.vec, patching the slow lanes.
 template <class F>
 NERVE_INLINE void map_vector(const F& f, const float* x, const float* bias, float* zout, float* y,
                              Index len) {
-  const bool full = len == 8;
-  const __m256i mask = lane_mask(len);
-  auto load = [&](const float* p) { return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask); };
-  auto store = [&](float* p, __m256 v) {
-    if (full)
-      _mm256_storeu_ps(p, v);
-    else
-      _mm256_maskstore_ps(p, mask, v);
-  };
-  __m256 v = load(x);
-  if (bias) v = _mm256_add_ps(v, load(bias));
-  if (zout) store(zout, v);
-  int slow = 0;
-  store(y, f.v8(v, slow));
-  slow &= (1 << len) - 1;
+  simd::vf v = load_lanes(x, len);
+  if (bias) v = v + load_lanes(bias, len);
+  if (zout) store_lanes(zout, v, len);
+  unsigned slow = 0;
+  store_lanes(y, f.vec(v, slow), len);
+  slow &= (1u << len) - 1u;  // len <= 16
   if (slow) {
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, v);
-    for (int l = 0; l < 8; ++l)
-      if (slow & (1 << l)) y[l] = f(lanes[l]);
+    alignas(64) float lanes[simd::kLanes];
+    simd::store(lanes, v);
+    for (int l = 0; l < simd::kLanes; ++l)
+      if (slow & (1u << l)) y[l] = f(lanes[l]);
   }
 }
-#endif
 
 // y[i] = f(x[i] + bias[i]) for i < n (no bias: f(x[i])); when zout is given
 // it receives x[i] + bias[i] (it may be x itself).
 template <class F>
 NERVE_INLINE void map_span(const F& f, const float* x, const float* bias, float* zout, float* y,
                            Index n) {
-#if defined(__AVX2__) && defined(__FMA__)
-  if constexpr (HasV8<F>::value) {
+  if constexpr (HasVec<F>::value) {
+    constexpr Index L = simd::kLanes;
     auto at = [](const float* p, Index i) { return p ? p + i : nullptr; };
     Index i = 0;
     // Two vectors per iteration: their long dependency chains (polynomial,
-    // exp) overlap (gelu 16K and 16M: 5% faster than one at a time).
-    for (; i + 16 <= n; i += 16) {
-      map_vector(f, x + i, at(bias, i), zout ? zout + i : nullptr, y + i, 8);
-      map_vector(f, x + i + 8, at(bias, i + 8), zout ? zout + i + 8 : nullptr, y + i + 8, 8);
+    // exp) overlap (gelu 16K and 16M at avx2: 5% faster than one at a time).
+    for (; i + 2 * L <= n; i += 2 * L) {
+      map_vector(f, x + i, at(bias, i), zout ? zout + i : nullptr, y + i, L);
+      map_vector(f, x + i + L, at(bias, i + L), zout ? zout + i + L : nullptr, y + i + L, L);
     }
-    for (; i < n; i += 8)
-      map_vector(f, x + i, at(bias, i), zout ? zout + i : nullptr, y + i, std::min<Index>(8, n - i));
+    for (; i < n; i += L)
+      map_vector(f, x + i, at(bias, i), zout ? zout + i : nullptr, y + i, std::min<Index>(L, n - i));
     return;
   }
-#endif
   if (!bias) {
 #pragma omp simd
     for (Index j = 0; j < n; ++j) y[j] = f(x[j]);
@@ -574,37 +575,30 @@ void forward_map(const F& f, float* z, const float* bias, float* y, Index rows, 
 // dz = g(src, dy) elementwise over one run of n elements, on this thread.
 template <class G>
 void backward_run(const G& g, const float* src, const float* dy, float* dz, Index n) {
-#if defined(__AVX2__) && defined(__FMA__)
-  if constexpr (HasV8<G>::value) {
-    // Whole vectors through g.v8, the slow lanes patched by g, and the
+  if constexpr (HasVec<G>::value) {
+    // Whole vectors through g.vec, the slow lanes patched by g, and the
     // ragged end as a masked vector: each element's result depends on its
     // own value only, as in map_vector (so any split of the elements into
     // runs gives the same bits). The slow lanes are patched before the
     // store: dz may be dy itself (Dense's backward works in place), and the
     // patch reads dy.
-    for (Index i = 0; i < n; i += 8) {
-      const Index len = std::min<Index>(8, n - i);
-      const bool full = len == 8;
-      const __m256i mask = lane_mask(len);
-      int slow = 0;
-      __m256 out = full ? g.v8(_mm256_loadu_ps(src + i), _mm256_loadu_ps(dy + i), slow)
-                        : g.v8(_mm256_maskload_ps(src + i, mask), _mm256_maskload_ps(dy + i, mask), slow);
-      slow &= (1 << len) - 1;
+    constexpr Index L = simd::kLanes;
+    for (Index i = 0; i < n; i += L) {
+      const Index len = std::min<Index>(L, n - i);
+      unsigned slow = 0;
+      simd::vf out = g.vec(load_lanes(src + i, len), load_lanes(dy + i, len), slow);
+      slow &= (1u << len) - 1u;
       if (slow) {
-        alignas(32) float lanes[8];
-        _mm256_store_ps(lanes, out);
-        for (int l = 0; l < len; ++l)
-          if (slow & (1 << l)) lanes[l] = g(src[i + l], dy[i + l]);
-        out = _mm256_load_ps(lanes);
+        alignas(64) float lanes[L];
+        simd::store(lanes, out);
+        for (Index l = 0; l < len; ++l)
+          if (slow & (1u << l)) lanes[l] = g(src[i + l], dy[i + l]);
+        out = simd::load<simd::vf>(lanes);
       }
-      if (full)
-        _mm256_storeu_ps(dz + i, out);
-      else
-        _mm256_maskstore_ps(dz + i, mask, out);
+      store_lanes(dz + i, out, len);
     }
     return;
   }
-#endif
 #pragma omp simd
   for (Index i = 0; i < n; ++i) dz[i] = g(src[i], dy[i]);
 }
@@ -820,35 +814,35 @@ NERVE_INLINE float exp_shifted(float x, float m) {
 // Returns sum_c exp(src[c] - m) in double and, when dst is not null, stores
 // each term (float) in dst[c]; m finite. A vector with a lane below -86 (a
 // subnormal or zero term, -inf, NaN) goes through the scalar functor. The sum
-// is kept in two registers of doubles: lane l adds the terms c = l mod 8, an
-// order that depends only on n.
+// is kept in doubles, lane for lane (simd::vd): lane l adds the terms
+// c = l mod kLanes, an order that depends only on n (and the level).
 double exp_shifted_sum(const float* src, float m, float* dst, Index n) {
   Index c = 0;
   double sum = 0.0;
-#if defined(__AVX2__) && defined(__FMA__)
-  const __m256 vm = _mm256_set1_ps(m), neg_m = _mm256_set1_ps(-m);
-  const __m256 fast_floor = _mm256_set1_ps(-86.0f);
-  __m256d sum_lo = _mm256_setzero_pd(), sum_hi = _mm256_setzero_pd();
-  for (; c + 8 <= n; c += 8) {
-    const __m256 x = _mm256_loadu_ps(src + c);
-    const __m256 hi = _mm256_sub_ps(x, vm);
-    __m256 e;
-    if (_mm256_movemask_ps(_mm256_cmp_ps(hi, fast_floor, _CMP_GE_OQ)) == 0xFF) {
-      e = exp_shifted8(x, hi, neg_m);
+  // At every level, the generic one included (one lane: the sum in element
+  // order, as the scalar loop's).
+  using simd::vf;
+  constexpr Index L = simd::kLanes;
+  constexpr unsigned kAll = (1u << L) - 1u;
+  const vf vm(m), neg_m(-m), fast_floor(-86.0f);
+  simd::vd acc(0.0);
+  for (; c + L <= n; c += L) {
+    const vf x = simd::load<vf>(src + c);
+    const vf hi = x - vm;
+    vf e;
+    if (simd::bits(hi >= fast_floor) == kAll) {
+      e = exp_shifted_normal(x, hi, neg_m);
     } else {
-      alignas(32) float terms[8];
-      for (int l = 0; l < 8; ++l) terms[l] = exp_shifted(src[c + l], m);
-      e = _mm256_load_ps(terms);
+      alignas(64) float terms[L];
+      for (Index l = 0; l < L; ++l) terms[l] = exp_shifted(src[c + l], m);
+      e = simd::load<vf>(terms);
     }
-    if (dst) _mm256_storeu_ps(dst + c, e);
-    sum_lo = _mm256_add_pd(sum_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-    sum_hi = _mm256_add_pd(sum_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    if (dst) simd::store(dst + c, e);
+    acc = acc + simd::to_f64(e);
   }
-  alignas(32) double lanes[8];
-  _mm256_store_pd(lanes, sum_lo);
-  _mm256_store_pd(lanes + 4, sum_hi);
+  alignas(64) double lanes[L];
+  simd::store(lanes, acc);
   for (double v : lanes) sum += v;
-#endif
   for (; c < n; ++c) {
     const float e = exp_shifted(src[c], m);
     if (dst) dst[c] = e;

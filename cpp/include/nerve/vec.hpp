@@ -78,6 +78,16 @@ NERVE_INLINE float cvt_f32(std::int32_t i) { return static_cast<float>(i); }
 NERVE_INLINE double to_f64(float x) { return static_cast<double>(x); }
 NERVE_INLINE float to_f32(double x) { return static_cast<float>(x); }
 NERVE_INLINE bool any(bool m) { return m; }
+// The mask as bits, lane l in bit l (vmovmskps / a k register): for loops that
+// patch a few lanes with scalar code.
+NERVE_INLINE unsigned bits(bool m) { return m ? 1u : 0u; }
+// signbit(x) ? a : b per lane (-0.0 and negative NaNs count as negative,
+// unlike x < 0): vblendvps reads the sign bit itself, so at avx2 this is one
+// instruction where sel(x < 0, ...) is two and treats -0.0 as positive.
+NERVE_INLINE float sel_sign(float x, float a, float b) { return sel(as_int(x) < 0, a, b); }
+// table[i & 3] per lane: an in-lane 4-entry lookup (vpermilps), e.g. a
+// piecewise polynomial's coefficients picked by the interval of each lane.
+NERVE_INLINE float lookup4(const float* table, std::int32_t i) { return table[i & 3]; }
 NERVE_INLINE float reduce_add(float x) { return x; }
 NERVE_INLINE float reduce_max(float x) { return x; }
 // Logical shift right (the arithmetic one is >> on std::int32_t).
@@ -126,6 +136,8 @@ NERVE_INLINE I load_i32(const std::int32_t* p);
 template <>
 NERVE_INLINE std::int32_t load_i32<std::int32_t>(const std::int32_t* p) { return *p; }
 NERVE_INLINE void store_i32(std::int32_t* p, std::int32_t v) { *p = v; }
+// The lanes of a double twin (f64xN: lanes 0..N-1 in order).
+NERVE_INLINE void store(double* p, double v) { *p = v; }
 
 #if defined(NERVE_VEC_AVX2)
 // ---------------------------------------------------------------- AVX2, 8 lanes
@@ -162,7 +174,10 @@ NERVE_INLINE f32x8 operator+(f32x8 a, f32x8 b) { return _mm256_add_ps(a.v, b.v);
 NERVE_INLINE f32x8 operator-(f32x8 a, f32x8 b) { return _mm256_sub_ps(a.v, b.v); }
 NERVE_INLINE f32x8 operator*(f32x8 a, f32x8 b) { return _mm256_mul_ps(a.v, b.v); }
 NERVE_INLINE f32x8 operator/(f32x8 a, f32x8 b) { return _mm256_div_ps(a.v, b.v); }
-NERVE_INLINE f32x8 operator-(f32x8 a) { return _mm256_xor_ps(a.v, _mm256_set1_ps(-0.0f)); }
+// Negation as GCC's vector negate (the sign bit flipped, as the xor with -0.0
+// that GCC emits for it): unlike an explicit xor intrinsic, GCC folds it into
+// the FMAs (fma_(-a, b, c) is one vfnmadd).
+NERVE_INLINE f32x8 operator-(f32x8 a) { return f32x8(-a.v); }
 NERVE_INLINE f32x8& operator+=(f32x8& a, f32x8 b) { return a = a + b; }
 NERVE_INLINE f32x8& operator*=(f32x8& a, f32x8 b) { return a = a * b; }
 NERVE_INLINE f32x8 fma_(f32x8 a, f32x8 b, f32x8 c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
@@ -178,6 +193,11 @@ NERVE_INLINE m32x8 operator~(m32x8 a) {
   return {_mm256_xor_ps(a.v, _mm256_castsi256_ps(_mm256_set1_epi32(-1)))};
 }
 NERVE_INLINE bool any(m32x8 m) { return _mm256_movemask_ps(m.v) != 0; }
+NERVE_INLINE unsigned bits(m32x8 m) { return static_cast<unsigned>(_mm256_movemask_ps(m.v)); }
+NERVE_INLINE f32x8 sel_sign(f32x8 x, f32x8 a, f32x8 b) { return _mm256_blendv_ps(b.v, a.v, x.v); }
+NERVE_INLINE f32x8 lookup4(const float* table, i32x8 i) {
+  return _mm256_permutevar_ps(_mm256_broadcast_ps(reinterpret_cast<const __m128*>(table)), i.v);
+}
 NERVE_INLINE f32x8 sel(m32x8 c, f32x8 a, f32x8 b) { return _mm256_blendv_ps(b.v, a.v, c.v); }
 NERVE_INLINE i32x8 sel(m32x8 c, i32x8 a, i32x8 b) {
   return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b.v), _mm256_castsi256_ps(a.v), c.v));
@@ -241,6 +261,10 @@ NERVE_INLINE i32x8 load_i32<i32x8>(const std::int32_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
 NERVE_INLINE void store_i32(std::int32_t* p, i32x8 v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v.v); }
+NERVE_INLINE void store(double* p, f64x8 v) {
+  _mm256_storeu_pd(p, v.lo);
+  _mm256_storeu_pd(p + 4, v.hi);
+}
 
 // Horizontal sum in a fixed order: (l0 + l4) + (l2 + l6), (l1 + l5) + (l3 + l7), then the two.
 NERVE_INLINE float reduce_add(f32x8 a) {
@@ -294,9 +318,7 @@ NERVE_INLINE f32x16 operator+(f32x16 a, f32x16 b) { return _mm512_add_ps(a.v, b.
 NERVE_INLINE f32x16 operator-(f32x16 a, f32x16 b) { return _mm512_sub_ps(a.v, b.v); }
 NERVE_INLINE f32x16 operator*(f32x16 a, f32x16 b) { return _mm512_mul_ps(a.v, b.v); }
 NERVE_INLINE f32x16 operator/(f32x16 a, f32x16 b) { return _mm512_div_ps(a.v, b.v); }
-NERVE_INLINE f32x16 operator-(f32x16 a) {
-  return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(INT32_MIN)));
-}
+NERVE_INLINE f32x16 operator-(f32x16 a) { return f32x16(-a.v); }  // folds into the FMAs, as f32x8's
 NERVE_INLINE f32x16& operator+=(f32x16& a, f32x16 b) { return a = a + b; }
 NERVE_INLINE f32x16& operator*=(f32x16& a, f32x16 b) { return a = a * b; }
 NERVE_INLINE f32x16 fma_(f32x16 a, f32x16 b, f32x16 c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
@@ -310,6 +332,13 @@ NERVE_INLINE m32x16 operator&(m32x16 a, m32x16 b) { return {static_cast<__mmask1
 NERVE_INLINE m32x16 operator|(m32x16 a, m32x16 b) { return {static_cast<__mmask16>(a.k | b.k)}; }
 NERVE_INLINE m32x16 operator~(m32x16 a) { return {static_cast<__mmask16>(~a.k)}; }
 NERVE_INLINE bool any(m32x16 m) { return m.k != 0; }
+NERVE_INLINE unsigned bits(m32x16 m) { return static_cast<unsigned>(m.k); }
+NERVE_INLINE f32x16 sel_sign(f32x16 x, f32x16 a, f32x16 b) {
+  return _mm512_mask_blend_ps(_mm512_movepi32_mask(_mm512_castps_si512(x.v)), b.v, a.v);
+}
+NERVE_INLINE f32x16 lookup4(const float* table, i32x16 i) {
+  return _mm512_permutevar_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(table)), i.v);
+}
 NERVE_INLINE f32x16 sel(m32x16 c, f32x16 a, f32x16 b) { return _mm512_mask_blend_ps(c.k, b.v, a.v); }
 NERVE_INLINE i32x16 sel(m32x16 c, i32x16 a, i32x16 b) { return _mm512_mask_blend_epi32(c.k, b.v, a.v); }
 NERVE_INLINE f32x16 min_(f32x16 a, f32x16 b) { return _mm512_min_ps(b.v, a.v); }
@@ -373,6 +402,10 @@ NERVE_INLINE void store_partial(float* p, f32x16 v, int n) { _mm512_mask_storeu_
 template <>
 NERVE_INLINE i32x16 load_i32<i32x16>(const std::int32_t* p) { return _mm512_loadu_si512(p); }
 NERVE_INLINE void store_i32(std::int32_t* p, i32x16 v) { _mm512_storeu_si512(p, v.v); }
+NERVE_INLINE void store(double* p, f64x16 v) {
+  _mm512_storeu_pd(p, v.lo);
+  _mm512_storeu_pd(p + 8, v.hi);
+}
 
 // Horizontal sum in a fixed order: the halves added, then as f32x8's.
 NERVE_INLINE float reduce_add(f32x16 a) {
