@@ -9,6 +9,8 @@ from nerve import _core
 from conftest import close_to_scale, layer_kind_models, rng
 
 L = nv.layers
+# The generic level's GEMM is Eigen's, which packs per call on its own: it keeps no packed kernels.
+GENERIC = nv.build_info()["cpu_level"] == "generic"
 
 
 def pruned(shape, sparsity, seed=0):
@@ -165,3 +167,40 @@ def test_small_batch_predict_matches_training_forward_and_threads():
             close_to_scale(one, model.forward(x, training=True), rtol=2e-6)  # the training (packed) product
     finally:
         nv.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packed_dense_kernels_give_the_bits_of_predict(threads):
+    # The predict-only model keeps its dense kernels packed for the GEMM;
+    # every batch size's tiles read the kept panels instead of packing their
+    # own: the same bits as model.predict (whose products pack per call),
+    # at batch sizes that take the vector, skinny, one-tile, column-tiled
+    # and row-tiled paths, and widths below and above one 16-column panel.
+    nv.manual_seed(5)
+    model = nv.Sequential([L.Dense(512, activation="relu"), L.Dense(200, activation="tanh"),
+                           L.Maxout(40, 3), L.Dense(10)], input_dim=300)
+    fast = model.optimize_for_inference()
+    assert len(fast.report["packed"]) == (0 if GENERIC else 4)
+    before = nv.get_num_threads()
+    try:
+        nv.set_num_threads(threads)
+        for batch in (1, 2, 17, 40, 64, 130, 256, 700, 1500):
+            x = rng(batch).standard_normal((batch, 300)).astype(np.float32)
+            np.testing.assert_array_equal(fast.predict(x, batch_size=batch), model.predict(x, batch_size=batch))
+    finally:
+        nv.set_num_threads(before)
+
+
+def test_a_packed_kernel_keeps_the_bits_and_shallow_kernels_stay_unpacked():
+    nv.manual_seed(0)
+    layer = L.Dense(96)
+    model = nv.Sequential([layer], input_dim=50)
+    x = rng(1).standard_normal((300, 50)).astype(np.float32)
+    want = model.predict(x)
+    layer._core.pack_kernel()
+    assert layer._core.kernel_packed != GENERIC
+    np.testing.assert_array_equal(model.predict(x), want)
+    # Depth <= 4 is never packed (the small-depth product reads B as it lies).
+    shallow = nv.Sequential([L.Dense(32)], input_dim=3)
+    shallow.layers[0]._core.pack_kernel()
+    assert not shallow.layers[0]._core.kernel_packed

@@ -220,7 +220,16 @@ void bind_layers(py::module_& m) {
             d.max_norm = max_value;
             d.max_norm_axis = axis;
           },
-          py::arg("max_value"), py::arg("axis"));
+          py::arg("max_value"), py::arg("axis"))
+      .def(
+          "pack_kernel",
+          [](Dense& d) {
+            require(d.kernel.bound(), "pack_kernel: the Dense kernel is not bound to an arena");
+            d.pack_kernel();
+          },
+          "Keeps the kernel packed for evaluation forwards (predict-only models: the kernel must not "
+          "change afterwards).")
+      .def_property_readonly("kernel_packed", &Dense::kernel_packed);
 
   py::class_<ActivationLayer, Layer, std::shared_ptr<ActivationLayer>>(m, "ActivationLayer")
       .def(py::init<Index, const Activation&>(), py::arg("in_features"), py::arg("activation"));

@@ -64,6 +64,15 @@ constexpr Index kVectorDepthChunk = 128;  // ... of at least this many rows
 constexpr Index kMinSplitRows = 48;
 constexpr Index kMinSplitCols = 64;
 
+// op(B) packed for a whole product (pack_whole_b, or a PackedB kept across
+// calls), seen from one tile: the packing, op(B)'s column count, and the
+// column where the tile starts. base null: the tile packs its own blocks.
+struct PrepackedB {
+  const float* base = nullptr;
+  Index n_whole = 0;
+  Index col0 = 0;
+};
+
 // Row tiles are placed by row_start; columns in tiles of col_tile.
 struct Tiling {
   Index col_tile, row_tiles, col_tiles;
@@ -532,11 +541,24 @@ Index packed_b_offset(Index K, Index jc, Index pc, Index nc) {
   return K * jc + pc * ceil_div(nc, kNR) * kNR;
 }
 
-// prepacked_b: all of op(B) (n columns) already packed by pack_whole_b, or
-// null to pack each block here.
+// Where panel of block (jc, pc) of a tile whose columns start at column
+// col0 of op(B) lies in a whole-product packing of all of op(B)'s n_whole
+// columns (pack_whole_b, or a PackedB kept across calls). The tile's column
+// blocks must fall inside the whole packing's (true when it has one, n_whole
+// <= kMaxNC, or when the tile spans all columns).
+const float* whole_b_block(const PrepackedB& pre, Index K, Index jc, Index pc, Index kc) {
+  const Index nc_whole = balanced_block(pre.n_whole, kMaxNC, kNR);
+  const Index g = pre.col0 + jc, jcg = g / nc_whole * nc_whole;
+  const Index ncg = std::min(nc_whole, pre.n_whole - jcg);
+  return pre.base + packed_b_offset(K, jcg, pc, ncg) + (g - jcg) * kc;
+}
+
+// pre.base: all of op(B) already packed (pack_whole_b, PackedB), or null to
+// pack each block here.
 void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const float* A, Index lda,
                  const float* B, Index ldb, float* C, Index ldc, bool accumulate,
-                 const float* prepacked_b) {
+                 const PrepackedB& pre) {
+  const float* prepacked_b = pre.base;
   const Index kc_max = balanced_block(K, kMaxKC, 1);
   const Index mc_max = balanced_block(m, kMaxMC, kMR);
   const Index nc_max = balanced_block(n, kMaxNC, kNR);
@@ -559,7 +581,7 @@ void packed_gemm(bool trans_a, bool trans_b, Index m, Index n, Index K, const fl
       const Index kc = std::min(kc_max, K - pc);
       const float* packed_b = block_b;
       if (prepacked_b)
-        packed_b = prepacked_b + packed_b_offset(K, jc, pc, nc);
+        packed_b = whole_b_block(pre, K, jc, pc, kc);
       else
         pack_b(trans_b, kc, nc, trans_b ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, block_b);
       // The first depth block writes C, later ones (and accumulate) add to it.
@@ -715,10 +737,10 @@ void small_depth(bool trans_a, bool trans_b, Index m, Index n, const float* A, I
   }
 }
 
-// shared_b: op(B) packed once for the whole product (pack_whole_b), or null.
+// shared_b: op(B) packed once for the whole product, or base null.
 void gemm_tile(bool trans_a, bool trans_b, Index m, Index n, Index K, const float* A, Index lda,
                const float* B, Index ldb, float* C, Index ldc, bool accumulate,
-               const float* shared_b) {
+               const PrepackedB& shared_b) {
   if (K <= kSmallDepth && m > 1 && n > 1) {
     switch (K) {
       case 1: small_depth<1>(trans_a, trans_b, m, n, A, lda, B, ldb, C, ldc, accumulate); break;
@@ -857,7 +879,7 @@ void vector_matrix_split(Index N, Index K, const float* a, const float* B, Index
   parallel_for(chunks, threads_for(stream_work(static_cast<double>(N) * K), chunks), [&](Index q) {
     const Index k0 = q * depth, k = std::min(depth, K - k0);
     gemm_tile(false, false, 1, N, k, a + k0, k, B + k0 * ldb, ldb, partial + q * N, N, false,
-              nullptr);
+              PrepackedB{});
   });
   for (Index j = 0; j < N; ++j) {
     float sum = accumulate ? c[j] + partial[j] : partial[j];
@@ -881,6 +903,7 @@ bool packs_whole_b(const Tiling& t, Index N, Index K) {
 void run_tiles(const Tiling& t, int threads, bool trans_a, bool trans_b, Index M, Index N, Index K,
                const float* A, Index lda, const float* B, Index ldb, float* C, Index ldc,
                bool accumulate, const float* shared_b) {
+  // shared_b packs all N columns; each tile reads its own columns of it.
   parallel_for(t.row_tiles * t.col_tiles, threads, [&](Index tile) {
     const Index r0 = row_start(t, M, tile / t.col_tiles);
     const Index c0 = (tile % t.col_tiles) * t.col_tile;
@@ -890,7 +913,7 @@ void run_tiles(const Tiling& t, int threads, bool trans_a, bool trans_b, Index M
     const float* a = trans_a ? A + r0 : A + r0 * lda;
     const float* b = trans_b ? B + c0 * ldb : B + c0;
     gemm_tile(trans_a, trans_b, m, n, K, a, lda, b, ldb, C + r0 * ldc + c0, ldc, accumulate,
-              shared_b);
+              PrepackedB{shared_b, N, c0});
   });
 }
 
@@ -939,6 +962,43 @@ bool gemm_b_pass(bool trans_a, Index M, Index N, Index K, const float* A, Index 
       (void)ldc, (void)accumulate, (void)pass;
   return false;
 #endif
+}
+
+void PackedB::pack(Index K, Index N, const float* B, Index ldb) {
+  clear();
+#if defined(__AVX2__) && defined(__FMA__)
+  // One column block (N <= kMaxNC): every tile's blocks then lie inside it
+  // (whole_b_block). Depths <= 4 and single columns never reach packed_gemm.
+  if (K <= kSmallDepth || N <= 1 || balanced_block(N, kMaxNC, kNR) < N) return;
+  const Index size = checked_mul(K, ceil_div(N, kNR) * kNR, "packed kernel");
+  const float* packed = pack_whole_b(false, N, K, B, ldb, threads_for(stream_work(static_cast<double>(size)), K));
+  data_.resize(size);
+  std::copy(packed, packed + size, data_.data());
+  k_ = K;
+  n_ = N;
+#else
+  (void)K, (void)N, (void)B, (void)ldb;
+#endif
+}
+
+void gemm_prepacked(Index M, Index N, Index K, const float* A, Index lda, const float* B, Index ldb,
+                    const PackedB& packed, float* C, Index ldc) {
+#if defined(__AVX2__) && defined(__FMA__)
+  // gemm(false, false, ...)'s dispatch, less the single row (a matrix-vector
+  // product that reads B as it lies) and the packing: the tiles that reach
+  // packed_gemm read their blocks of the kept packing, the same panels they
+  // would have packed.
+  if (!packed.empty() && M > 1) {
+    require(packed.depth() == K && packed.cols() == N, "gemm_prepacked: the packing is of another shape");
+    const Tiling t = choose_tiling(false, M, N, K);
+    run_tiles(t, tile_threads(t, M, N, K), false, false, M, N, K, A, lda, B, ldb, C, ldc, false,
+              packed.data());
+    return;
+  }
+#else
+  (void)packed;
+#endif
+  gemm(false, false, M, N, K, A, lda, B, ldb, C, ldc, false);
 }
 
 void column_sums(const float* X, Index rows, Index cols, float* out, bool accumulate) {

@@ -152,6 +152,9 @@ void Dense::forward(const float* x, float* y, Index batch, const StepContext& ct
   float* z = keeps_z_ ? z_.data() : y;
   if (!ctx.training && skinny_applies(batch, units, in_features))  // predict at small batches: B unpacked
     skinny_gemm(batch, units, in_features, x, in_features, kernel.value(), units, z, units);
+  else if (!ctx.training && !packed_kernel_.empty())
+    gemm_prepacked(batch, units, in_features, x, in_features, kernel.value(), units, packed_kernel_, z,
+                   units);
   else
     gemm(false, false, batch, units, in_features, x, in_features, kernel.value(), units, z, units,
          false);

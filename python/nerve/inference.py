@@ -25,6 +25,13 @@ What the optimized model does differently from ``model.predict``:
    sparse layer below that keeps a dense copy for them
    (docs/interop.md, "Fast inference").
 
+4. **Dense kernels stay packed.** The GEMM copies a kernel into its
+   micro-panel layout on every product; the predict-only model packs each
+   dense kernel once (``report["packed"]``) and its products read that copy
+   (the same panels, so the same bits as ``model.predict``). Batches of 2-16
+   take the unpacked skinny kernel and single rows a matrix-vector product,
+   as in ``model.predict``.
+
 The result has ``predict(x, batch_size=256)`` (and ``__call__``),
 ``input_dim``, ``output_dim``, ``summary()`` and ``report`` (what was
 folded, removed and made sparse); it cannot train.
@@ -179,7 +186,7 @@ class InferenceModel:
         if seq is not None:
             raise ValueError(f"optimize_for_inference: layer {seq.describe()} (sequences) has no optimized "
                              f"form yet; use model.predict")
-        self.report = {"removed": [], "folded": [], "sparse": [], "dense": []}
+        self.report = {"removed": [], "folded": [], "sparse": [], "dense": [], "packed": []}
         ops = _plan(model.layers, self.report, "")
         arena_layers = []
         cores, width = _build(ops, model.input_dim, float(sparse_threshold), arena_layers, self.report)
@@ -190,6 +197,14 @@ class InferenceModel:
             offset = layer._bind(self._arena, offset, init=False)
             for p, v in zip(layer.parameters(), values):
                 p.value = v
+        for layer, _ in arena_layers:
+            # The weights are final now: dense kernels stay packed for the
+            # GEMM, which then skips packing them on every call (the same bits).
+            dense = layer._core.inner if isinstance(layer, L.Maxout) else layer._core
+            if isinstance(dense, _core.Dense):
+                dense.pack_kernel()
+                if dense.kernel_packed:
+                    self.report["packed"].append(layer.describe())
         self._cores = cores
         self._net = _core.Network(int(model.input_dim), cores)
         self.input_dim = int(model.input_dim)

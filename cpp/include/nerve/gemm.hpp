@@ -16,6 +16,7 @@
 // columns (a logits layer) skips packing: 8 rows of C per vector, N
 // accumulators. See bench/README.md, "Levers".
 #pragma once
+#include "nerve/arena.hpp"
 #include "nerve/common.hpp"
 
 namespace nerve {
@@ -25,6 +26,33 @@ namespace nerve {
 // op(A) is M x K: A is M x K (lda >= K), or K x M transposed (lda >= M).
 void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A, Index lda,
           const float* B, Index ldb, float* C, Index ldc, bool accumulate);
+
+// B (K x N, row-major, not transposed) packed once for many products
+// C = A B with the same B: a predict-only model's kernel
+// (optimize_for_inference). gemm packs B into micro-panels on every call,
+// which at predict batches of 16-256 is 10-30% of the product (the
+// reference MLP's 0.54M weights read and written each call; onnxruntime
+// packs its weights once). Empty (nothing kept, gemm_prepacked is gemm)
+// where this level's GEMM packs nothing (generic), for depths <= 4, one
+// column, or more columns than one column block (N > 2048).
+class PackedB {
+ public:
+  void pack(Index K, Index N, const float* B, Index ldb);
+  void clear() { data_ = AlignedBuffer(); k_ = n_ = 0; }
+  bool empty() const { return data_.size() == 0; }
+  Index depth() const { return k_; }
+  Index cols() const { return n_; }
+  const float* data() const { return data_.data(); }
+
+ private:
+  Index k_ = 0, n_ = 0;
+  AlignedBuffer data_;
+};
+
+// C (M x N) = A (M x K) B, with `packed` made from this B (or empty): the
+// same bits as gemm(false, false, ..., accumulate=false), without packing B.
+void gemm_prepacked(Index M, Index N, Index K, const float* A, Index lda, const float* B, Index ldb,
+                    const PackedB& packed, float* C, Index ldc);
 
 // Work on B's rows that gemm_b_pass does while it packs B, so that B is read
 // once for all of it: backward's dW = X^T dZ applies the activation's

@@ -13,6 +13,7 @@
 #include "nerve/activation.hpp"
 #include "nerve/arena.hpp"
 #include "nerve/common.hpp"
+#include "nerve/gemm.hpp"
 #include "nerve/loss.hpp"
 #include "nerve/optimizer.hpp"
 
@@ -136,6 +137,12 @@ class Dense : public Layer {
                 const StepContext& ctx, bool accumulate) override;
   double regularize(bool add_grad) override;
   void apply_constraints() override;
+  // Predict-only use (optimize_for_inference): keeps the kernel packed for
+  // the GEMM, so evaluation forwards skip packing it; results are the same
+  // bits. The kernel must not change afterwards (training forwards ignore the
+  // packing, but a later evaluation forward would use the stale one).
+  void pack_kernel() { packed_kernel_.pack(in_features, units, kernel.value(), units); }
+  bool kernel_packed() const { return !packed_kernel_.empty(); }
 
   Index units;
   Activation act;
@@ -159,6 +166,7 @@ class Dense : public Layer {
   bool keeps_z_ = false;   // the activation's derivative needs the pre-activation
   AlignedBuffer z_;        // pre-activation, when kept
   AlignedBuffer dz_;       // dL/dz, when the activation changes the width (crelu)
+  PackedB packed_kernel_;  // pack_kernel()
 };
 
 // An activation on its own (nv.layers.Activation).
