@@ -125,6 +125,19 @@ def jax_thread_env(threads, env=None):
     return env
 
 
+def pin_to_threads(threads):
+    """Keeps this process on `threads` CPUs (Linux), so that XLA, whose CPU
+    client in JAX 0.10 ignores intra_op_parallelism_threads=1 and ran its
+    "1-thread" steps on 2 cores here, gets no more cores than the others.
+    Call before jax starts. Returns the CPUs kept, or None where unsupported."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    keep = set(cpus[:max(1, threads)])
+    os.sched_setaffinity(0, keep)
+    return keep
+
+
 def peers_of(against):
     """'torch', 'torch,jax', None or a list -> list of peer names."""
     if not against:
@@ -364,6 +377,7 @@ def main(argv=None):
         results = _per_thread_processes(passed, threads)
     else:
         if "jax" in peers:
+            pin_to_threads(threads[0])
             nv.set_num_threads(threads[0])
         results = run(sizes, batches, threads, a.rounds, peers, a.seconds, a.torch_fused, roof=not a.no_roof)
     meta = {"model": sizes, "nerve": nv.build_info(), "machine": platform.processor() or platform.machine(),
