@@ -98,26 +98,33 @@ def _compile_shim(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc hook (LD_PRELOAD)")
-def test_train_step_allocates_nothing_after_the_first(tmp_path):
+def _run_counting(lib, child, cases):
+    """Runs `child` (a script taking the JSON cases) with the malloc-counting
+    shim preloaded; returns its JSON result, one entry per case."""
     import json
 
+    import nerve
+
+    env = dict(os.environ, LD_PRELOAD=str(lib))
+    # The child imports the same nerve as this process (installed or in-tree).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(nerve.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", child, json.dumps(cases)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    results = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(results) == len(cases)
+    return results
+
+
+def test_train_step_allocates_nothing_after_the_first(tmp_path):
     lib = _compile_shim(tmp_path)
     # Reference MLP at batch 1 (matrix-vector path), 32 (column tiles) and
     # 300 (uneven row tiles), on 1 and 2 threads (per-thread GEMM buffers).
     cases = [[1, 1, [784, 512, 256, 10]], [1, 32, [784, 512, 256, 10]],
              [2, 32, [784, 512, 256, 10]], [2, 300, [784, 512, 256, 10]],
              [1, 64, [20] + [16] * 6 + [3]], [1, 32, "zoo"], [2, 300, "zoo"]]
-    env = dict(os.environ, LD_PRELOAD=str(lib))
-    import nerve
-
-    # The child imports the same nerve as this process (installed or in-tree).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(nerve.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    results = json.loads(res.stdout.strip().splitlines()[-1])
-    assert len(results) == len(cases)
+    results = _run_counting(lib, CHILD, cases)
     for threads, batch, counts in results:
         # The hook works (the call allocates its result arrays) ...
         assert counts["short"] > 0, counts
@@ -223,20 +230,9 @@ RECURRENT_CHILD = textwrap.dedent("""
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc hook (LD_PRELOAD)")
 def test_recurrent_train_step_allocates_nothing_after_the_first(tmp_path):
-    import json
-
     lib = _compile_shim(tmp_path)
     cases = [[1, 1, "tokens"], [2, 32, "tokens"], [1, 8, "floats"], [2, 40, "floats"]]
-    env = dict(os.environ, LD_PRELOAD=str(lib))
-    import nerve
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(nerve.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", RECURRENT_CHILD, json.dumps(cases)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    results = json.loads(res.stdout.strip().splitlines()[-1])
-    assert len(results) == len(cases)
+    results = _run_counting(lib, RECURRENT_CHILD, cases)
     for threads, batch, kind, counts in results:
         assert counts["short"] > 0, counts
         assert counts["long"] == counts["short"], (threads, batch, kind, counts)
