@@ -167,20 +167,9 @@ def test_optimized_predict_allocates_nothing_per_batch(tmp_path):
     # optimize_for_inference(): sparse kernels (gather path at batch 1, panels
     # above), a dense GEMM and an activation that doubles the width; a predict
     # call of 12 batches allocates exactly what one of 3 batches does (its result).
-    import json
-
     lib = _compile_shim(tmp_path)
     cases = [[1, 1], [2, 1], [1, 40], [2, 300]]
-    env = dict(os.environ, LD_PRELOAD=str(lib))
-    import nerve
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(nerve.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", INFERENCE_CHILD, json.dumps(cases)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    results = json.loads(res.stdout.strip().splitlines()[-1])
-    assert len(results) == len(cases)
+    results = _run_counting(lib, INFERENCE_CHILD, cases)
     for threads, batch, counts in results:
         assert counts["short"] > 0, counts
         assert counts["long"] == counts["short"], (threads, batch, counts)

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -334,7 +335,6 @@ def _per_thread_processes(argv, threads):
     """Runs this benchmark once per thread count, each in a fresh process whose
     XLA uses that many threads; returns the merged results."""
     import subprocess
-    import sys
     import tempfile
 
     results = []
@@ -372,8 +372,7 @@ def main(argv=None):
     batches = [int(b) for b in a.batches.split(",")]
     threads = [int(t) for t in a.threads.split(",")]
     if "jax" in peers and not a.child:
-        passed = [x for x in (argv if argv is not None else __import__("sys").argv[1:])]
-        passed = _drop_options(passed, {"--threads": 1, "--json": 1})
+        passed = _drop_options(sys.argv[1:] if argv is None else list(argv), {"--threads": 1, "--json": 1})
         results = _per_thread_processes(passed, threads)
     else:
         if "jax" in peers:
