@@ -3,8 +3,8 @@
 Each CPU level is its own extension module and a process loads only one, so
 the levels run in alternating fresh processes (NERVE_CPU=avx2, then avx512,
 then avx2 ...). Inside each process every shape is timed for nerve and for
-numpy's matmul back to back (best of 3 repeats of ~0.1 s each), so the ratio
-nerve / OpenBLAS is a same-run figure; the avx512 / avx2 ratio pairs each
+numpy's matmul in the same process (all of nerve's first: best of 3 repeats
+of ~0.1 s each), so the ratio nerve / OpenBLAS is a same-run figure; the avx512 / avx2 ratio pairs each
 avx512 run with the avx2 run next to it. Medians over the rounds.
 
     python bench/gemm_levels.py --rounds 5 --threads 1
@@ -30,18 +30,38 @@ def child(shapes_filter, threads):
     nv.set_num_threads(threads)
     rng = np.random.default_rng(0)
     out = {"level": nv.build_info()["cpu_level"], "shapes": {}}
-    with threadpool_limits(threads):
-        for label, M, K, N, ta, tb in gemm_shapes():
-            if shapes_filter and label not in shapes_filter:
-                continue
+    cases = []
+    for label, M, K, N, ta, tb in gemm_shapes():
+        if not shapes_filter or label in shapes_filter:
             a, b = _operands(M, K, N, ta, tb, rng)
+            cases.append((label, a, b, ta, tb, np.empty((M, N), np.float32), 2.0 * M * N * K))
+    # Every nerve product first, then every OpenBLAS one: OpenBLAS's threads
+    # spin for a while after each call, and on 2 cores that spinning, timed
+    # right before nerve, stalled nerve's workers and tripped its
+    # oversubscription guard (nerve's 2-thread rates halved).
+    r_nv = {lab: _best_rate(lambda: nv._core.gemm(a, b, c, ta, tb, False), w) / 1e9
+            for lab, a, b, ta, tb, c, w in cases}
+    with threadpool_limits(threads):
+        for lab, a, b, ta, tb, c, w in cases:
             at, bt = (a.T if ta else a), (b.T if tb else b)
-            c = np.empty((M, N), np.float32)
-            work = 2.0 * M * N * K
-            r_nv = _best_rate(lambda: nv._core.gemm(a, b, c, ta, tb, False), work) / 1e9
-            r_np = _best_rate(lambda: np.matmul(at, bt, out=c), work) / 1e9
-            out["shapes"][label] = (r_nv, r_np)
+            out["shapes"][lab] = (r_nv[lab], _best_rate(lambda: np.matmul(at, bt, out=c), w) / 1e9)
     print(json.dumps(out))
+
+
+def run_alternating(script, levels, rounds, threads, extra_args):
+    """Runs `script --child --threads T extra_args` in fresh processes, one per
+    level per round (NERVE_CPU=level; the order reversed every other round),
+    each printing {"level": ..., "shapes": {...}} as JSON; returns
+    {level: [shapes of each round]}."""
+    runs = {lvl: [] for lvl in levels}
+    for r in range(rounds):
+        for lvl in (levels if r % 2 == 0 else levels[::-1]):
+            env = dict(os.environ, NERVE_CPU=lvl, OMP_NUM_THREADS=str(threads))
+            cmd = [sys.executable, script, "--child", "--threads", str(threads), *extra_args]
+            res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+            assert res["level"] == lvl, res["level"]
+            runs[lvl].append(res["shapes"])
+    return runs
 
 
 def main(argv=None):
@@ -57,14 +77,7 @@ def main(argv=None):
         child(shapes, args.threads)
         return 0
     levels = args.levels.split(",")
-    runs = {lvl: [] for lvl in levels}
-    for r in range(args.rounds):
-        for lvl in (levels if r % 2 == 0 else levels[::-1]):
-            env = dict(os.environ, NERVE_CPU=lvl, OMP_NUM_THREADS=str(args.threads))
-            cmd = [sys.executable, __file__, "--child", "--threads", str(args.threads), "--shapes", args.shapes]
-            res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
-            assert res["level"] == lvl, res["level"]
-            runs[lvl].append(res["shapes"])
+    runs = run_alternating(__file__, levels, args.rounds, args.threads, ["--shapes", args.shapes])
     labels = list(runs[levels[0]][0])
     head = " | ".join(f"{lvl} GFLOP/s | {lvl}/OpenBLAS" for lvl in levels)
     print(f"threads {args.threads}, {args.rounds} rounds, medians")

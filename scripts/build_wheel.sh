@@ -6,10 +6,15 @@
 #   3. a fresh venv installs the repaired wheel with no compiler on PATH,
 #      imports it, checks the CPU level (EXPECT_LEVEL, e.g. avx512; unset:
 #      any) and trains a small model (scripts/smoke_train.py);
-#   4. python -m build --sdist -> dist/ (source with CMakeLists, cpp/, python/).
+#   4. python -m build --sdist -> dist/ (source with CMakeLists, cpp/, python/);
+#   5. pip wheel of that sdist, as a user without a matching wheel gets it
+#      (isolated build: scikit-build-core, pybind11, cmeel-eigen and cmake
+#      from the registry), installed in a second fresh venv and trained.
 # Usage: scripts/build_wheel.sh [python]
 #   env: EXPECT_LEVEL=avx512; BUILD_DIR=build/ci (reuse that build, from the
-#   calling environment); KEEP=1 (keep the temporary venvs)
+#   calling environment); SDIST_LEVELS="avx512" (the CPU levels step 5
+#   compiles, default all: CI builds one to stay in its time); KEEP=1 (keep
+#   the temporary venvs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-python3}
@@ -40,7 +45,8 @@ wheel=$(ls -t dist/nerve-*manylinux*.whl | head -1)
 echo "repaired: $wheel"
 "$PY" -m zipfile -l "$wheel" | grep -E "\.so|libgomp" | awk '{print "  " $1, $NF}'
 python -m build --sdist "${sdist_flags[@]}" --outdir dist . >/dev/null
-echo "sdist: $(ls -t dist/nerve-*.tar.gz | head -1)"
+sdist=$(realpath "$(ls -t dist/nerve-*.tar.gz | head -1)")
+echo "sdist: $sdist"
 [ -n "${BUILD_DIR:-}" ] || deactivate
 
 # A fresh venv with no compiler reachable: the wheel must install as is.
@@ -57,3 +63,18 @@ cd "$work"   # away from the source tree: import the installed package
 python "$smoke"
 python -c "import nerve, sys; sys.exit('site-packages' not in nerve.__file__)"
 echo "wheel OK: $wheel"
+deactivate
+cd - >/dev/null
+
+# The sdist builds from source on its own: an isolated pip build of the
+# tarball alone (no source tree beside it), then the same smoke test.
+"$PY" -m venv "$work/sdist-venv"
+# shellcheck disable=SC1091
+. "$work/sdist-venv/bin/activate"
+pip install --quiet --upgrade pip
+NERVE_CPU_LEVELS="${SDIST_LEVELS:-}" pip wheel --quiet --no-deps "$sdist" -w "$work/from-sdist"
+pip install --quiet "$work"/from-sdist/nerve-*.whl
+cd "$work"
+EXPECT_LEVEL="" python "$smoke"
+python -c "import nerve, sys; print('built from the sdist:', nerve.build_info()['cpu_levels'])"
+echo "sdist OK: $sdist"

@@ -110,16 +110,16 @@ def arcface(c, y, s=64.0, m=0.5):
     return margin_ce(c, y, s, phi)
 
 
-def cases():
-    logits, labels, probs, reg = data()
+def cases(rows=N, cols=C, scale=2.0):
+    logits, labels, probs, reg = data(rows=rows, cols=cols, scale=scale)
     cosv = np.tanh(0.5 * logits).astype(np.float32)  # cosines, as a CosineDense gives
-    reg_t = data(1)[3]
-    p01 = 1 / (1 + np.exp(-logits))
-    p01[0, :3] = [0.0, 1.0, 0.5]  # clamped logs at the ends
-    t01 = (data(2)[3] > 0).astype(np.float32)
-    t01[0, :2] = [1.0, 0.0]  # log(0) clamped at -100
-    teacher = data(3)[0] * 1.5
-    w = [1.0, 2.0, 0.5, 0.0, 3.0]
+    reg_t = data(1, rows, cols)[3]
+    p01 = (0.5 + 0.5 * np.tanh(0.5 * logits.astype(np.float64))).astype(np.float32)  # sigmoid
+    p01.flat[:3] = [0.0, 1.0, 0.5]  # clamped logs at the ends
+    t01 = (data(2, rows, cols)[3] > 0).astype(np.float32)
+    t01.flat[:2] = [1.0, 0.0]  # log(0) clamped at -100
+    teacher = data(3, rows, cols, scale)[0] * 1.5
+    w = list(np.resize([1.0, 2.0, 0.5, 0.0, 3.0], cols))
     smallreg = reg_t.copy()
     smallreg[:, :2] = reg[:, :2] + 0.3  # differences inside smooth_l1/huber's quadratic zone
     c = [
@@ -166,6 +166,13 @@ def cases():
 
 
 CASES = cases()
+# The same cases at the edges of the kernels' vector lanes (4, 8 or 16 floats
+# widened to double, by level) and of their chunks: rows of 37 classes (two
+# whole 16-lane vectors and a partial one), one row of two, and 700 x 37 (several
+# 4096-element chunks, each with a tail), with logits spread over +-800 (exp
+# arguments far below the -708 flush) for the row-wise losses.
+EDGE_SHAPES = {"3x37": (3, 37, 2.0), "1x2": (1, 2, 2.0), "700x37": (700, 37, 2.0), "4x37 spread": (4, 37, 400.0)}
+EDGE_CASES = {shape: cases(*args) for shape, args in EDGE_SHAPES.items()}
 
 
 def name_of(key):
@@ -204,6 +211,29 @@ def test_forward_matches_numpy(key):
     loss = nv.losses.get(name_of(key), **params)
     np.testing.assert_allclose(loss.forward(pred, target), oracle(pred.astype(np.float64), to64(target)),
                                rtol=1e-6, atol=1e-9)
+
+
+# (the spread means nothing to the losses on cosines or probabilities)
+@pytest.mark.parametrize("key,shape", [(k, s) for s in sorted(EDGE_SHAPES) for k in sorted(CASES)
+                                       if s != "4x37 spread" or name_of(k) not in ("cosface", "arcface",
+                                                                                  "binary_cross_entropy")])
+def test_forward_matches_numpy_at_lane_and_chunk_edges(key, shape):
+    params, pred, target, oracle = EDGE_CASES[shape][key]
+    loss = nv.losses.get(name_of(key), **params)
+    np.testing.assert_allclose(loss.forward(pred, target), oracle(pred.astype(np.float64), to64(target)),
+                               rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("key", sorted(CASES))
+def test_gradient_at_lane_edges_matches_numeric_derivative(key):
+    """3 rows of 37 classes: every gradient element, whole and partial vectors."""
+    params, pred, target, oracle = EDGE_CASES["3x37"][key]
+    loss = nv.losses.get(name_of(key), **params)
+    g = loss.backward(pred, target)
+    p = pred.astype(np.float64)
+    keep = (p > 1e-3) & (p < 1 - 1e-3) if name_of(key) == "binary_cross_entropy" else np.ones(p.shape, bool)
+    ref = numeric_grad(lambda q: oracle(q, to64(target)), p.copy())
+    np.testing.assert_allclose(g[keep], ref[keep], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("key", sorted(CASES))

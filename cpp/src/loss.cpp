@@ -19,10 +19,7 @@
 #include "nerve/parallel.hpp"
 #include "nerve/rowwise.hpp"
 #include "nerve/simd_math.hpp"
-
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "nerve/vec.hpp"
 
 namespace nerve {
 
@@ -71,126 +68,59 @@ constexpr Index kRowChunk = 256;    // row-wise losses: rows per chunk
 // (~40 us) ran on one thread of two.
 constexpr double kRowFlops = 2000.0;
 
-#if defined(__AVX2__) && defined(__FMA__)
-// exp of 4 doubles for arguments <= 0 (all softmax needs: x - max <= 0).
-// Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then Taylor to r^13 (next
-// term < 5e-18): about 1 ulp, while std::exp one lane at a time is what made
-// the softmax rows slow. Below -708 the result is flushed to 0 (std::exp
-// would give a subnormal < 1e-307, invisible next to the max's exp(0) = 1).
-// NaN propagates.
-inline __m256d exp_nonpos(__m256d x) {
-  const __m256d lo = _mm256_set1_pd(-708.0);
-  const __m256d xc = _mm256_max_pd(lo, x);  // NaN in x stays NaN (second operand)
-  const __m256d n = _mm256_round_pd(_mm256_mul_pd(xc, _mm256_set1_pd(1.4426950408889634)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), xc);
-  r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
-  static constexpr double c[14] = {1.0,
-                                   1.0,
-                                   1.0 / 2,
-                                   1.0 / 6,
-                                   1.0 / 24,
-                                   1.0 / 120,
-                                   1.0 / 720,
-                                   1.0 / 5040,
-                                   1.0 / 40320,
-                                   1.0 / 362880,
-                                   1.0 / 3628800,
-                                   1.0 / 39916800,
-                                   1.0 / 479001600,
-                                   1.0 / 6227020800.0};
-  __m256d p = _mm256_set1_pd(c[13]);
-  for (int k = 12; k >= 0; --k) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(c[k]));
-  // 2^n for n in [-1022, 0]: build the exponent field directly.
-  __m256i ni = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n));
-  __m256i bits = _mm256_slli_epi64(_mm256_add_epi64(ni, _mm256_set1_epi64x(1023)), 52);
-  __m256d e = _mm256_mul_pd(p, _mm256_castsi256_pd(bits));
-  return _mm256_andnot_pd(_mm256_cmp_pd(x, lo, _CMP_LT_OQ), e);  // x < -708 (or -inf): 0
-}
+// The losses read floats into double lanes and sum in double: D is the
+// level's widest double register (simd::vf64: 8 lanes at avx512, 4 at avx2,
+// a plain double at generic), one body for every level.
+using simd::vf64;
+constexpr Index kDLanes = simd::kLanes64;
 
-inline __m256d load4_pd(const float* x, Index k) {  // k in 1..4 lanes, the rest -inf
-  if (k == 4) return _mm256_cvtps_pd(_mm_loadu_ps(x));
-  alignas(16) float tmp[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-  for (Index j = 0; j < k; ++j) tmp[j] = x[j];
-  return _mm256_cvtps_pd(_mm_load_ps(tmp));
+// The first k <= kDLanes floats at x as doubles, the lanes past them -inf
+// (exp of them is 0); no read past x + k.
+NERVE_INLINE vf64 load_or_neg_inf(const float* x, Index k) {
+  return k == kDLanes ? simd::load_f32<vf64>(x) : simd::load_f32_partial<vf64>(x, static_cast<int>(k), -INFINITY);
 }
-
-// log1p(a) for a in [0, 1] (the softplus term of BCE with logits), 4 lanes:
-// log1p(a) = 2 atanh(s) with s = a / (2 + a), or for a > sqrt(2) - 1,
-// ln 2 + 2 atanh(s) with s = (a - 1) / (a + 3); either way |s| <= 0.172 and s
-// comes straight from a (no 1 + a rounding), so 12 odd terms give ~1 ulp.
-inline __m256d log1p_unit(__m256d a) {
-  const __m256d one = _mm256_set1_pd(1.0);
-  const __m256d big = _mm256_cmp_pd(a, _mm256_set1_pd(0.41421356237309503), _CMP_GT_OQ);
-  const __m256d num = _mm256_blendv_pd(a, _mm256_sub_pd(a, one), big);
-  const __m256d den = _mm256_add_pd(a, _mm256_blendv_pd(_mm256_set1_pd(2.0), _mm256_set1_pd(3.0), big));
-  const __m256d s = _mm256_div_pd(num, den);
-  const __m256d s2 = _mm256_mul_pd(s, s);
-  // 2 atanh(s) = 2 s sum_k s^(2k) / (2k + 1)
-  __m256d q = _mm256_set1_pd(2.0 / 25);
-  for (int k = 11; k >= 0; --k) q = _mm256_fmadd_pd(q, s2, _mm256_set1_pd(2.0 / (2 * k + 1)));
-  const __m256d r = _mm256_mul_pd(q, s);
-  return _mm256_add_pd(r, _mm256_and_pd(big, _mm256_set1_pd(0.69314718055994531)));
+NERVE_INLINE void store_first(float* g, vf64 v, Index k) {
+  if (k == kDLanes)
+    simd::store_f32(g, v);
+  else
+    simd::store_f32_partial(g, v, static_cast<int>(k));
 }
-#endif
 
 // ---------------------------------------------------------------------------
 // Elementwise losses on d = pred - target (MSE, MAE, Huber, SmoothL1).
 // Each op gives the per-element loss and d(loss)/d(pred) before the 1/n of
-// the mean, in scalar double and (with AVX2) as 4 doubles at a time.
-
-#if defined(__AVX2__)
-inline __m256d vabs(__m256d d) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), d); }
-#endif
+// the mean, on double lanes D (double, or a twin of vec.hpp).
 
 // MSE (torch.nn.MSELoss): l = d^2, dl/dd = 2d.
 struct MseOp {
-  double loss(double d) const { return d * d; }
-  double grad(double d) const { return 2.0 * d; }
-#if defined(__AVX2__)
-  __m256d loss(__m256d d) const { return _mm256_mul_pd(d, d); }
-  __m256d grad(__m256d d) const { return _mm256_add_pd(d, d); }
-#endif
+  template <class D>
+  D loss(D d) const { return d * d; }
+  template <class D>
+  D grad(D d) const { return d + d; }
 };
 
 // MAE / L1 (torch.nn.L1Loss): l = |d|, dl/dd = sign(d) with sign(0) = 0 (what
-// autograd of abs gives).
+// autograd of abs gives; NaN gives 0 too, both compares false).
 struct MaeOp {
-  double loss(double d) const { return std::fabs(d); }
-  double grad(double d) const { return d > 0.0 ? 1.0 : (d < 0.0 ? -1.0 : 0.0); }
-#if defined(__AVX2__)
-  __m256d loss(__m256d d) const { return vabs(d); }
-  __m256d grad(__m256d d) const {
-    const __m256d one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd();
-    __m256d pos = _mm256_and_pd(_mm256_cmp_pd(d, zero, _CMP_GT_OQ), one);
-    __m256d neg = _mm256_and_pd(_mm256_cmp_pd(d, zero, _CMP_LT_OQ), one);
-    return _mm256_sub_pd(pos, neg);
+  template <class D>
+  D loss(D d) const { return simd::abs_(d); }
+  template <class D>
+  D grad(D d) const {
+    return simd::sel(d > D(0.0), D(1.0), simd::sel(d < D(0.0), D(-1.0), D(0.0)));
   }
-#endif
 };
 
 // Huber (torch.nn.HuberLoss): l = 0.5 d^2 if |d| < delta else
 // delta (|d| - 0.5 delta); dl/dd = clamp(d, -delta, delta).
 struct HuberOp {
   double delta;
-  double loss(double d) const {
-    double z = std::fabs(d);
-    return z < delta ? 0.5 * d * d : delta * (z - 0.5 * delta);
+  template <class D>
+  D loss(D d) const {
+    const D z = simd::abs_(d), dl(delta), half(0.5);
+    return simd::sel(z < dl, half * (d * d), dl * (z - half * dl));
   }
-  double grad(double d) const { return d < -delta ? -delta : (d > delta ? delta : d); }
-#if defined(__AVX2__)
-  __m256d loss(__m256d d) const {
-    const __m256d dl = _mm256_set1_pd(delta), half = _mm256_set1_pd(0.5);
-    __m256d z = vabs(d);
-    __m256d quad = _mm256_mul_pd(half, _mm256_mul_pd(d, d));
-    __m256d lin = _mm256_mul_pd(dl, _mm256_sub_pd(z, _mm256_mul_pd(half, dl)));
-    return _mm256_blendv_pd(lin, quad, _mm256_cmp_pd(z, dl, _CMP_LT_OQ));
-  }
-  __m256d grad(__m256d d) const {
-    const __m256d dl = _mm256_set1_pd(delta);
-    return _mm256_min_pd(_mm256_max_pd(d, _mm256_sub_pd(_mm256_setzero_pd(), dl)), dl);
-  }
-#endif
+  template <class D>
+  D grad(D d) const { return simd::min_(simd::max_(d, D(-delta)), D(delta)); }
 };
 
 // SmoothL1 (torch.nn.SmoothL1Loss), beta > 0: l = 0.5 d^2 / beta if
@@ -198,25 +128,13 @@ struct HuberOp {
 // beta == 0 is routed to MaeOp, as torch.nn.functional.smooth_l1_loss does.
 struct SmoothL1Op {
   double beta;
-  double loss(double d) const {
-    double z = std::fabs(d);
-    return z < beta ? 0.5 * d * d / beta : z - 0.5 * beta;
+  template <class D>
+  D loss(D d) const {
+    const D z = simd::abs_(d), b(beta), half(0.5);
+    return simd::sel(z < b, half * (d * d) / b, z - half * b);
   }
-  double grad(double d) const { return d <= -beta ? -1.0 : (d >= beta ? 1.0 : d / beta); }
-#if defined(__AVX2__)
-  __m256d loss(__m256d d) const {
-    const __m256d b = _mm256_set1_pd(beta), half = _mm256_set1_pd(0.5);
-    __m256d z = vabs(d);
-    __m256d quad = _mm256_div_pd(_mm256_mul_pd(half, _mm256_mul_pd(d, d)), b);
-    __m256d lin = _mm256_sub_pd(z, _mm256_mul_pd(half, b));
-    return _mm256_blendv_pd(lin, quad, _mm256_cmp_pd(z, b, _CMP_LT_OQ));
-  }
-  __m256d grad(__m256d d) const {
-    const __m256d one = _mm256_set1_pd(1.0);
-    __m256d g = _mm256_div_pd(d, _mm256_set1_pd(beta));
-    return _mm256_min_pd(_mm256_max_pd(g, _mm256_sub_pd(_mm256_setzero_pd(), one)), one);
-  }
-#endif
+  template <class D>
+  D grad(D d) const { return simd::min_(simd::max_(d / D(beta), D(-1.0)), D(1.0)); }
 };
 
 // Sum of op.loss over [b, e); grad (if any) gets scale * op.grad. Lanes are
@@ -225,30 +143,16 @@ template <class Op>
 double diff_chunk(const Op& op, const float* p, const float* t, float* g, double scale, Index b,
                   Index e) {
   Index i = b;
-  double s = 0.0;
-#if defined(__AVX2__)
-  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
-  const __m256d sc = _mm256_set1_pd(scale);
-  for (; i + 8 <= e; i += 8) {
-    __m256 pv = _mm256_loadu_ps(p + i), tv = _mm256_loadu_ps(t + i);
-    __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(pv)),
-                               _mm256_cvtps_pd(_mm256_castps256_ps128(tv)));
-    __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(pv, 1)),
-                               _mm256_cvtps_pd(_mm256_extractf128_ps(tv, 1)));
-    acc0 = _mm256_add_pd(acc0, op.loss(d0));
-    acc1 = _mm256_add_pd(acc1, op.loss(d1));
-    if (g) {
-      __m128 g0 = _mm256_cvtpd_ps(_mm256_mul_pd(op.grad(d0), sc));
-      __m128 g1 = _mm256_cvtpd_ps(_mm256_mul_pd(op.grad(d1), sc));
-      _mm256_storeu_ps(g + i, _mm256_set_m128(g1, g0));
-    }
+  vf64 acc(0.0);
+  const vf64 sc(scale);
+  for (; i + kDLanes <= e; i += kDLanes) {
+    const vf64 d = simd::load_f32<vf64>(p + i) - simd::load_f32<vf64>(t + i);
+    acc = acc + op.loss(d);
+    if (g) simd::store_f32(g + i, op.grad(d) * sc);
   }
-  alignas(32) double lanes[4];
-  _mm256_store_pd(lanes, _mm256_add_pd(acc0, acc1));
-  s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-#endif
+  double s = simd::reduce_add(acc);
   for (; i < e; ++i) {
-    double d = static_cast<double>(p[i]) - static_cast<double>(t[i]);
+    const double d = static_cast<double>(p[i]) - static_cast<double>(t[i]);
     s += op.loss(d);
     if (g) g[i] = static_cast<float>(op.grad(d) * scale);
   }
@@ -315,36 +219,26 @@ double bce_loss(const float* p, const float* t, Index n, float* g) {
 // l = max(x, 0) - x y + log1p(exp(-|x|)) never overflows; dl/dx = sigmoid(x) - y.
 double bce_logits_loss(const float* p, const float* t, Index n, float* g) {
   const double scale = 1.0 / static_cast<double>(n);
+  // One lane of any width (D = double or a twin): loss and the gradient's
+  // sigmoid(x) - y before the mean's scale.
+  auto lane = [](auto x, auto y, auto& grad) {
+    using D = decltype(x);
+    const D a = simd::exp_nonpos_f64(-simd::abs_(x));
+    grad = simd::sel(x >= D(0.0), D(1.0), a) / (D(1.0) + a) - y;
+    return simd::mul_add(-x, y, simd::max_(x, D(0.0))) + simd::log1p_unit_f64(a);
+  };
   auto chunk = [&](Index b, Index e) {
     Index i = b;
-    double s = 0.0;
-#if defined(__AVX2__) && defined(__FMA__)
-    const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), sc = _mm256_set1_pd(scale);
-    __m256d acc = zero;
-    for (; i + 4 <= e; i += 4) {
-      const __m256d x = _mm256_cvtps_pd(_mm_loadu_ps(p + i));
-      const __m256d y = _mm256_cvtps_pd(_mm_loadu_ps(t + i));
-      const __m256d a = exp_nonpos(_mm256_sub_pd(zero, vabs(x)));
-      const __m256d l = _mm256_add_pd(_mm256_fnmadd_pd(x, y, _mm256_max_pd(x, zero)), log1p_unit(a));
-      acc = _mm256_add_pd(acc, l);
-      if (g) {
-        const __m256d pos = _mm256_cmp_pd(x, zero, _CMP_GE_OQ);
-        const __m256d sig = _mm256_div_pd(_mm256_blendv_pd(a, one, pos), _mm256_add_pd(one, a));
-        _mm_storeu_ps(g + i, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_sub_pd(sig, y), sc)));
-      }
+    vf64 acc(0.0), gr;
+    const vf64 sc(scale);
+    for (; i + kDLanes <= e; i += kDLanes) {
+      acc = acc + lane(simd::load_f32<vf64>(p + i), simd::load_f32<vf64>(t + i), gr);
+      if (g) simd::store_f32(g + i, gr * sc);
     }
-    alignas(32) double lanes[4];
-    _mm256_store_pd(lanes, acc);
-    s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-#endif
+    double s = simd::reduce_add(acc), gs;
     for (; i < e; ++i) {
-      double x = p[i], y = t[i];
-      double a = std::exp(-std::fabs(x));
-      s += std::max(x, 0.0) - x * y + std::log1p(a);
-      if (g) {
-        double sig = x >= 0.0 ? 1.0 / (1.0 + a) : a / (1.0 + a);
-        g[i] = static_cast<float>((sig - y) * scale);
-      }
+      s += lane(static_cast<double>(p[i]), static_cast<double>(t[i]), gs);
+      if (g) g[i] = static_cast<float>(gs * scale);
     }
     return s;
   };
@@ -357,37 +251,16 @@ double bce_logits_loss(const float* p, const float* t, Index n, float* g) {
 // one to turn those into the gradient. No heap, no scratch.
 
 // z = sum_j exp(x_j - m) in double; with g, g_j = exp(x_j - m) as float.
-inline double row_exp_sum(const float* x, Index c, double m, float* g) {
-#if defined(__AVX2__) && defined(__FMA__)
-  const __m256d mv = _mm256_set1_pd(m);
-  __m256d acc = _mm256_setzero_pd();
-  for (Index j = 0; j < c; j += 4) {
-    const Index k = c - j < 4 ? c - j : 4;
-    __m256d e = exp_nonpos(_mm256_sub_pd(load4_pd(x + j, k), mv));
-    acc = _mm256_add_pd(acc, e);
-    if (g) {
-      __m128 ef = _mm256_cvtpd_ps(e);
-      if (k == 4) {
-        _mm_storeu_ps(g + j, ef);
-      } else {
-        alignas(16) float tmp[4];
-        _mm_store_ps(tmp, ef);
-        for (Index q = 0; q < k; ++q) g[j + q] = tmp[q];
-      }
-    }
+double row_exp_sum(const float* x, Index c, double m, float* g) {
+  const vf64 mv(m);
+  vf64 acc(0.0);
+  for (Index j = 0; j < c; j += kDLanes) {
+    const Index k = std::min(c - j, kDLanes);
+    const vf64 e = simd::exp_nonpos_f64(load_or_neg_inf(x + j, k) - mv);
+    acc = acc + e;
+    if (g) store_first(g + j, e, k);
   }
-  alignas(32) double lanes[4];
-  _mm256_store_pd(lanes, acc);
-  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-#else
-  double z = 0.0;
-  for (Index j = 0; j < c; ++j) {
-    const double ex = std::exp(static_cast<double>(x[j]) - m);
-    if (g) g[j] = static_cast<float>(ex);
-    z += ex;
-  }
-  return z;
-#endif
+  return simd::reduce_add(acc);
 }
 
 // Cross-entropy (torch.nn.CrossEntropyLoss), logits x, log p = log_softmax(x).
@@ -581,79 +454,46 @@ double distillation_loss(const Loss& loss, const float* x, const Target& target,
       const double ms = row_max(xi, cols), mt = row_max(ti, cols);
       double z1 = 0.0, zs = 0.0, zt = 0.0, kl = 0.0;
       float* gi = grad ? grad + i * cols : nullptr;
-#if defined(__AVX2__) && defined(__FMA__)
-      // Six exponentials per class, 4 lanes at a time (every argument is
-      // <= 0, so exp_nonpos applies); the scalar std::exp version was slower
-      // than PyTorch's float kernels. Lanes past the row end load -inf and
-      // are masked out of the KL sum.
-      const __m256d vms = _mm256_set1_pd(ms), vmt = _mm256_set1_pd(mt), vinvT = _mm256_set1_pd(invT);
-      __m256d a1 = _mm256_setzero_pd(), as = a1, at = a1;
-      for (Index j = 0; j < cols; j += 4) {
-        const Index k = cols - j < 4 ? cols - j : 4;
-        const __m256d ds = _mm256_sub_pd(load4_pd(xi + j, k), vms);
-        const __m256d dt = _mm256_sub_pd(load4_pd(ti + j, k), vmt);
-        a1 = _mm256_add_pd(a1, exp_nonpos(ds));
-        as = _mm256_add_pd(as, exp_nonpos(_mm256_mul_pd(ds, vinvT)));
-        at = _mm256_add_pd(at, exp_nonpos(_mm256_mul_pd(dt, vinvT)));
+      // Six exponentials per class on double lanes (every argument is <= 0,
+      // so exp_nonpos_f64 applies); the scalar std::exp version was slower
+      // than PyTorch's float kernels. Lanes past the row end load -inf: their
+      // q is 0 and they drop out of the KL sum with the 0 log 0 = 0 terms.
+      using D = vf64;
+      constexpr Index L = kDLanes;
+      const D vms(ms), vmt(mt), vinvT(invT);
+      D a1(0.0), as(0.0), at(0.0);
+      for (Index j = 0; j < cols; j += L) {
+        const Index k = std::min(cols - j, L);
+        const D ds = load_or_neg_inf(xi + j, k) - vms;
+        const D dt = load_or_neg_inf(ti + j, k) - vmt;
+        a1 = a1 + simd::exp_nonpos_f64(ds);
+        as = as + simd::exp_nonpos_f64(ds * vinvT);
+        at = at + simd::exp_nonpos_f64(dt * vinvT);
       }
-      auto hsum = [](__m256d v) {
-        alignas(32) double l[4];
-        _mm256_store_pd(l, v);
-        return (l[0] + l[1]) + (l[2] + l[3]);
-      };
-      z1 = hsum(a1);
-      zs = hsum(as);
-      zt = hsum(at);
+      z1 = simd::reduce_add(a1);
+      zs = simd::reduce_add(as);
+      zt = simd::reduce_add(at);
       const double lz1 = std::log(z1), lzs = std::log(zs), lzt = std::log(zt);
-      const __m256d vlz1 = _mm256_set1_pd(lz1), vlzs = _mm256_set1_pd(lzs), vlzt = _mm256_set1_pd(lzt);
-      const __m256d ga = _mm256_set1_pd(alpha * T * inv_n), gb = _mm256_set1_pd((1.0 - alpha) * inv_n);
-      const __m256d lane = _mm256_set_pd(3.0, 2.0, 1.0, 0.0);
-      __m256d akl = _mm256_setzero_pd();
-      for (Index j = 0; j < cols; j += 4) {
-        const Index k = cols - j < 4 ? cols - j : 4;
-        const __m256d ds = _mm256_sub_pd(load4_pd(xi + j, k), vms);
-        const __m256d dt = _mm256_sub_pd(load4_pd(ti + j, k), vmt);
-        const __m256d logq = _mm256_fmsub_pd(dt, vinvT, vlzt);
-        const __m256d logp = _mm256_fmsub_pd(ds, vinvT, vlzs);
-        const __m256d q = exp_nonpos(logq);
-        const __m256d valid = _mm256_cmp_pd(lane, _mm256_set1_pd(static_cast<double>(k)), _CMP_LT_OQ);
-        // q == 0 gives 0 (logq is finite on real lanes: 0 log 0 = 0).
-        akl = _mm256_add_pd(akl, _mm256_and_pd(valid, _mm256_mul_pd(q, _mm256_sub_pd(logq, logp))));
+      const D vlz1(lz1), vlzs(lzs), vlzt(lzt);
+      const D ga(alpha * T * inv_n), gb((1.0 - alpha) * inv_n);
+      D akl(0.0);
+      for (Index j = 0; j < cols; j += L) {
+        const Index k = std::min(cols - j, L);
+        const D ds = load_or_neg_inf(xi + j, k) - vms;
+        const D dt = load_or_neg_inf(ti + j, k) - vmt;
+        const D logq = simd::mul_add(dt, vinvT, -vlzt);
+        const D logp = simd::mul_add(ds, vinvT, -vlzs);
+        const D q = simd::exp_nonpos_f64(logq);
+        // q == 0 (a padding lane, or a teacher probability below exp(-708)):
+        // 0 log 0 = 0, as torch's xlogy. A NaN q is kept.
+        akl = akl + simd::zero_where(q == D(0.0), q * (logq - logp));
         if (gi) {
-          const __m256d p = exp_nonpos(logp);
-          const __m256d p1 = exp_nonpos(_mm256_sub_pd(ds, vlz1));
-          const __m256d g = _mm256_fmadd_pd(ga, _mm256_sub_pd(p, q), _mm256_mul_pd(gb, p1));
-          const __m128 gf = _mm256_cvtpd_ps(g);
-          if (k == 4) {
-            _mm_storeu_ps(gi + j, gf);
-          } else {
-            alignas(16) float tmp[4];
-            _mm_store_ps(tmp, gf);
-            for (Index c = 0; c < k; ++c) gi[j + c] = tmp[c];
-          }
+          const D pr = simd::exp_nonpos_f64(logp);
+          const D p1 = simd::exp_nonpos_f64(ds - vlz1);
+          store_first(gi + j, simd::mul_add(ga, pr - q, gb * p1), k);
         }
       }
-      kl = hsum(akl);
-#else
-      for (Index j = 0; j < cols; ++j) {
-        const double ds = static_cast<double>(xi[j]) - ms;
-        z1 += std::exp(ds);
-        zs += std::exp(ds * invT);
-        zt += std::exp((static_cast<double>(ti[j]) - mt) * invT);
-      }
-      const double lz1 = std::log(z1), lzs = std::log(zs), lzt = std::log(zt);
-      for (Index j = 0; j < cols; ++j) {
-        const double logq = (static_cast<double>(ti[j]) - mt) * invT - lzt;
-        const double logp = (static_cast<double>(xi[j]) - ms) * invT - lzs;
-        const double q = std::exp(logq);
-        kl += q * (logq - logp);  // q == 0 gives 0: logq is finite
-        if (gi) {
-          const double p = std::exp(logp);
-          const double p1 = std::exp((static_cast<double>(xi[j]) - ms) - lz1);
-          gi[j] = static_cast<float>((alpha * T * (p - q) + (1.0 - alpha) * p1) * inv_n);
-        }
-      }
-#endif
+      kl = simd::reduce_add(akl);
       const Index y = static_cast<Index>(target.labels[i]);
       const double ce = std::log(z1) - (static_cast<double>(xi[y]) - ms);
       total += alpha * T * T * kl + (1.0 - alpha) * ce;

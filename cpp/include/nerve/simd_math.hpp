@@ -325,5 +325,50 @@ NERVE_INLINE F normal_pdf(F x) {
   return F(0.39894228040143268f) * exp_sum(-hi, -lo);
 }
 
+// ---------------------------------------------------------------- double lanes
+// For D = double, f64x4 or f64x8 (simd::vf64): the losses widen their float
+// inputs to double and sum in double, and need exp and log1p there. mul_add
+// is fused where the CPU has FMA; at the generic level it is not (a libm fma
+// per term made the scalar exp ~20x slower than std::exp), and nothing here
+// needs the single rounding: the high part of ln 2 has 32 bits, so n ln2hi
+// is exact either way.
+
+// exp(x) for x <= 0 (all softmax needs: x - max <= 0, and exp(-|x|)).
+// Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then Taylor to r^13
+// (next term < 5e-18): about 1 ulp, where std::exp one lane at a time made
+// the softmax rows slow. Below -708 the result is 0 (std::exp would give a
+// subnormal < 1e-307, invisible next to the max's exp(0) = 1); NaN propagates.
+template <class D>
+NERVE_INLINE D exp_nonpos_f64(D x) {
+  const D lo(-708.0);
+  const D xc = max_(x, lo);  // NaN in x stays NaN (max_ keeps its first operand)
+  const D n = round_(xc * D(1.4426950408889634));
+  // n (-ln2) + x rather than -n ln2 + x: the same bits, and GCC keeps a
+  // negation used twice as an xor instead of folding it into vfnmadd.
+  D r = mul_add(n, D(-6.93147180369123816490e-01), xc);
+  r = mul_add(n, D(-1.90821492927058770002e-10), r);
+  static constexpr double c[14] = {1.0,         1.0,          1.0 / 2,         1.0 / 6,           1.0 / 24,
+                                   1.0 / 120,   1.0 / 720,    1.0 / 5040,      1.0 / 40320,       1.0 / 362880,
+                                   1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+  D p(c[13]);
+  for (int k = 12; k >= 0; --k) p = mul_add(p, r, D(c[k]));
+  return zero_where(x < lo, p * pow2i(n));  // x < -708 (or -inf): 0
+}
+
+// log1p(a) for a in [0, 1] (the softplus term of BCE with logits):
+// log1p(a) = 2 atanh(s) with s = a / (2 + a), or for a > sqrt(2) - 1,
+// ln 2 + 2 atanh(s) with s = (a - 1) / (a + 3); either way |s| <= 0.172 and s
+// comes straight from a (no 1 + a rounding), so 12 odd terms give ~1 ulp.
+template <class D>
+NERVE_INLINE D log1p_unit_f64(D a) {
+  const auto big = a > D(0.41421356237309503);
+  const D s = sel(big, a - D(1.0), a) / (a + sel(big, D(3.0), D(2.0)));
+  const D s2 = s * s;
+  // 2 atanh(s) = 2 s sum_k s^(2k) / (2k + 1)
+  D q(2.0 / 25);
+  for (int k = 11; k >= 0; --k) q = mul_add(q, s2, D(2.0 / (2 * k + 1)));
+  return q * s + keep(big, D(0.69314718055994531));
+}
+
 }  // namespace simd
 }  // namespace nerve

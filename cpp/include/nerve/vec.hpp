@@ -3,11 +3,16 @@
 //
 // Types (namespace nerve::simd), each with the same free functions:
 //   float / std::int32_t / double     scalar, every level (1 lane)
-//   f32x8 / i32x8 / f64x8 / m32x8     AVX2 + FMA (ymm), at the avx2 and avx512 levels
-//   f32x16 / i32x16 / f64x16 / m32x16 AVX-512 F/BW/DQ/VL (zmm), at the avx512 level
+//   f32x8 / i32x8 / f64w8 / m32x8     AVX2 + FMA (ymm), at the avx2 and avx512 levels
+//   f64x4 / m64x4                     one ymm of doubles, likewise
+//   f32x16 / i32x16 / f64w16 / m32x16 AVX-512 F/BW/DQ/VL (zmm), at the avx512 level
+//   f64x8 / m64x8                     one zmm of doubles, likewise
 // `vf`, `vi`, `vd` name the widest of this level (float at generic) and
-// kLanes its lane count. f64xN holds the N doubles of an f32xN's lanes in two
-// registers, so float code can widen a step to double lane for lane.
+// kLanes its lane count. f64wN holds the N doubles of an f32xN's lanes in two
+// registers, so float code can widen a step to double lane for lane. `vf64`
+// (f64x4 / f64x8 / double) is the widest double register, for kernels that
+// work in double throughout and read and write floats (the losses):
+// load_f32 / store_f32 widen and narrow its kLanes64 lanes.
 //
 // The CPU level is fixed at compile time (CMakeLists.txt builds the sources
 // once per level), so there is no run-time dispatch here: the loader picks
@@ -48,8 +53,32 @@ NERVE_INLINE float as_float(std::int32_t i) {
   std::memcpy(&x, &i, sizeof x);
   return x;
 }
-NERVE_INLINE float fma_(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+// Without an FMA instruction (the generic level on x86-64: no __FP_FAST_FMAF)
+// __builtin_fmaf is a libm call, ~15 ns, which made the generic level's exp,
+// sigmoid and gelu 7-10x slower than at avx2 (20 ns an element). There the
+// float fma is done in double: the product of two floats is exact in double
+// (48 bits), so the error-free products simd_math relies on (lo = fma(a, b,
+// -hi)) come out exact, and otherwise the one double rounding before the float
+// one differs from a fused result only in rare ties (levels may differ by
+// rounding; each level is deterministic).
+NERVE_INLINE float fma_(float a, float b, float c) {
+#if defined(__FP_FAST_FMAF)
+  return __builtin_fmaf(a, b, c);
+#else
+  return static_cast<float>(static_cast<double>(a) * static_cast<double>(b) + static_cast<double>(c));
+#endif
+}
 NERVE_INLINE double fma_(double a, double b, double c) { return __builtin_fma(a, b, c); }
+// a * b + c, fused where the CPU has FMA (one rounding), two roundings where
+// not (there __builtin_fma is a slow libm call): for polynomials and sums that
+// do not need the single rounding (the losses' double exp).
+NERVE_INLINE double mul_add(double a, double b, double c) {
+#if defined(__FP_FAST_FMA)
+  return __builtin_fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
 
 // c ? a : b as a bit blend. GCC (default -ftrapping-math) will not if-convert
 // `c ? x : alpha * x`: it sinks the product into a branch, which it may not
@@ -107,6 +136,43 @@ NERVE_INLINE void mulhilo(std::int32_t a, std::uint32_t m, std::int32_t& hi, std
   lo = static_cast<std::int32_t>(static_cast<std::uint32_t>(p));
 }
 
+// Double lanes (the f64 twins below and plain double at every level), for the
+// kernels that widen float inputs to double (the losses' sums and exps).
+NERVE_INLINE double abs_(double x) { return __builtin_fabs(x); }
+// Round to the nearest integer, ties to even (vroundpd / vrndscalepd imm 8).
+NERVE_INLINE double round_(double x) { return __builtin_rint(x); }
+// 2^n for an integer-valued n in [-1022, 1023], built in the exponent field:
+// n + 1.5 * 2^52 holds n in its low mantissa bits (exactly, |n| < 2^51), and
+// adding the bias then shifting by 52 keeps only those bits: no float-to-int
+// conversion, so every width does the same two integer ops.
+NERVE_INLINE std::uint64_t pow2i_bits(std::uint64_t t) { return (t + 1023u) << 52; }
+NERVE_INLINE double pow2i(double n) {
+  const double t = n + 6755399441055744.0;
+  std::uint64_t b;
+  std::memcpy(&b, &t, sizeof b);
+  b = pow2i_bits(b);
+  double r;
+  std::memcpy(&r, &b, sizeof r);
+  return r;
+}
+NERVE_INLINE double reduce_add(double x) { return x; }
+// m ? v : 0 and m ? 0 : v (an and / andnot or a zero-masking move, where sel
+// would be a blend that GCC, not knowing the mask is whole lanes, rebuilds).
+NERVE_INLINE double keep(bool m, double v) { return m ? v : 0.0; }
+NERVE_INLINE double zero_where(bool m, double v) { return m ? 0.0 : v; }
+template <class D>
+NERVE_INLINE D load_f32(const float* p);
+template <>
+NERVE_INLINE double load_f32<double>(const float* p) { return *p; }
+template <class D>
+NERVE_INLINE D load_f32_partial(const float* p, int n, double fill);  // lanes past n: fill
+template <>
+NERVE_INLINE double load_f32_partial<double>(const float* p, int n, double fill) { return n > 0 ? *p : fill; }
+NERVE_INLINE void store_f32(float* p, double v) { *p = static_cast<float>(v); }
+NERVE_INLINE void store_f32_partial(float* p, double v, int n) {
+  if (n > 0) *p = static_cast<float>(v);
+}
+
 // Lane count and the lane types of each float vector type.
 template <class F>
 struct lanes_of;
@@ -115,6 +181,11 @@ struct lanes_of<float> {
   static constexpr int value = 1;
   using i32 = std::int32_t;
   using f64 = double;
+  using mask = bool;
+};
+template <>
+struct lanes_of<double> {
+  static constexpr int value = 1;
   using mask = bool;
 };
 
@@ -156,17 +227,17 @@ struct i32x8 {
   NERVE_INLINE i32x8(__m256i x) : v(x) {}
   NERVE_INLINE i32x8(std::int32_t x) : v(_mm256_set1_epi32(x)) {}
 };
-struct f64x8 {  // lanes 0-3 in lo, 4-7 in hi
+struct f64w8 {  // lanes 0-3 in lo, 4-7 in hi
   __m256d lo, hi;
-  NERVE_INLINE f64x8() = default;
-  NERVE_INLINE f64x8(__m256d l, __m256d h) : lo(l), hi(h) {}
-  NERVE_INLINE f64x8(double x) : lo(_mm256_set1_pd(x)), hi(lo) {}
+  NERVE_INLINE f64w8() = default;
+  NERVE_INLINE f64w8(__m256d l, __m256d h) : lo(l), hi(h) {}
+  NERVE_INLINE f64w8(double x) : lo(_mm256_set1_pd(x)), hi(lo) {}
 };
 template <>
 struct lanes_of<f32x8> {
   static constexpr int value = 8;
   using i32 = i32x8;
-  using f64 = f64x8;
+  using f64 = f64w8;
   using mask = m32x8;
 };
 
@@ -232,19 +303,76 @@ NERVE_INLINE void mulhilo(i32x8 a, std::uint32_t m, i32x8& hi, i32x8& lo) {
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-NERVE_INLINE f64x8 operator+(f64x8 a, f64x8 b) { return {_mm256_add_pd(a.lo, b.lo), _mm256_add_pd(a.hi, b.hi)}; }
-NERVE_INLINE f64x8 operator-(f64x8 a, f64x8 b) { return {_mm256_sub_pd(a.lo, b.lo), _mm256_sub_pd(a.hi, b.hi)}; }
-NERVE_INLINE f64x8 operator*(f64x8 a, f64x8 b) { return {_mm256_mul_pd(a.lo, b.lo), _mm256_mul_pd(a.hi, b.hi)}; }
-NERVE_INLINE f64x8 operator/(f64x8 a, f64x8 b) { return {_mm256_div_pd(a.lo, b.lo), _mm256_div_pd(a.hi, b.hi)}; }
-NERVE_INLINE f64x8 fma_(f64x8 a, f64x8 b, f64x8 c) {
+NERVE_INLINE f64w8 operator+(f64w8 a, f64w8 b) { return {_mm256_add_pd(a.lo, b.lo), _mm256_add_pd(a.hi, b.hi)}; }
+NERVE_INLINE f64w8 operator-(f64w8 a, f64w8 b) { return {_mm256_sub_pd(a.lo, b.lo), _mm256_sub_pd(a.hi, b.hi)}; }
+NERVE_INLINE f64w8 operator*(f64w8 a, f64w8 b) { return {_mm256_mul_pd(a.lo, b.lo), _mm256_mul_pd(a.hi, b.hi)}; }
+NERVE_INLINE f64w8 operator/(f64w8 a, f64w8 b) { return {_mm256_div_pd(a.lo, b.lo), _mm256_div_pd(a.hi, b.hi)}; }
+NERVE_INLINE f64w8 fma_(f64w8 a, f64w8 b, f64w8 c) {
   return {_mm256_fmadd_pd(a.lo, b.lo, c.lo), _mm256_fmadd_pd(a.hi, b.hi, c.hi)};
 }
-NERVE_INLINE f64x8 min_(f64x8 a, f64x8 b) { return {_mm256_min_pd(b.lo, a.lo), _mm256_min_pd(b.hi, a.hi)}; }
-NERVE_INLINE f64x8 max_(f64x8 a, f64x8 b) { return {_mm256_max_pd(b.lo, a.lo), _mm256_max_pd(b.hi, a.hi)}; }
-NERVE_INLINE f64x8 to_f64(f32x8 a) {
+NERVE_INLINE f64w8 min_(f64w8 a, f64w8 b) { return {_mm256_min_pd(b.lo, a.lo), _mm256_min_pd(b.hi, a.hi)}; }
+NERVE_INLINE f64w8 max_(f64w8 a, f64w8 b) { return {_mm256_max_pd(b.lo, a.lo), _mm256_max_pd(b.hi, a.hi)}; }
+NERVE_INLINE f64w8 to_f64(f32x8 a) {
   return {_mm256_cvtps_pd(_mm256_castps256_ps128(a.v)), _mm256_cvtps_pd(_mm256_extractf128_ps(a.v, 1))};
 }
-NERVE_INLINE f32x8 to_f32(f64x8 a) { return _mm256_set_m128(_mm256_cvtpd_ps(a.hi), _mm256_cvtpd_ps(a.lo)); }
+NERVE_INLINE f32x8 to_f32(f64w8 a) { return _mm256_set_m128(_mm256_cvtpd_ps(a.hi), _mm256_cvtpd_ps(a.lo)); }
+
+// One ymm of doubles.
+struct m64x4 {
+  __m256d v;
+};
+struct f64x4 {
+  __m256d v;
+  NERVE_INLINE f64x4() = default;
+  NERVE_INLINE f64x4(__m256d x) : v(x) {}
+  NERVE_INLINE f64x4(double x) : v(_mm256_set1_pd(x)) {}
+};
+template <>
+struct lanes_of<f64x4> {
+  static constexpr int value = 4;
+  using mask = m64x4;
+};
+NERVE_INLINE f64x4 operator+(f64x4 a, f64x4 b) { return _mm256_add_pd(a.v, b.v); }
+NERVE_INLINE f64x4 operator-(f64x4 a, f64x4 b) { return _mm256_sub_pd(a.v, b.v); }
+NERVE_INLINE f64x4 operator*(f64x4 a, f64x4 b) { return _mm256_mul_pd(a.v, b.v); }
+NERVE_INLINE f64x4 operator/(f64x4 a, f64x4 b) { return _mm256_div_pd(a.v, b.v); }
+NERVE_INLINE f64x4 operator-(f64x4 a) { return f64x4(-a.v); }  // folds into the FMAs, as f32x8's
+NERVE_INLINE f64x4 fma_(f64x4 a, f64x4 b, f64x4 c) { return _mm256_fmadd_pd(a.v, b.v, c.v); }
+NERVE_INLINE f64x4 mul_add(f64x4 a, f64x4 b, f64x4 c) { return fma_(a, b, c); }
+NERVE_INLINE f64x4 min_(f64x4 a, f64x4 b) { return _mm256_min_pd(b.v, a.v); }
+NERVE_INLINE f64x4 max_(f64x4 a, f64x4 b) { return _mm256_max_pd(b.v, a.v); }
+NERVE_INLINE m64x4 operator<(f64x4 a, f64x4 b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ)}; }
+NERVE_INLINE m64x4 operator>(f64x4 a, f64x4 b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_GT_OQ)}; }
+NERVE_INLINE m64x4 operator>=(f64x4 a, f64x4 b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_GE_OQ)}; }
+NERVE_INLINE m64x4 operator==(f64x4 a, f64x4 b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ)}; }
+NERVE_INLINE f64x4 keep(m64x4 m, f64x4 v) { return _mm256_and_pd(m.v, v.v); }
+NERVE_INLINE f64x4 zero_where(m64x4 m, f64x4 v) { return _mm256_andnot_pd(m.v, v.v); }
+NERVE_INLINE f64x4 sel(m64x4 c, f64x4 a, f64x4 b) { return _mm256_blendv_pd(b.v, a.v, c.v); }
+NERVE_INLINE f64x4 abs_(f64x4 a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a.v); }
+NERVE_INLINE f64x4 round_(f64x4 a) { return _mm256_round_pd(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+NERVE_INLINE f64x4 pow2i(f64x4 n) {  // as pow2i(double)
+  const __m256i t = _mm256_castpd_si256(_mm256_add_pd(n.v, _mm256_set1_pd(6755399441055744.0)));
+  return _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(t, _mm256_set1_epi64x(1023)), 52));
+}
+// Fixed order: (l0 + l1) + (l2 + l3).
+NERVE_INLINE double reduce_add(f64x4 a) {
+  alignas(32) double l[4];
+  _mm256_store_pd(l, a.v);
+  return (l[0] + l[1]) + (l[2] + l[3]);
+}
+NERVE_INLINE __m128i first_lanes4(int n) { return _mm_cmpgt_epi32(_mm_set1_epi32(n), _mm_setr_epi32(0, 1, 2, 3)); }
+template <>
+NERVE_INLINE f64x4 load_f32<f64x4>(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+template <>
+NERVE_INLINE f64x4 load_f32_partial<f64x4>(const float* p, int n, double fill) {  // masked: no read past lane n
+  const __m128i m = first_lanes4(n);
+  return _mm256_blendv_pd(_mm256_set1_pd(fill), _mm256_cvtps_pd(_mm_maskload_ps(p, m)),
+                          _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m)));
+}
+NERVE_INLINE void store_f32(float* p, f64x4 v) { _mm_storeu_ps(p, _mm256_cvtpd_ps(v.v)); }
+NERVE_INLINE void store_f32_partial(float* p, f64x4 v, int n) {
+  _mm_maskstore_ps(p, first_lanes4(n), _mm256_cvtpd_ps(v.v));
+}
 
 template <>
 NERVE_INLINE f32x8 load<f32x8>(const float* p) { return _mm256_loadu_ps(p); }
@@ -261,7 +389,7 @@ NERVE_INLINE i32x8 load_i32<i32x8>(const std::int32_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
 NERVE_INLINE void store_i32(std::int32_t* p, i32x8 v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v.v); }
-NERVE_INLINE void store(double* p, f64x8 v) {
+NERVE_INLINE void store(double* p, f64w8 v) {
   _mm256_storeu_pd(p, v.lo);
   _mm256_storeu_pd(p + 4, v.hi);
 }
@@ -300,17 +428,17 @@ struct i32x16 {
   NERVE_INLINE i32x16(__m512i x) : v(x) {}
   NERVE_INLINE i32x16(std::int32_t x) : v(_mm512_set1_epi32(x)) {}
 };
-struct f64x16 {  // lanes 0-7 in lo, 8-15 in hi
+struct f64w16 {  // lanes 0-7 in lo, 8-15 in hi
   __m512d lo, hi;
-  NERVE_INLINE f64x16() = default;
-  NERVE_INLINE f64x16(__m512d l, __m512d h) : lo(l), hi(h) {}
-  NERVE_INLINE f64x16(double x) : lo(_mm512_set1_pd(x)), hi(lo) {}
+  NERVE_INLINE f64w16() = default;
+  NERVE_INLINE f64w16(__m512d l, __m512d h) : lo(l), hi(h) {}
+  NERVE_INLINE f64w16(double x) : lo(_mm512_set1_pd(x)), hi(lo) {}
 };
 template <>
 struct lanes_of<f32x16> {
   static constexpr int value = 16;
   using i32 = i32x16;
-  using f64 = f64x16;
+  using f64 = f64w16;
   using mask = m32x16;
 };
 
@@ -374,20 +502,78 @@ NERVE_INLINE void mulhilo(i32x16 a, std::uint32_t m, i32x16& hi, i32x16& lo) {
   hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
 }
 
-NERVE_INLINE f64x16 operator+(f64x16 a, f64x16 b) { return {_mm512_add_pd(a.lo, b.lo), _mm512_add_pd(a.hi, b.hi)}; }
-NERVE_INLINE f64x16 operator-(f64x16 a, f64x16 b) { return {_mm512_sub_pd(a.lo, b.lo), _mm512_sub_pd(a.hi, b.hi)}; }
-NERVE_INLINE f64x16 operator*(f64x16 a, f64x16 b) { return {_mm512_mul_pd(a.lo, b.lo), _mm512_mul_pd(a.hi, b.hi)}; }
-NERVE_INLINE f64x16 operator/(f64x16 a, f64x16 b) { return {_mm512_div_pd(a.lo, b.lo), _mm512_div_pd(a.hi, b.hi)}; }
-NERVE_INLINE f64x16 fma_(f64x16 a, f64x16 b, f64x16 c) {
+NERVE_INLINE f64w16 operator+(f64w16 a, f64w16 b) { return {_mm512_add_pd(a.lo, b.lo), _mm512_add_pd(a.hi, b.hi)}; }
+NERVE_INLINE f64w16 operator-(f64w16 a, f64w16 b) { return {_mm512_sub_pd(a.lo, b.lo), _mm512_sub_pd(a.hi, b.hi)}; }
+NERVE_INLINE f64w16 operator*(f64w16 a, f64w16 b) { return {_mm512_mul_pd(a.lo, b.lo), _mm512_mul_pd(a.hi, b.hi)}; }
+NERVE_INLINE f64w16 operator/(f64w16 a, f64w16 b) { return {_mm512_div_pd(a.lo, b.lo), _mm512_div_pd(a.hi, b.hi)}; }
+NERVE_INLINE f64w16 fma_(f64w16 a, f64w16 b, f64w16 c) {
   return {_mm512_fmadd_pd(a.lo, b.lo, c.lo), _mm512_fmadd_pd(a.hi, b.hi, c.hi)};
 }
-NERVE_INLINE f64x16 min_(f64x16 a, f64x16 b) { return {_mm512_min_pd(b.lo, a.lo), _mm512_min_pd(b.hi, a.hi)}; }
-NERVE_INLINE f64x16 max_(f64x16 a, f64x16 b) { return {_mm512_max_pd(b.lo, a.lo), _mm512_max_pd(b.hi, a.hi)}; }
-NERVE_INLINE f64x16 to_f64(f32x16 a) {
+NERVE_INLINE f64w16 min_(f64w16 a, f64w16 b) { return {_mm512_min_pd(b.lo, a.lo), _mm512_min_pd(b.hi, a.hi)}; }
+NERVE_INLINE f64w16 max_(f64w16 a, f64w16 b) { return {_mm512_max_pd(b.lo, a.lo), _mm512_max_pd(b.hi, a.hi)}; }
+NERVE_INLINE f64w16 to_f64(f32x16 a) {
   return {_mm512_cvtps_pd(_mm512_castps512_ps256(a.v)), _mm512_cvtps_pd(_mm512_extractf32x8_ps(a.v, 1))};
 }
-NERVE_INLINE f32x16 to_f32(f64x16 a) {
+NERVE_INLINE f32x16 to_f32(f64w16 a) {
   return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(a.lo)), _mm512_cvtpd_ps(a.hi), 1);
+}
+
+// One zmm of doubles.
+struct m64x8 {
+  __mmask8 k;
+};
+struct f64x8 {
+  __m512d v;
+  NERVE_INLINE f64x8() = default;
+  NERVE_INLINE f64x8(__m512d x) : v(x) {}
+  NERVE_INLINE f64x8(double x) : v(_mm512_set1_pd(x)) {}
+};
+template <>
+struct lanes_of<f64x8> {
+  static constexpr int value = 8;
+  using mask = m64x8;
+};
+NERVE_INLINE f64x8 operator+(f64x8 a, f64x8 b) { return _mm512_add_pd(a.v, b.v); }
+NERVE_INLINE f64x8 operator-(f64x8 a, f64x8 b) { return _mm512_sub_pd(a.v, b.v); }
+NERVE_INLINE f64x8 operator*(f64x8 a, f64x8 b) { return _mm512_mul_pd(a.v, b.v); }
+NERVE_INLINE f64x8 operator/(f64x8 a, f64x8 b) { return _mm512_div_pd(a.v, b.v); }
+NERVE_INLINE f64x8 operator-(f64x8 a) { return f64x8(-a.v); }
+NERVE_INLINE f64x8 fma_(f64x8 a, f64x8 b, f64x8 c) { return _mm512_fmadd_pd(a.v, b.v, c.v); }
+NERVE_INLINE f64x8 mul_add(f64x8 a, f64x8 b, f64x8 c) { return fma_(a, b, c); }
+NERVE_INLINE f64x8 min_(f64x8 a, f64x8 b) { return _mm512_min_pd(b.v, a.v); }
+NERVE_INLINE f64x8 max_(f64x8 a, f64x8 b) { return _mm512_max_pd(b.v, a.v); }
+NERVE_INLINE m64x8 operator<(f64x8 a, f64x8 b) { return {_mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ)}; }
+NERVE_INLINE m64x8 operator>(f64x8 a, f64x8 b) { return {_mm512_cmp_pd_mask(a.v, b.v, _CMP_GT_OQ)}; }
+NERVE_INLINE m64x8 operator>=(f64x8 a, f64x8 b) { return {_mm512_cmp_pd_mask(a.v, b.v, _CMP_GE_OQ)}; }
+NERVE_INLINE m64x8 operator==(f64x8 a, f64x8 b) { return {_mm512_cmp_pd_mask(a.v, b.v, _CMP_EQ_OQ)}; }
+NERVE_INLINE f64x8 keep(m64x8 m, f64x8 v) { return _mm512_maskz_mov_pd(m.k, v.v); }
+NERVE_INLINE f64x8 zero_where(m64x8 m, f64x8 v) { return _mm512_maskz_mov_pd(static_cast<__mmask8>(~m.k), v.v); }
+NERVE_INLINE f64x8 sel(m64x8 c, f64x8 a, f64x8 b) { return _mm512_mask_blend_pd(c.k, b.v, a.v); }
+NERVE_INLINE f64x8 abs_(f64x8 a) { return _mm512_abs_pd(a.v); }
+NERVE_INLINE f64x8 round_(f64x8 a) {
+  return _mm512_roundscale_pd(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+NERVE_INLINE f64x8 pow2i(f64x8 n) {  // as pow2i(double)
+  const __m512i t = _mm512_castpd_si512(_mm512_add_pd(n.v, _mm512_set1_pd(6755399441055744.0)));
+  return _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(t, _mm512_set1_epi64(1023)), 52));
+}
+// Fixed order: the halves added, then as f64x4.
+NERVE_INLINE double reduce_add(f64x8 a) {
+  return reduce_add(f64x4(_mm256_add_pd(_mm512_castpd512_pd256(a.v), _mm512_extractf64x4_pd(a.v, 1))));
+}
+NERVE_INLINE __mmask8 first_lanes8k(int n) {
+  return n >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << (n < 0 ? 0 : n)) - 1u);
+}
+template <>
+NERVE_INLINE f64x8 load_f32<f64x8>(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+template <>
+NERVE_INLINE f64x8 load_f32_partial<f64x8>(const float* p, int n, double fill) {
+  const __mmask8 k = first_lanes8k(n);
+  return _mm512_mask_cvtps_pd(_mm512_set1_pd(fill), k, _mm256_maskz_loadu_ps(k, p));
+}
+NERVE_INLINE void store_f32(float* p, f64x8 v) { _mm256_storeu_ps(p, _mm512_cvtpd_ps(v.v)); }
+NERVE_INLINE void store_f32_partial(float* p, f64x8 v, int n) {
+  _mm256_mask_storeu_ps(p, first_lanes8k(n), _mm512_cvtpd_ps(v.v));
 }
 
 template <>
@@ -402,7 +588,7 @@ NERVE_INLINE void store_partial(float* p, f32x16 v, int n) { _mm512_mask_storeu_
 template <>
 NERVE_INLINE i32x16 load_i32<i32x16>(const std::int32_t* p) { return _mm512_loadu_si512(p); }
 NERVE_INLINE void store_i32(std::int32_t* p, i32x16 v) { _mm512_storeu_si512(p, v.v); }
-NERVE_INLINE void store(double* p, f64x16 v) {
+NERVE_INLINE void store(double* p, f64w16 v) {
   _mm512_storeu_pd(p, v.lo);
   _mm512_storeu_pd(p + 8, v.hi);
 }
@@ -428,6 +614,14 @@ using vi = typename lanes_of<vf>::i32;
 using vd = typename lanes_of<vf>::f64;
 using vmask = typename lanes_of<vf>::mask;
 constexpr int kLanes = lanes_of<vf>::value;
+#if defined(NERVE_VEC_AVX512)
+using vf64 = f64x8;
+#elif defined(NERVE_VEC_AVX2)
+using vf64 = f64x4;
+#else
+using vf64 = double;
+#endif
+constexpr int kLanes64 = lanes_of<vf64>::value;
 
 template <class F>
 using i32_of = typename lanes_of<F>::i32;
