@@ -60,3 +60,34 @@ def test_products_do_not_depend_on_thread_count(batch, n_in, units):
         nv.set_num_threads(before)
     for a, b in zip(one[4:], two[4:]):
         assert np.array_equal(a, b)
+
+
+# A recurrent layer's step products from W_hh packed once per call
+# (PackedB + gemm_prepacked): forward H_{t-1} W_hh (+= into the gates) and
+# backward dZ_t W_hh^T, at an LSTM's shapes (G = 4 units) with strided rows
+# (a step's rows are every T-th row), and the matrix-vector and
+# not-packable cases (one row; depth <= 4; more than 2048 columns) that fall
+# back to gemm. The same bits as gemm, at 1 and 2 threads.
+@pytest.mark.parametrize("M,K,N,trans_b", [(32, 128, 512, False), (32, 512, 2048, False), (32, 512, 128, True),
+                                           (32, 2048, 512, True), (7, 33, 60, False), (256, 96, 384, True),
+                                           (1, 128, 512, False), (1, 512, 128, True), (16, 4, 64, False),
+                                           (8, 64, 2100, False)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_prepacked_products_are_gemm_bit_for_bit(M, K, N, trans_b, accumulate):
+    r = np.random.default_rng(M + K + N)
+    steps = 3  # a step's rows: every steps-th row of a (B*T, K) matrix
+    a = r.standard_normal((M * steps, K)).astype(np.float32)[1::steps]
+    b = r.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
+    c0 = r.standard_normal((M, N)).astype(np.float32)
+    before = _core.num_threads()
+    try:
+        for threads in (1, 2):
+            nv.set_num_threads(threads)
+            want, got = c0.copy(), c0.copy()
+            _core.gemm(a, b, want, False, trans_b, accumulate)
+            _core.gemm(a, b, got, False, trans_b, accumulate, prepacked=True)
+            assert np.array_equal(got, want), threads
+            ref = (c0 if accumulate else 0) + a.astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.sqrt(K))
+    finally:
+        nv.set_num_threads(before)

@@ -108,7 +108,7 @@ void bind_core(py::module_& m) {
 
   m.def(
       "gemm",
-      [](py::array a, py::array b, py::array c, bool trans_a, bool trans_b, bool accumulate) {
+      [](py::array a, py::array b, py::array c, bool trans_a, bool trans_b, bool accumulate, bool prepacked) {
         const Index lda = strided_matrix(a, "a"), ldb = strided_matrix(b, "b"),
                     ldc = strided_matrix(c, "c");
         require(c.writeable(), "c must be writeable");
@@ -120,13 +120,22 @@ void bind_core(py::module_& m) {
         const float* pa = fptr(a);
         const float* pb = fptr(b);
         float* pc = fmut(c);
+        require(!prepacked || !trans_a, "gemm: prepacked needs trans_a=False");
         py::gil_scoped_release nogil;
-        gemm(trans_a, trans_b, M, N, K, pa, lda, pb, ldb, pc, ldc, accumulate);
+        if (prepacked) {
+          PackedB packed;
+          packed.pack(trans_b, K, N, pb, ldb);
+          gemm_prepacked(trans_b, M, N, K, pa, lda, pb, ldb, packed, pc, ldc, accumulate);
+        } else {
+          gemm(trans_a, trans_b, M, N, K, pa, lda, pb, ldb, pc, ldc, accumulate);
+        }
       },
       py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a"), py::arg("trans_b"),
-      py::arg("accumulate"),
+      py::arg("accumulate"), py::arg("prepacked") = false,
       "c (+)= op(a) @ op(b) with the training GEMM (op = transpose when trans_*); "
-      "rows may be strided, columns contiguous. For tests and benchmarks.");
+      "rows may be strided, columns contiguous. prepacked: op(b) packed once first and the "
+      "product run from that packing (PackedB + gemm_prepacked, as the recurrent layers' steps). "
+      "For tests and benchmarks.");
 
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));

@@ -964,41 +964,47 @@ bool gemm_b_pass(bool trans_a, Index M, Index N, Index K, const float* A, Index 
 #endif
 }
 
-void PackedB::pack(Index K, Index N, const float* B, Index ldb) {
-  clear();
+void PackedB::pack(bool trans, Index K, Index N, const float* B, Index ldb) {
+  k_ = n_ = 0;
+  trans_ = trans;
 #if defined(__AVX2__) && defined(__FMA__)
   // One column block (N <= kMaxNC): every tile's blocks then lie inside it
   // (whole_b_block). Depths <= 4 and single columns never reach packed_gemm.
-  if (K <= kSmallDepth || N <= 1 || balanced_block(N, kMaxNC, kNR) < N) return;
+  if (K <= kSmallDepth || N <= 1 || balanced_block(N, kMaxNC, kNR) < N) {
+    data_ = AlignedBuffer();
+    return;
+  }
   const Index size = checked_mul(K, ceil_div(N, kNR) * kNR, "packed kernel");
-  const float* packed = pack_whole_b(false, N, K, B, ldb, threads_for(stream_work(static_cast<double>(size)), K));
-  data_.resize(size);
+  const float* packed = pack_whole_b(trans, N, K, B, ldb, threads_for(stream_work(static_cast<double>(size)), K));
+  if (data_.size() != size) data_.resize(size);  // the same size again: kept, not refilled
   std::copy(packed, packed + size, data_.data());
   k_ = K;
   n_ = N;
 #else
   (void)K, (void)N, (void)B, (void)ldb;
+  data_ = AlignedBuffer();
 #endif
 }
 
-void gemm_prepacked(Index M, Index N, Index K, const float* A, Index lda, const float* B, Index ldb,
-                    const PackedB& packed, float* C, Index ldc) {
+void gemm_prepacked(bool trans_b, Index M, Index N, Index K, const float* A, Index lda, const float* B,
+                    Index ldb, const PackedB& packed, float* C, Index ldc, bool accumulate) {
 #if defined(__AVX2__) && defined(__FMA__)
-  // gemm(false, false, ...)'s dispatch, less the single row (a matrix-vector
-  // product that reads B as it lies) and the packing: the tiles that reach
-  // packed_gemm read their blocks of the kept packing, the same panels they
-  // would have packed.
+  // gemm(false, trans_b, ...)'s dispatch, less the single row (gemm's own
+  // paths for it) and the packing: the tiles that reach packed_gemm read
+  // their blocks of the kept packing, the same panels they would have packed.
+  // (The narrow path is for a transposed A only.)
   if (!packed.empty() && M > 1) {
-    require(packed.depth() == K && packed.cols() == N, "gemm_prepacked: the packing is of another shape");
+    require(packed.depth() == K && packed.cols() == N && packed.trans() == trans_b,
+            "gemm_prepacked: the packing is of another shape");
     const Tiling t = choose_tiling(false, M, N, K);
-    run_tiles(t, tile_threads(t, M, N, K), false, false, M, N, K, A, lda, B, ldb, C, ldc, false,
+    run_tiles(t, tile_threads(t, M, N, K), false, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate,
               packed.data());
     return;
   }
 #else
   (void)packed;
 #endif
-  gemm(false, false, M, N, K, A, lda, B, ldb, C, ldc, false);
+  gemm(false, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 
 void column_sums(const float* X, Index rows, Index cols, float* out, bool accumulate) {

@@ -152,6 +152,13 @@ void Recurrent::forward_direction(int d, const float* x, float* y, Index B, Inde
   for (Index r = 0; r < rows; ++r) std::copy(bias, bias + G, Z + r * G);
   gemm(false, false, rows, G, in, x, in, w.kernel.value(), G, Z, G, true);
 
+  // W_hh packed once for the T - 1 step products (one sequence: gemm's
+  // matrix-vector path, which packs nothing).
+  PackedB& packed = whh_fwd_[d];
+  if (T > 1 && B > 1)
+    packed.pack(false, U, G, Whh, G);
+  else
+    packed.clear();
   const bool relu = cell == CellKind::RnnRelu;
   for (Index s = 0; s < T; ++s) {
     const Index t = d == 0 ? s : T - 1 - s;
@@ -159,9 +166,9 @@ void Recurrent::forward_direction(int d, const float* x, float* y, Index B, Inde
     // Rows of step t: sequence b's row b * T + t, a stride of T rows.
     if (cell == CellKind::Gru) {
       for (Index b = 0; b < B; ++b) std::copy(rbias, rbias + G, HH + (b * T + t) * G);
-      if (s > 0) gemm(false, false, B, G, U, H + tp * U, T * U, Whh, G, HH + t * G, T * G, true);
+      if (s > 0) gemm_prepacked(false, B, G, U, H + tp * U, T * U, Whh, G, packed, HH + t * G, T * G, true);
     } else if (s > 0) {
-      gemm(false, false, B, G, U, H + tp * U, T * U, Whh, G, Z + t * G, T * G, true);
+      gemm_prepacked(false, B, G, U, H + tp * U, T * U, Whh, G, packed, Z + t * G, T * G, true);
     }
     over_sequences(B, 3.0 * G, [&](Index b) {
       const Index row = b * T + t;
@@ -254,6 +261,12 @@ void Recurrent::backward_direction(int d, const float* x, const float* dy, float
   float* dC = dc_.data();
   std::fill(dH, dH + B * U, 0.0f);
   if (cell == CellKind::Lstm) std::fill(dC, dC + B * U, 0.0f);
+  // W_hh^T packed once for the T - 1 products dZ_t W_hh^T.
+  PackedB& packed = whh_bwd_[d];
+  if (T > 1 && B > 1)
+    packed.pack(true, G, U, Whh, G);
+  else
+    packed.clear();
 
   for (Index s = T; s-- > 0;) {
     const Index t = d == 0 ? s : T - 1 - s;
@@ -323,9 +336,9 @@ void Recurrent::backward_direction(int d, const float* x, const float* dy, float
     if (s == 0) break;
     // dh' = dZ U^T (the GRU's direct path z dh is in dH already).
     if (cell == CellKind::Gru)
-      gemm(false, true, B, U, G, dZh + t * G, T * G, Whh, G, dH, U, true);
+      gemm_prepacked(true, B, U, G, dZh + t * G, T * G, Whh, G, packed, dH, U, true);
     else
-      gemm(false, true, B, U, G, dZ + t * G, T * G, Whh, G, dH, U, false);
+      gemm_prepacked(true, B, U, G, dZ + t * G, T * G, Whh, G, packed, dH, U, false);
   }
 
   if (trainable) {

@@ -27,32 +27,42 @@ namespace nerve {
 void gemm(bool trans_a, bool trans_b, Index M, Index N, Index K, const float* A, Index lda,
           const float* B, Index ldb, float* C, Index ldc, bool accumulate);
 
-// B (K x N, row-major, not transposed) packed once for many products
-// C = A B with the same B: a predict-only model's kernel
-// (optimize_for_inference). gemm packs B into micro-panels on every call,
-// which at predict batches of 16-256 is 10-30% of the product (the
-// reference MLP's 0.54M weights read and written each call; onnxruntime
-// packs its weights once). Empty (nothing kept, gemm_prepacked is gemm)
-// where this level's GEMM packs nothing (generic), for depths <= 4, one
-// column, or more columns than one column block (N > 2048).
+// op(B) (K x N: B row-major, or N x K read transposed) packed once for
+// many products C = A op(B) with the same B: a predict-only model's kernel
+// (optimize_for_inference), and a recurrent layer's W_hh over the time steps
+// of one call (forward: H_{t-1} W_hh; backward: dZ_t W_hh^T). gemm packs B
+// into micro-panels on every call, which at batches of 16-256 is 10-40% of
+// the product (LSTM, hidden 512, batch 32: ~0.4 of a 1.0 ms step product
+// packs the 4 MB W_hh; onnxruntime packs its weights once). Empty (nothing
+// kept, gemm_prepacked is gemm) where this level's GEMM packs nothing
+// (generic), for depths <= 4, one column, or more columns than one column
+// block (N > 2048). Packing again at the same size reuses the buffer.
 class PackedB {
  public:
-  void pack(Index K, Index N, const float* B, Index ldb);
+  void pack(Index K, Index N, const float* B, Index ldb) { pack(false, K, N, B, ldb); }
+  void pack(bool trans, Index K, Index N, const float* B, Index ldb);
   void clear() { data_ = AlignedBuffer(); k_ = n_ = 0; }
-  bool empty() const { return data_.size() == 0; }
+  bool empty() const { return k_ == 0; }
+  bool trans() const { return trans_; }
   Index depth() const { return k_; }
   Index cols() const { return n_; }
   const float* data() const { return data_.data(); }
 
  private:
   Index k_ = 0, n_ = 0;
+  bool trans_ = false;
   AlignedBuffer data_;
 };
 
-// C (M x N) = A (M x K) B, with `packed` made from this B (or empty): the
-// same bits as gemm(false, false, ..., accumulate=false), without packing B.
-void gemm_prepacked(Index M, Index N, Index K, const float* A, Index lda, const float* B, Index ldb,
-                    const PackedB& packed, float* C, Index ldc);
+// C (M x N) = A (M x K) op(B) (+ C with accumulate), with `packed` made from
+// this B with the same trans_b (or empty): the same bits as
+// gemm(false, trans_b, ...), without packing B.
+void gemm_prepacked(bool trans_b, Index M, Index N, Index K, const float* A, Index lda, const float* B,
+                    Index ldb, const PackedB& packed, float* C, Index ldc, bool accumulate);
+inline void gemm_prepacked(Index M, Index N, Index K, const float* A, Index lda, const float* B, Index ldb,
+                           const PackedB& packed, float* C, Index ldc) {
+  gemm_prepacked(false, M, N, K, A, lda, B, ldb, packed, C, ldc, false);
+}
 
 // Work on B's rows that gemm_b_pass does while it packs B, so that B is read
 // once for all of it: backward's dW = X^T dZ applies the activation's

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "nerve/gemm.hpp"
 #include "nerve/layer.hpp"
 
 namespace nerve {
@@ -86,6 +87,9 @@ class Recurrent : public Layer {
   AlignedBuffer dz_;        // (rows, G): d loss / d pre-activation (x part)
   AlignedBuffer dzh_;       // GRU: (rows, G): d loss / d (h' U + b_hh)
   AlignedBuffer dh_, dc_;   // (sequences, units): gradients carried to the previous step
+  // W_hh packed once per call for every step's product (gemm.hpp, PackedB):
+  // forward H_{t-1} W_hh, backward dZ_t W_hh^T.
+  PackedB whh_fwd_[2], whh_bwd_[2];
 };
 
 }  // namespace nerve
