@@ -2,7 +2,7 @@
 # Every benchmark behind bench/README.md's figures, in one session, into
 # bench/results/ (JSON + the printed tables in run_all.log). Assumes the
 # module is built into python/nerve and bench_kernels into build/dev (see
-# bench/README.md). Takes ~12 minutes on 2 cores.
+# bench/README.md). Takes ~25 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=python
@@ -27,6 +27,15 @@ bin=build/dev/bench/bench_kernels
   # The same steps with a process spinning on one core (the busy neighbour):
   # 2 threads against 1, guard on and off, and PyTorch.
   python3 bench/busy_neighbour.py --against torch --batches 1,32,128,512,2048
+  # The reference model again at the avx2 level (issue 15: tables at each level).
+  NERVE_CPU=avx2 python3 bench/train_mlp.py --against torch,jax --threads 1,2 --rounds 5 --seconds 0.15 \
+    --json "$out/train_mlp_ref_avx2.json"
+  # LSTM / GRU against torch.nn and JAX lax.scan.
+  python3 bench/recurrent.py --rounds 3 --seconds 0.2 --json "$out/recurrent.json"
+  # The kernels per CPU level, in alternating fresh processes: GEMM against
+  # OpenBLAS, the loss kernels.
+  (cd bench && python3 gemm_levels.py --rounds 5 --threads 1 && python3 gemm_levels.py --rounds 5 --threads 2 \
+    && python3 loss_levels.py --rounds 5 --threads 1)
   python3 bench/optimizer_step.py --json "$out/optimizer_step.json"
   python3 bench/peak_memory.py --json "$out/peak_memory.json"
   python3 bench/fit_loop.py

@@ -2,7 +2,7 @@
 worker thread is off the CPU as a parallel loop starts, the loops run on the
 calling thread alone for a back-off period, then the team is tried again.
 A worker held off its core is simulated with the test hook
-_core._set_worker_delay_ns (workers sleep as each region starts), so these
+_core._set_worker_delay_ns (workers sleep, or below 1 ms spin, as each region starts), so these
 tests check the guard's decisions, not timings of the machine."""
 import time
 
@@ -129,3 +129,97 @@ def test_guard_off_always_uses_the_team(guard):
 def test_set_adaptive_threads_checks_its_argument():
     with pytest.raises(TypeError, match="bool"):
         nv.set_adaptive_threads(1)
+
+
+def test_short_late_starts_add_up_to_a_stall(guard):
+    """Workers late by 0.2 ms at every region (the hook spins that long),
+    below the one-region threshold (0.3 ms), on the smallest product split
+    over two threads (128 x 64 x 64; the calling thread's share takes ~10 µs,
+    ~5x that under ASan): each region alone is no stall, but over a 2 ms
+    window the team waited longer than the calling thread worked, so the
+    loops go to the calling thread; the products' bits do not change."""
+    r = np.random.default_rng(0)
+    a = r.standard_normal((128, 64)).astype(np.float32)
+    b = r.standard_normal((64, 64)).astype(np.float32)
+    ref = np.zeros((128, 64), np.float32)
+    nv.set_num_threads(1)
+    t1 = min(_timed(lambda: _core.gemm(a, b, ref, False, False, False)) for _ in range(5))
+    nv.set_num_threads(2)
+    # The test needs the calling thread's share (about half of t1) well below
+    # the workers' lateness.
+    assert t1 / 2 < 150e-6, f"the product took {t1 * 1e6:.0f} µs on one thread"
+    _core._reset_thread_guard()
+    _core._set_worker_delay_ns(200_000)
+    c = np.empty_like(ref)
+    for _ in range(400):
+        _core.gemm(a, b, c, False, False, False)
+        np.testing.assert_array_equal(c, ref)
+        if nv.thread_stats()["slow_windows"]:
+            break
+    s = nv.thread_stats()
+    assert s["slow_windows"] >= 1 and s["stalls"] >= s["slow_windows"]
+    _core.gemm(a, b, c, False, False, False)
+    assert nv.thread_stats()["solo_regions"] > 0
+    # One region of the team at 0.2 ms does not fill a 2 ms window: the
+    # first window closed after several regions, not on the first.
+    assert s["team_regions"] >= 5
+
+
+def _timed(f):
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+def note(work_us, wait_us, times, threads=2):
+    for _ in range(times):
+        _core._guard_note_region(int(work_us * 1000), int(wait_us * 1000), threads)
+
+
+def test_window_weighs_waits_against_the_other_threads_shares(guard):
+    """The window test on reported timings (no machine timing involved):
+    2 threads whose calling thread waits 0.9x its own share (the team is
+    still faster than one thread) pass any number of windows; at 1.1x
+    (slower than one thread) the first closed window is a stall; with 4
+    threads, 2.5x its share is still within (threads - 1) x."""
+    note(20, 18, 1)               # the first region at a team size: not judged
+    note(20, 18, 500)             # 19 ms: nine windows, all fine
+    s = nv.thread_stats()
+    assert s["stalls"] == 0 and s["slow_windows"] == 0 and not s["solo_now"]
+    _core._reset_thread_guard()
+    note(20, 22, 1)               # not judged again (the reset forgot the team size)
+    note(20, 22, 47)              # 1.97 ms: the window is not closed yet
+    assert nv.thread_stats()["stalls"] == 0
+    note(20, 22, 1)               # 2.01 ms: closed, slower than one thread
+    s = nv.thread_stats()
+    assert s["slow_windows"] == 1 and s["stalls"] == 1 and s["solo_now"]
+    _core._reset_thread_guard()
+    note(20, 50, 1, threads=4)
+    note(20, 50, 200, threads=4)  # 2.5x < 3x: fine
+    assert nv.thread_stats()["stalls"] == 0
+    note(20, 70, 100, threads=4)  # 3.5x > 3x
+    assert nv.thread_stats()["slow_windows"] >= 1
+
+
+def test_first_region_after_solo_or_new_team_size_is_not_judged(guard):
+    """Waking sleeping workers takes over a millisecond on a quiet VM: the
+    probe after a back-off and the first region at a new team size are not
+    judged, so a late wake-up alone never sends the loops back to one thread;
+    the region after them is."""
+    note(20, 5000, 1)             # first region at 2 threads: not judged
+    assert nv.thread_stats()["stalls"] == 0
+    note(20, 5000, 1)             # judged: 5 ms wait > 0.3 ms and > 2x 20 µs
+    s = nv.thread_stats()
+    assert s["stalls"] == 1 and s["solo_now"]
+    note(20, 5000, 1)             # the probe ends the back-off, not judged
+    s = nv.thread_stats()
+    assert s["stalls"] == 1 and not s["solo_now"]
+    note(20, 5000, 1, threads=3)  # a new team size: not judged
+    assert nv.thread_stats()["stalls"] == 1
+    note(20, 5000, 1, threads=3)
+    assert nv.thread_stats()["stalls"] == 2
+
+
+def test_guard_hook_checks_its_arguments():
+    with pytest.raises(ValueError, match="bad timing"):
+        _core._guard_note_region(-1, 0, 2)

@@ -148,6 +148,7 @@ void bind_core(py::module_& m) {
     d["team_regions"] = g.team_regions.load();
     d["solo_regions"] = g.solo_regions.load();
     d["stalls"] = g.stalls.load();
+    d["slow_windows"] = g.slow_windows.load();
     const std::int64_t until = g.solo_until_ns.load();
     d["solo_now"] = until != 0 && detail::now_ns() < until;
     d["backoff_ms"] = static_cast<double>(g.backoff_ns.load()) / 1e6;
@@ -164,7 +165,17 @@ void bind_core(py::module_& m) {
     g.team_regions.store(0);
     g.solo_regions.store(0);
     g.stalls.store(0);
+    g.slow_windows.store(0);
+    g.last_threads.store(0);
+    g.win_work_ns.store(0);
+    g.win_wait_ns.store(0);
+    g.win_allowed_ns.store(0);
   }, "Test hook: forget the guard's state and counters.");
+  m.def("_guard_note_region", [](std::int64_t work_ns, std::int64_t wait_ns, int threads) {
+    if (work_ns < 0 || wait_ns < 0 || threads < 2) throw std::invalid_argument("_guard_note_region: bad timing");
+    detail::guard_note_region(work_ns, wait_ns, threads);
+  }, py::arg("work_ns"), py::arg("wait_ns"), py::arg("threads"),
+     "Test hook: report a team region with these timings to the guard, as parallel_for does.");
   m.def("set_flush_denormal", &set_flush_denormal, py::arg("on"));
   m.def("flush_denormal", &flush_denormal);
   m.def("alloc_count", [] { return AllocStats::allocations; },

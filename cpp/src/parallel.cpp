@@ -71,28 +71,67 @@ std::int64_t now_ns() {
       .count();
 }
 
-void guard_note_region(std::int64_t work_ns, std::int64_t wait_ns) {
+// The window test (parallel.hpp): true when the window that this region
+// completes shows the team slower than the calling thread alone.
+bool slow_window(ThreadGuard& g, std::int64_t work_ns, std::int64_t wait_ns, int threads) {
+  constexpr auto relaxed = std::memory_order_relaxed;
+  const std::int64_t work = g.win_work_ns.fetch_add(work_ns, relaxed) + work_ns;
+  const std::int64_t wait = g.win_wait_ns.fetch_add(wait_ns, relaxed) + wait_ns;
+  const std::int64_t allowed =
+      g.win_allowed_ns.fetch_add(static_cast<std::int64_t>(threads - 1) * work_ns, relaxed) +
+      static_cast<std::int64_t>(threads - 1) * work_ns;
+  if (work + wait < kWindowNs) return false;
+  // (Concurrent callers may both close a window: one extra reset, no harm.)
+  g.win_work_ns.store(0, relaxed);
+  g.win_wait_ns.store(0, relaxed);
+  g.win_allowed_ns.store(0, relaxed);
+  if (wait <= allowed) return false;
+  g.slow_windows.fetch_add(1, relaxed);
+  return true;
+}
+
+void reset_window(ThreadGuard& g) {
+  g.win_work_ns.store(0, std::memory_order_relaxed);
+  g.win_wait_ns.store(0, std::memory_order_relaxed);
+  g.win_allowed_ns.store(0, std::memory_order_relaxed);
+}
+
+void guard_note_region(std::int64_t work_ns, std::int64_t wait_ns, int threads) {
   ThreadGuard& g = thread_guard;
   g.team_regions.fetch_add(1, std::memory_order_relaxed);
   if (!g.enabled.load(std::memory_order_relaxed)) return;
-  const bool stalled = wait_ns > kStallNs && wait_ns > 2 * work_ns;
   const std::int64_t solo_until = g.solo_until_ns.load(std::memory_order_relaxed);
+  const int last_threads = g.last_threads.exchange(threads, std::memory_order_relaxed);
+  const std::int64_t now = now_ns();
+  if (solo_until != 0 || last_threads != threads) {
+    // The first region after the loops ran alone (the probe) or after the
+    // team changed size is not judged: its workers were asleep (idle through
+    // the back-off, or not used at this size), and waking a sleeping thread,
+    // on a VM an idle virtual CPU, takes 0.1 to over 1 ms on a quiet machine
+    // too. Judged, every probe stalled, the back-off grew to 1 s and a quiet
+    // machine ran on one thread (batch 1: 0.95x of 1 thread instead of
+    // 1.30x). The team is taken back and the regions after it are judged.
+    if (solo_until != 0) {
+      g.solo_until_ns.store(0, std::memory_order_relaxed);
+      g.resumed_ns.store(now, std::memory_order_relaxed);
+    }
+    reset_window(g);
+    return;
+  }
+  const bool stalled =
+      (wait_ns > kStallNs && wait_ns > 2 * work_ns) || slow_window(g, work_ns, wait_ns, threads);
   const std::int64_t resumed = g.resumed_ns.load(std::memory_order_relaxed);
   std::int64_t backoff = g.backoff_ns.load(std::memory_order_relaxed);
-  const std::int64_t now = now_ns();
   if (stalled) {
     g.stalls.fetch_add(1, std::memory_order_relaxed);
-    // Stalled again soon after the team came back (or on the probe itself):
-    // the neighbour is still there, wait longer before the next probe.
-    if (solo_until != 0 || now - resumed < 4 * backoff) backoff = std::min(2 * backoff, kMaxBackoffNs);
+    // Stalled again soon after the team came back: the neighbour is still
+    // there, wait longer before the next probe.
+    if (now - resumed < 4 * backoff) backoff = std::min(2 * backoff, kMaxBackoffNs);
     g.backoff_ns.store(backoff, std::memory_order_relaxed);
     g.solo_until_ns.store(now + backoff, std::memory_order_relaxed);
-  } else if (solo_until != 0) {
-    // A clean probe: the team again. The back-off is kept until the team has
-    // run clean for a while (below): one lucky probe proves little.
-    g.solo_until_ns.store(0, std::memory_order_relaxed);
-    g.resumed_ns.store(now, std::memory_order_relaxed);
+    reset_window(g);
   } else if (backoff > kMinBackoffNs && now - resumed > 4 * backoff) {
+    // The team has run clean for four back-off periods: probe sooner next time.
     g.backoff_ns.store(std::max(backoff / 2, kMinBackoffNs), std::memory_order_relaxed);
     g.resumed_ns.store(now, std::memory_order_relaxed);
   }
@@ -100,7 +139,16 @@ void guard_note_region(std::int64_t work_ns, std::int64_t wait_ns) {
 
 void worker_delay() {
   const std::int64_t d = thread_guard.worker_delay_ns.load(std::memory_order_relaxed);
-  if (d > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(d));
+  if (d <= 0) return;
+  if (d >= 1'000'000) {
+    std::this_thread::sleep_for(std::chrono::nanoseconds(d));
+    return;
+  }
+  // Below 1 ms a spin: a sleep would overshoot by the timer slack (~50 µs
+  // and more), and the short-delay tests need the lateness they ask for.
+  const std::int64_t until = now_ns() + d;
+  while (now_ns() < until) {
+  }
 }
 }  // namespace detail
 

@@ -129,8 +129,10 @@ def get_adaptive_threads() -> bool:
 def thread_stats() -> dict:
     """What the oversubscription guard saw since import: ``team_regions``
     (loops run by the thread team), ``solo_regions`` (loops run on the calling
-    thread alone because of a recent stall), ``stalls``, ``solo_now`` and the
-    current ``backoff_ms``, plus ``enabled``."""
+    thread alone because of a recent stall), ``stalls`` (of which
+    ``slow_windows`` were found by judging many short loops together: over a
+    2 ms window the team took longer than one thread would have), ``solo_now``
+    and the current ``backoff_ms``, plus ``enabled``."""
     return dict(_core.thread_guard_stats())
 
 

@@ -73,25 +73,38 @@ inline void sync_fp_mode() {
 // ran 2x slower on 2 threads than on 1 (issue 15). parallel_for therefore
 // times each multi-thread region: when the calling thread finishes its share
 // and then waits at the barrier longer than kStallNs and longer than twice its
-// own share took, a worker was off the CPU (a "stall"). After a stall every
+// own share took, a worker was off the CPU (a "stall"). Short regions (a
+// batch-1 or batch-32 step's, tens of µs) are judged together as well: over
+// each window of kWindowNs of regions, when the calling thread waited longer
+// than (threads - 1) x its own shares, the team took longer than the calling
+// thread alone would have (threads x its share), and that counts as a stall
+// too (workers late by 0.1-0.3 ms each time, below kStallNs, had cost those
+// steps 26-28% against one thread). After a stall every
 // region runs on the calling thread alone for a back-off period, then the
-// team is tried again; the period doubles (20 ms up to 1 s) while stalls come
-// back soon after the team does, and halves after the team has run clean for
-// four periods. Results are unchanged: every loop's
+// team is tried again (its first region, whose workers were asleep, is not
+// judged, nor the first at a new team size); the period doubles (20 ms up to
+// 1 s) while stalls come back soon after the team does, and halves after the
+// team has run clean for four periods. Results are unchanged: every loop's
 // pieces are split by shape, never by thread count (see the top of this file).
 // NERVE_ADAPTIVE_THREADS=0 or nv.set_adaptive_threads(False) turns it off.
 namespace detail {
 constexpr std::int64_t kStallNs = 300'000;            // 0.3 ms: far above a quiet wake-up
 constexpr std::int64_t kMinBackoffNs = 20'000'000;    // 20 ms alone after a first stall
 constexpr std::int64_t kMaxBackoffNs = 1'000'000'000; // at most 1 s between probes
+constexpr std::int64_t kWindowNs = 2'000'000;         // short regions judged over >= 2 ms
 struct ThreadGuard {
   std::atomic<bool> enabled{true};
   std::atomic<std::int64_t> solo_until_ns{0};  // 0: the team is in use
   std::atomic<std::int64_t> backoff_ns{kMinBackoffNs};
   std::atomic<std::int64_t> resumed_ns{0};     // when the team was last taken back
+  std::atomic<int> last_threads{0};            // the team size of the last region
   std::atomic<std::uint64_t> team_regions{0}, solo_regions{0}, stalls{0};
-  // Test hook: worker threads sleep this long as a region starts (a simulated
-  // neighbour that holds their core). 0 in normal use.
+  std::atomic<std::uint64_t> slow_windows{0};  // stalls found by the window test
+  // The current window: the calling threads' own shares and their waits (and
+  // the shares times threads - 1, what the others' waits are weighed against).
+  std::atomic<std::int64_t> win_work_ns{0}, win_wait_ns{0}, win_allowed_ns{0};
+  // Test hook: worker threads sleep this long (spin, below 1 ms) as a region
+  // starts (a simulated neighbour that holds their core). 0 in normal use.
   std::atomic<std::int64_t> worker_delay_ns{0};
 };
 extern ThreadGuard thread_guard;
@@ -104,9 +117,9 @@ inline bool guard_says_solo() {
   thread_guard.solo_regions.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
-// Records a team region: the calling thread's own share took `work_ns`, then
-// it waited `wait_ns` for the others.
-void guard_note_region(std::int64_t work_ns, std::int64_t wait_ns);
+// Records a team region of `threads` threads: the calling thread's own share
+// took `work_ns`, then it waited `wait_ns` for the others.
+void guard_note_region(std::int64_t work_ns, std::int64_t wait_ns, int threads);
 void worker_delay();
 }  // namespace detail
 
@@ -136,7 +149,7 @@ inline void parallel_for(Index count, int threads, F&& body) {
 #endif
   }
   const std::int64_t end = detail::now_ns();
-  detail::guard_note_region(own_done - start, end - own_done);
+  detail::guard_note_region(own_done - start, end - own_done, threads);
 }
 
 }  // namespace nerve
