@@ -233,7 +233,10 @@ def main(argv=None):
     for p in peers:
         if p not in ("torch", "jax"):
             ap.error(f"unknown peer {p!r}: choose from torch, jax")
-    cells = a.cells.split(",")
+    cells = [c.strip().upper() for c in a.cells.split(",")]
+    unknown = [c for c in cells if c not in GATES]
+    if unknown:
+        ap.error(f"--cells: unknown {', '.join(unknown)} (choose from {', '.join(GATES)})")
     hiddens = [int(h) for h in a.hidden.split(",")]
     batches = [int(b) for b in a.batches.split(",")]
     threads = [int(t) for t in a.threads.split(",")]
