@@ -142,12 +142,21 @@ def test_short_late_starts_add_up_to_a_stall(guard):
     a = r.standard_normal((128, 64)).astype(np.float32)
     b = r.standard_normal((64, 64)).astype(np.float32)
     ref = np.zeros((128, 64), np.float32)
-    nv.set_num_threads(1)
-    t1 = min(_timed(lambda: _core.gemm(a, b, ref, False, False, False)) for _ in range(5))
-    nv.set_num_threads(2)
     # The test needs the calling thread's share (about half of t1) well below
-    # the workers' lateness.
-    assert t1 / 2 < 150e-6, f"the product took {t1 * 1e6:.0f} µs on one thread"
+    # the workers' lateness. On a machine whose other processes hold the core
+    # (CI once measured 348 µs, 30x the quiet time) the premise does not hold
+    # and the check says so instead of judging the guard on it; the decision
+    # itself is covered by the tests on reported timings below.
+    nv.set_num_threads(1)
+    for attempt in range(4):
+        t1 = min(_timed(lambda: _core.gemm(a, b, ref, False, False, False)) for _ in range(30))
+        if t1 / 2 < 150e-6:
+            break
+        time.sleep(0.25)
+    else:
+        pytest.skip(f"machine too loaded for a real-timing check: the product took "
+                    f"{t1 * 1e6:.0f} µs on one thread (quiet: ~20 µs)")
+    nv.set_num_threads(2)
     _core._reset_thread_guard()
     _core._set_worker_delay_ns(200_000)
     c = np.empty_like(ref)
