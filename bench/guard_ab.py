@@ -17,17 +17,7 @@ import numpy as np
 
 import nerve as nv
 from nerve import _core
-
-MODELS = {"ref": (784, [512, 256]), "deep": (784, [128] * 20), "wide": (784, [2048, 2048])}
-
-
-def build(model):
-    n_in, hidden = MODELS[model]
-    nv.manual_seed(0)
-    layers = [nv.layers.Dense(h, activation="relu") for h in hidden] + [nv.layers.Dense(10)]
-    m = nv.Sequential(layers, input_dim=n_in)
-    m.compile(optimizer="adam", loss="cross_entropy")
-    return m
+from nerve.benchmark import MODELS, _init_weights, _nerve_model
 
 
 def rate(m, x, y, seconds):
@@ -47,13 +37,15 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=0.2)
     a = ap.parse_args(argv)
-    m = build(a.model)
+    sizes = MODELS[a.model]  # the models of bench/train_mlp.py
+    m = _nerve_model(sizes, _init_weights(sizes), 1e-4)
+    was_on = nv.get_adaptive_threads()
     r = np.random.default_rng(0)
     print("| batch | 1T samples/s | 2T guard | 2T no guard | guard stalls | slow windows | solo regions |")
     print("|---|---|---|---|---|---|---|")
     for b in (int(v) for v in a.batches.split(",")):
-        x = r.standard_normal((b, MODELS[a.model][0])).astype(np.float32)
-        y = r.integers(0, 10, b)
+        x = r.standard_normal((b, sizes[0])).astype(np.float32)
+        y = r.integers(0, sizes[-1], b)
         res = {"1T": [], "guard": [], "off": []}
         for _ in range(a.rounds):
             nv.set_num_threads(1)
@@ -65,7 +57,7 @@ def main(argv=None):
             st = nv.thread_stats()
             nv.set_adaptive_threads(False)
             res["off"].append(rate(m, x, y, a.seconds))
-        nv.set_adaptive_threads(True)
+        nv.set_adaptive_threads(was_on)
         med = {k: statistics.median(v) for k, v in res.items()}
         print(f"| {b} | {med['1T']:,.0f} | {med['guard']:,.0f} | {med['off']:,.0f} | "
               f"{st['stalls']} | {st['slow_windows']} | {st['solo_regions']} |", flush=True)

@@ -144,11 +144,11 @@ def test_short_late_starts_add_up_to_a_stall(guard):
     ref = np.zeros((128, 64), np.float32)
     # The test needs the calling thread's share (about half of t1) well below
     # the workers' lateness. On a machine whose other processes hold the core
-    # (CI once measured 348 µs, 30x the quiet time) the premise does not hold
+    # (CI once measured 348 µs, ~17x the quiet time) the premise does not hold
     # and the check says so instead of judging the guard on it; the decision
     # itself is covered by the tests on reported timings below.
     nv.set_num_threads(1)
-    for attempt in range(4):
+    for _ in range(4):
         t1 = min(_timed(lambda: _core.gemm(a, b, ref, False, False, False)) for _ in range(30))
         if t1 / 2 < 150e-6:
             break
