@@ -26,7 +26,9 @@ bin=build/dev/bench/bench_kernels
     --rounds 3 --json "$out/train_mlp_wide.json"
   # The same steps with a process spinning on one core (the busy neighbour):
   # 2 threads against 1, guard on and off, and PyTorch.
-  python3 bench/busy_neighbour.py --against torch --batches 1,32,128,512,2048
+  python3 bench/busy_neighbour.py --against torch --batches 1,32,128,512,2048 --rounds 7
+  # And with no neighbour: the guard must keep the 2-thread speed-up (stalls ~0).
+  python3 bench/busy_neighbour.py --neighbours 0 --batches 1,32,128,512,2048
   # The reference model again at the avx2 level (issue 15: tables at each level).
   NERVE_CPU=avx2 python3 bench/train_mlp.py --against torch,jax --threads 1,2 --rounds 5 --seconds 0.15 \
     --json "$out/train_mlp_ref_avx2.json"

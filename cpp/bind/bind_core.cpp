@@ -149,6 +149,7 @@ void bind_core(py::module_& m) {
     d["solo_regions"] = g.solo_regions.load();
     d["stalls"] = g.stalls.load();
     d["slow_windows"] = g.slow_windows.load();
+    d["preempted_windows"] = g.preempted_windows.load();
     const std::int64_t until = g.solo_until_ns.load();
     d["solo_now"] = until != 0 && detail::now_ns() < until;
     d["backoff_ms"] = static_cast<double>(g.backoff_ns.load()) / 1e6;
@@ -158,19 +159,12 @@ void bind_core(py::module_& m) {
   m.def("_set_worker_delay_ns", [](std::int64_t ns) { detail::thread_guard.worker_delay_ns.store(ns); },
         py::arg("ns"), "Test hook: worker threads sleep this long as each parallel region starts.");
   m.def("_reset_thread_guard", [] {
-    detail::ThreadGuard& g = detail::thread_guard;
-    g.solo_until_ns.store(0);
-    g.backoff_ns.store(detail::kMinBackoffNs);
-    g.resumed_ns.store(0);
-    g.team_regions.store(0);
-    g.solo_regions.store(0);
-    g.stalls.store(0);
-    g.slow_windows.store(0);
-    g.last_threads.store(0);
-    g.win_work_ns.store(0);
-    g.win_wait_ns.store(0);
-    g.win_allowed_ns.store(0);
+    detail::reset_thread_guard();
   }, "Test hook: forget the guard's state and counters.");
+  m.def("_set_fake_run_delay_ns", [](std::int64_t ns) { detail::thread_guard.fake_run_delay_ns.store(ns); },
+        py::arg("ns"), "Test hook: the run delay every thread reads (ns); -1: the kernel's again.");
+  m.def("_run_delay_ns", &detail::run_delay_ns,
+        "The calling thread's time runnable but waiting for a CPU (ns; Linux schedstat), -1 where unknown.");
   m.def("_guard_note_region", [](std::int64_t work_ns, std::int64_t wait_ns, int threads) {
     if (work_ns < 0 || wait_ns < 0 || threads < 2) throw std::invalid_argument("_guard_note_region: bad timing");
     detail::guard_note_region(work_ns, wait_ns, threads);

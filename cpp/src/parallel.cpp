@@ -9,6 +9,10 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #endif
+#ifdef __linux__
+#include <fcntl.h>
+#include <unistd.h>
+#endif
 
 namespace nerve {
 
@@ -71,29 +75,119 @@ std::int64_t now_ns() {
       .count();
 }
 
-// The window test (parallel.hpp): true when the window that this region
-// completes shows the team slower than the calling thread alone.
-bool slow_window(ThreadGuard& g, std::int64_t work_ns, std::int64_t wait_ns, int threads) {
-  constexpr auto relaxed = std::memory_order_relaxed;
-  const std::int64_t work = g.win_work_ns.fetch_add(work_ns, relaxed) + work_ns;
-  const std::int64_t wait = g.win_wait_ns.fetch_add(wait_ns, relaxed) + wait_ns;
-  const std::int64_t allowed =
-      g.win_allowed_ns.fetch_add(static_cast<std::int64_t>(threads - 1) * work_ns, relaxed) +
-      static_cast<std::int64_t>(threads - 1) * work_ns;
-  if (work + wait < kWindowNs) return false;
-  // (Concurrent callers may both close a window: one extra reset, no harm.)
+std::int64_t run_delay_ns() {
+  const std::int64_t fake = thread_guard.fake_run_delay_ns.load(std::memory_order_relaxed);
+  if (fake >= 0) return fake;
+#ifdef __linux__
+  // /proc/thread-self/schedstat: "<ns on CPU> <ns runnable, waiting> <slices>".
+  // The file stays open for the thread's life (a pread is ~1 µs, once per
+  // run-delay window of >= 8 ms of regions). A forked child inherits the descriptor, which still
+  // names the parent's thread: it is reopened when the process id changes.
+  struct File {
+    int fd = -2;  // -2: not opened yet; -1: no such file here
+    pid_t pid = 0;
+    ~File() {
+      if (fd >= 0) ::close(fd);
+    }
+  };
+  thread_local File f;
+  const pid_t pid = ::getpid();
+  if (f.fd == -2 || f.pid != pid) {
+    if (f.fd >= 0) ::close(f.fd);
+    f.fd = ::open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    f.pid = pid;
+  }
+  if (f.fd < 0) return -1;
+  char buf[96];
+  const ssize_t n = ::pread(f.fd, buf, sizeof buf - 1, 0);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  char* end = nullptr;
+  std::strtoull(buf, &end, 10);  // time on a CPU
+  if (end == buf) return -1;
+  const char* delay = end;
+  const unsigned long long d = std::strtoull(delay, &end, 10);
+  if (end == delay) return -1;
+  return static_cast<std::int64_t>(d);
+#else
+  return -1;
+#endif
+}
+
+namespace {
+constexpr auto relaxed = std::memory_order_relaxed;
+
+// Tells threads apart cheaply: the address of a thread_local.
+std::uintptr_t this_thread_token() {
+  static thread_local char token;
+  return reinterpret_cast<std::uintptr_t>(&token);
+}
+
+void open_cost_window(ThreadGuard& g) {
   g.win_work_ns.store(0, relaxed);
   g.win_wait_ns.store(0, relaxed);
   g.win_allowed_ns.store(0, relaxed);
+}
+
+// Opens a run-delay window on the calling thread (a reading of its run delay).
+void open_delay_window(ThreadGuard& g) {
+  const std::int64_t delay = run_delay_ns();
+  g.delay_win_ns.store(0, relaxed);
+  g.delay_open_value_ns.store(delay, relaxed);
+  g.delay_open_ns.store(now_ns(), relaxed);
+  g.delay_owner.store(delay >= 0 ? this_thread_token() : 0, relaxed);
+}
+
+void open_windows(ThreadGuard& g) {
+  open_cost_window(g);
+  open_delay_window(g);
+}
+
+// The cost test (parallel.hpp): true when the window that this region
+// completes shows the team slower than the calling thread alone.
+// (Concurrent callers may both close a window: one extra reset, no harm.)
+bool slow_window(ThreadGuard& g, std::int64_t work_ns, std::int64_t wait_ns, int threads) {
+  const std::int64_t others = static_cast<std::int64_t>(threads - 1) * work_ns;
+  const std::int64_t work = g.win_work_ns.fetch_add(work_ns, relaxed) + work_ns;
+  const std::int64_t wait = g.win_wait_ns.fetch_add(wait_ns, relaxed) + wait_ns;
+  const std::int64_t allowed = g.win_allowed_ns.fetch_add(others, relaxed) + others;
+  if (work + wait < kCostWindowNs) return false;
+  open_cost_window(g);
   if (wait <= allowed) return false;
   g.slow_windows.fetch_add(1, relaxed);
   return true;
 }
 
-void reset_window(ThreadGuard& g) {
-  g.win_work_ns.store(0, std::memory_order_relaxed);
-  g.win_wait_ns.store(0, std::memory_order_relaxed);
-  g.win_allowed_ns.store(0, std::memory_order_relaxed);
+// The run-delay test (parallel.hpp), on the window this region completes:
+// true when the calling thread waited for a CPU for more than
+// 1/kRunDelayShare of the window's wall time. Judged only on the thread that
+// opened the window (a run delay is per thread).
+bool preempted_window(ThreadGuard& g, std::int64_t region_ns, std::int64_t now) {
+  if (g.delay_win_ns.fetch_add(region_ns, relaxed) + region_ns < kDelayWindowNs) return false;
+  bool preempted = false;
+  if (g.delay_owner.load(relaxed) == this_thread_token()) {
+    const std::int64_t delay = run_delay_ns() - g.delay_open_value_ns.load(relaxed);
+    const std::int64_t wall = now - g.delay_open_ns.load(relaxed);
+    preempted = delay > kMinRunDelayNs && kRunDelayShare * delay > wall;
+  }
+  open_delay_window(g);
+  if (preempted) g.preempted_windows.fetch_add(1, relaxed);
+  return preempted;
+}
+}  // namespace
+
+void reset_thread_guard() {
+  ThreadGuard& g = thread_guard;
+  g.solo_until_ns.store(0);
+  g.backoff_ns.store(kMinBackoffNs);
+  g.resumed_ns.store(0);
+  g.last_threads.store(0);
+  g.team_regions.store(0);
+  g.solo_regions.store(0);
+  g.stalls.store(0);
+  g.slow_windows.store(0);
+  g.preempted_windows.store(0);
+  open_windows(g);
 }
 
 void guard_note_region(std::int64_t work_ns, std::int64_t wait_ns, int threads) {
@@ -115,11 +209,12 @@ void guard_note_region(std::int64_t work_ns, std::int64_t wait_ns, int threads) 
       g.solo_until_ns.store(0, std::memory_order_relaxed);
       g.resumed_ns.store(now, std::memory_order_relaxed);
     }
-    reset_window(g);
+    open_windows(g);
     return;
   }
-  const bool stalled =
-      (wait_ns > kStallNs && wait_ns > 2 * work_ns) || slow_window(g, work_ns, wait_ns, threads);
+  // Both tests run (each keeps its window going).
+  const bool slow = slow_window(g, work_ns, wait_ns, threads);
+  const bool stalled = preempted_window(g, work_ns + wait_ns, now) || slow;
   const std::int64_t resumed = g.resumed_ns.load(std::memory_order_relaxed);
   std::int64_t backoff = g.backoff_ns.load(std::memory_order_relaxed);
   if (stalled) {
@@ -129,7 +224,7 @@ void guard_note_region(std::int64_t work_ns, std::int64_t wait_ns, int threads) 
     if (now - resumed < 4 * backoff) backoff = std::min(2 * backoff, kMaxBackoffNs);
     g.backoff_ns.store(backoff, std::memory_order_relaxed);
     g.solo_until_ns.store(now + backoff, std::memory_order_relaxed);
-    reset_window(g);
+    open_windows(g);
   } else if (backoff > kMinBackoffNs && now - resumed > 4 * backoff) {
     // The team has run clean for four back-off periods: probe sooner next time.
     g.backoff_ns.store(std::max(backoff / 2, kMinBackoffNs), std::memory_order_relaxed);

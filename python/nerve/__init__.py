@@ -107,8 +107,11 @@ def set_adaptive_threads(on: bool) -> None:
     a worker thread is often off the CPU as a parallel loop starts, and the
     loop waits for the scheduler to give it a time slice: two threads were 2x
     slower than one (bench/busy_neighbour.py). With the guard on, nerve times
-    each multi-thread loop; when the calling thread waits at the end more than
-    0.3 ms and more than twice its own share took, the loops run on the calling
+    each multi-thread loop. When, over 16 ms of loops, the calling thread
+    waited for the others longer than the others' shares would have taken it
+    alone (the team was slower than one thread), or, over 8 ms of loops, it
+    waited for a CPU itself more than a quarter of the time (Linux reports
+    this; a sleeping thread does not count), the loops run on the calling
     thread alone for a while (20 ms, doubling up to 1 s while stalls come back
     soon after the team does, halving after it has run clean for four such
     periods), then the team is tried again.
@@ -130,8 +133,9 @@ def thread_stats() -> dict:
     """What the oversubscription guard saw since import: ``team_regions``
     (loops run by the thread team), ``solo_regions`` (loops run on the calling
     thread alone because of a recent stall), ``stalls`` (of which
-    ``slow_windows`` were found by judging many short loops together: over a
-    2 ms window the team took longer than one thread would have), ``solo_now``
+    ``slow_windows`` were found by the waits: over a 16 ms window the team
+    took longer than one thread would have; and ``preempted_windows`` by the
+    calling thread's own wait for a CPU over an 8 ms window), ``solo_now``
     and the current ``backoff_ms``, plus ``enabled``."""
     return dict(_core.thread_guard_stats())
 

@@ -71,27 +71,46 @@ inline void sync_fp_mode() {
 // parallel region starts: the team's barrier then waits for the scheduler to
 // give it a time slice (milliseconds), and a step made of dozens of regions
 // ran 2x slower on 2 threads than on 1 (issue 15). parallel_for therefore
-// times each multi-thread region: when the calling thread finishes its share
-// and then waits at the barrier longer than kStallNs and longer than twice its
-// own share took, a worker was off the CPU (a "stall"). Short regions (a
-// batch-1 or batch-32 step's, tens of µs) are judged together as well: over
-// each window of kWindowNs of regions, when the calling thread waited longer
-// than (threads - 1) x its own shares, the team took longer than the calling
-// thread alone would have (threads x its share), and that counts as a stall
-// too (workers late by 0.1-0.3 ms each time, below kStallNs, had cost those
-// steps 26-28% against one thread). After a stall every
-// region runs on the calling thread alone for a back-off period, then the
-// team is tried again (its first region, whose workers were asleep, is not
-// judged, nor the first at a new team size); the period doubles (20 ms up to
-// 1 s) while stalls come back soon after the team does, and halves after the
-// team has run clean for four periods. Results are unchanged: every loop's
-// pieces are split by shape, never by thread count (see the top of this file).
+// times each multi-thread region (the calling thread's own share, then its
+// wait for the others) and the guard applies two tests:
+// - Cost, over each window of kCostWindowNs of regions: the calling thread
+//   waited longer than (threads - 1) x its own shares, so the team took
+//   longer than the calling thread alone would have (threads x its share).
+//   The window is long so that one late worker (a hypervisor pause, a daemon
+//   waking up: 0.3-1 ms a few times a second on the 2-core VM of
+//   bench/README.md) is weighed against the time the team saved around it.
+//   Judged one region at a time (a wait over 0.3 ms and over twice the
+//   share), such events sent the loops to one thread on a quiet machine and
+//   cost 10-18% at batch 128-512 against no guard.
+// - Run delay, over each window of kDelayWindowNs of regions: where the
+//   kernel reports it (Linux schedstat's run_delay, the time a thread was
+//   runnable but waiting for a CPU), the calling thread waited for a CPU more
+//   than 1/kRunDelayShare of the window's wall time, and more than
+//   kMinRunDelayNs. A worker off its core shows as a wait at the barrier
+//   only when the scheduler happens to take the worker's core; when it takes
+//   the calling thread's, the step just runs at 2/3 speed (three busy threads
+//   on two cores) and the cost test sees nothing: at batch 1 the first stall
+//   took from 0.3 to 250 ms to find without this test, 0.3 to 16 ms with it.
+//   A thread that sleeps (I/O, a lock) is not runnable and does not count.
+//   The window is long enough that a kernel thread taking a core for a
+//   millisecond or two (on the benchmark VM, one every 512 ms) stays under
+//   the share: over 2 ms windows it sent batch-32 steps to one thread twice
+//   a second on a quiet machine.
+// Either is a "stall": every region then runs on the calling thread alone
+// for a back-off period, then the team is tried again (its first region,
+// whose workers were asleep, is not judged, nor the first at a new team
+// size); the period doubles (20 ms up to 1 s) while stalls come back soon
+// after the team does, and halves after the team has run clean for four
+// periods. Results are unchanged: every loop's pieces are split by shape,
+// never by thread count (see the top of this file).
 // NERVE_ADAPTIVE_THREADS=0 or nv.set_adaptive_threads(False) turns it off.
 namespace detail {
-constexpr std::int64_t kStallNs = 300'000;            // 0.3 ms: far above a quiet wake-up
 constexpr std::int64_t kMinBackoffNs = 20'000'000;    // 20 ms alone after a first stall
 constexpr std::int64_t kMaxBackoffNs = 1'000'000'000; // at most 1 s between probes
-constexpr std::int64_t kWindowNs = 2'000'000;         // short regions judged over >= 2 ms
+constexpr std::int64_t kCostWindowNs = 16'000'000;    // waits weighed over >= 16 ms of regions
+constexpr std::int64_t kDelayWindowNs = 8'000'000;    // run delay read every >= 8 ms of regions
+constexpr std::int64_t kRunDelayShare = 4;            // waited for a CPU > 1/4 of the wall time
+constexpr std::int64_t kMinRunDelayNs = 300'000;      // and > 0.3 ms
 struct ThreadGuard {
   std::atomic<bool> enabled{true};
   std::atomic<std::int64_t> solo_until_ns{0};  // 0: the team is in use
@@ -99,10 +118,18 @@ struct ThreadGuard {
   std::atomic<std::int64_t> resumed_ns{0};     // when the team was last taken back
   std::atomic<int> last_threads{0};            // the team size of the last region
   std::atomic<std::uint64_t> team_regions{0}, solo_regions{0}, stalls{0};
-  std::atomic<std::uint64_t> slow_windows{0};  // stalls found by the window test
-  // The current window: the calling threads' own shares and their waits (and
+  std::atomic<std::uint64_t> slow_windows{0};       // stalls found by the cost test
+  std::atomic<std::uint64_t> preempted_windows{0};  // stalls found by the run-delay test
+  // The cost window: the calling threads' own shares and their waits (and
   // the shares times threads - 1, what the others' waits are weighed against).
   std::atomic<std::int64_t> win_work_ns{0}, win_wait_ns{0}, win_allowed_ns{0};
+  // The run-delay window: its regions' time so far, when it opened, on which
+  // thread (the reading is that thread's; 0: no reading) and that thread's
+  // run delay then (ns).
+  std::atomic<std::int64_t> delay_win_ns{0}, delay_open_ns{0}, delay_open_value_ns{0};
+  std::atomic<std::uintptr_t> delay_owner{0};
+  // Test hook: when >= 0, the run delay every thread reads (ns). -1 in normal use.
+  std::atomic<std::int64_t> fake_run_delay_ns{-1};
   // Test hook: worker threads sleep this long (spin, below 1 ms) as a region
   // starts (a simulated neighbour that holds their core). 0 in normal use.
   std::atomic<std::int64_t> worker_delay_ns{0};
@@ -120,6 +147,11 @@ inline bool guard_says_solo() {
 // Records a team region of `threads` threads: the calling thread's own share
 // took `work_ns`, then it waited `wait_ns` for the others.
 void guard_note_region(std::int64_t work_ns, std::int64_t wait_ns, int threads);
+// The calling thread's time spent runnable but not running since it started
+// (ns), or -1 where the kernel does not say.
+std::int64_t run_delay_ns();
+// Forgets the guard's state and counters (tests); leaves enabled and the hooks alone.
+void reset_thread_guard();
 void worker_delay();
 }  // namespace detail
 
