@@ -112,7 +112,7 @@ def set_adaptive_threads(on: bool) -> None:
     alone (the team was slower than one thread), or, over 8 ms of loops, it
     waited for a CPU itself more than a quarter of the time (Linux reports
     this; a sleeping thread does not count), the loops run on the calling
-    thread alone for a while (20 ms, doubling up to 1 s while stalls come back
+    thread alone for a while (100 ms, doubling up to 1 s while stalls come back
     soon after the team does, halving after it has run clean for four such
     periods), then the team is tried again.
     Results do not change: the work is split by shape, not by thread count.

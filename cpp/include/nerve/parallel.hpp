@@ -99,13 +99,19 @@ inline void sync_fp_mode() {
 // Either is a "stall": every region then runs on the calling thread alone
 // for a back-off period, then the team is tried again (its first region,
 // whose workers were asleep, is not judged, nor the first at a new team
-// size); the period doubles (20 ms up to 1 s) while stalls come back soon
+// size); the period doubles (100 ms up to 1 s) while stalls come back soon
 // after the team does, and halves after the team has run clean for four
 // periods. Results are unchanged: every loop's pieces are split by shape,
 // never by thread count (see the top of this file).
 // NERVE_ADAPTIVE_THREADS=0 or nv.set_adaptive_threads(False) turns it off.
 namespace detail {
-constexpr std::int64_t kMinBackoffNs = 20'000'000;    // 20 ms alone after a first stall
+// 100 ms alone after a first stall. Each trial of the team under a neighbour
+// costs a wait of 16 ms or more for the worker to get the neighbour's core;
+// from 20 ms, back-offs of 20, 40, 80 ms put five trials into a 0.3 s run
+// (`nerve train` on the digits: 0.72x of one thread's speed; from 100 ms
+// 0.87-0.93x, medians of 5 alternating runs). Stalls on a quiet machine
+// being rare (0-1 per benchmark run), the longer first back-off costs it little.
+constexpr std::int64_t kMinBackoffNs = 100'000'000;
 constexpr std::int64_t kMaxBackoffNs = 1'000'000'000; // at most 1 s between probes
 constexpr std::int64_t kCostWindowNs = 16'000'000;    // waits weighed over >= 16 ms of regions
 constexpr std::int64_t kDelayWindowNs = 8'000'000;    // run delay read every >= 8 ms of regions
