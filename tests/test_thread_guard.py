@@ -5,6 +5,7 @@ A worker held off its core is simulated with the test hook
 _core._set_worker_delay_ns (workers sleep, or below 1 ms spin, as each region starts), so these
 tests check the guard's decisions, not timings of the machine."""
 import os
+import threading
 import time
 
 import numpy as np
@@ -276,8 +277,6 @@ def test_a_calling_thread_kept_waiting_for_a_cpu_is_a_stall(guard):
 def test_run_delay_is_judged_on_the_thread_that_read_it(guard):
     """A run delay is per thread: a window opened on one thread and closed
     by regions of another is not judged (the two readings do not compare)."""
-    import threading
-
     note(1000, 0, 1)              # opens the windows on this thread
     _core._set_fake_run_delay_ns(10**9)
     t = threading.Thread(target=note, args=(1000, 0, 8))
@@ -303,7 +302,6 @@ def test_run_delay_reads_this_threads_schedstat():
         after = read()
         assert before <= got <= after
     # Another thread reads its own.
-    import threading
     out = {}
     t = threading.Thread(target=lambda: out.update(nerve=_core._run_delay_ns(), py=read()))
     t.start()

@@ -81,8 +81,9 @@ std::int64_t run_delay_ns() {
 #ifdef __linux__
   // /proc/thread-self/schedstat: "<ns on CPU> <ns runnable, waiting> <slices>".
   // The file stays open for the thread's life (a pread is ~1 µs, once per
-  // run-delay window of >= 8 ms of regions). A forked child inherits the descriptor, which still
-  // names the parent's thread: it is reopened when the process id changes.
+  // run-delay window of >= 8 ms of regions). A forked child inherits the
+  // descriptor, which still names the parent's thread: it is reopened when
+  // the process id changes.
   struct File {
     int fd = -2;  // -2: not opened yet; -1: no such file here
     pid_t pid = 0;
@@ -126,7 +127,6 @@ std::uintptr_t this_thread_token() {
 void open_cost_window(ThreadGuard& g) {
   g.win_work_ns.store(0, relaxed);
   g.win_wait_ns.store(0, relaxed);
-  g.win_allowed_ns.store(0, relaxed);
 }
 
 // Opens a run-delay window on the calling thread (a reading of its run delay).
@@ -147,13 +147,11 @@ void open_windows(ThreadGuard& g) {
 // completes shows the team slower than the calling thread alone.
 // (Concurrent callers may both close a window: one extra reset, no harm.)
 bool slow_window(ThreadGuard& g, std::int64_t work_ns, std::int64_t wait_ns, int threads) {
-  const std::int64_t others = static_cast<std::int64_t>(threads - 1) * work_ns;
   const std::int64_t work = g.win_work_ns.fetch_add(work_ns, relaxed) + work_ns;
   const std::int64_t wait = g.win_wait_ns.fetch_add(wait_ns, relaxed) + wait_ns;
-  const std::int64_t allowed = g.win_allowed_ns.fetch_add(others, relaxed) + others;
   if (work + wait < kCostWindowNs) return false;
   open_cost_window(g);
-  if (wait <= allowed) return false;
+  if (wait <= static_cast<std::int64_t>(threads - 1) * work) return false;
   g.slow_windows.fetch_add(1, relaxed);
   return true;
 }

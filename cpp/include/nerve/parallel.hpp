@@ -90,7 +90,7 @@ inline void sync_fp_mode() {
 //   only when the scheduler happens to take the worker's core; when it takes
 //   the calling thread's, the step just runs at 2/3 speed (three busy threads
 //   on two cores) and the cost test sees nothing: at batch 1 the first stall
-//   took from 0.3 to 250 ms to find without this test, 0.3 to 16 ms with it.
+//   took from 0.3 to 250 ms to find without this test, 0.3 to 23 ms with it.
 //   A thread that sleeps (I/O, a lock) is not runnable and does not count.
 //   The window is long enough that a kernel thread taking a core for a
 //   millisecond or two (on the benchmark VM, one every 512 ms) stays under
@@ -126,9 +126,10 @@ struct ThreadGuard {
   std::atomic<std::uint64_t> team_regions{0}, solo_regions{0}, stalls{0};
   std::atomic<std::uint64_t> slow_windows{0};       // stalls found by the cost test
   std::atomic<std::uint64_t> preempted_windows{0};  // stalls found by the run-delay test
-  // The cost window: the calling threads' own shares and their waits (and
-  // the shares times threads - 1, what the others' waits are weighed against).
-  std::atomic<std::int64_t> win_work_ns{0}, win_wait_ns{0}, win_allowed_ns{0};
+  // The cost window: the calling threads' own shares and their waits. (The
+  // team size is the same for every region of a window: a new size opens new
+  // windows, so the waits are weighed against (threads - 1) x the shares.)
+  std::atomic<std::int64_t> win_work_ns{0}, win_wait_ns{0};
   // The run-delay window: its regions' time so far, when it opened, on which
   // thread (the reading is that thread's; 0: no reading) and that thread's
   // run delay then (ns).
