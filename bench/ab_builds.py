@@ -22,7 +22,7 @@ import glob, os, sys
 # An editable install (pip install -e) puts an import hook ahead of
 # PYTHONPATH, so both builds would import the installed nerve: drop it when
 # this build holds its own compiled module.
-if glob.glob(os.path.join(sys.argv[4], "nerve", "_core*")):
+if glob.glob(os.path.join(os.environ["PYTHONPATH"], "nerve", "_core*")):
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__]
 import time, statistics, numpy as np, nerve as nv
 model, batch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -55,8 +55,7 @@ print(min(rounds), statistics.median(rounds))
 
 def run(build, args):
     env = dict(os.environ, PYTHONPATH=os.path.abspath(build))
-    out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.threads),
-                          os.path.abspath(build)],
+    out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.threads)],
                          env=env, check=True, capture_output=True, text=True).stdout.split()
     return float(out[0]), float(out[1])
 
