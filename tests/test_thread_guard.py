@@ -165,18 +165,22 @@ def test_short_late_starts_add_up_to_a_stall(guard):
     _core._reset_thread_guard()
     _core._set_worker_delay_ns(200_000)
     c = np.empty_like(ref)
+    start = time.perf_counter()
     for _ in range(1000):
         _core.gemm(a, b, c, False, False, False)
         np.testing.assert_array_equal(c, ref)
         if nv.thread_stats()["slow_windows"]:
             break
+    elapsed = time.perf_counter() - start
     s = nv.thread_stats()
     assert s["slow_windows"] >= 1 and s["stalls"] >= s["slow_windows"]
     _core.gemm(a, b, c, False, False, False)
     assert nv.thread_stats()["solo_regions"] > 0
-    # One region of the team at 0.2 ms does not fill a 16 ms window: the
-    # first window closed after dozens of regions, not on the first.
-    assert s["team_regions"] >= 40
+    # One late region does not decide: the first window closed only after
+    # 16 ms of regions. (Counted in time, not regions: when other processes
+    # load the machine during the test each region takes longer, and a
+    # window once filled in 4 regions instead of the quiet ~70.)
+    assert elapsed >= 0.016 and s["team_regions"] >= 2
 
 
 def _timed(f):
