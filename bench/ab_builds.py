@@ -1,21 +1,35 @@
 """A/B of two builds of nerve on the whole training step.
 
 Each build is a directory holding a `nerve` package (its Python files and
-its `_core` module), e.g. a copy of python/ made before a change. The two
-run in fresh processes, alternating A, B, A, B, ... (a neighbour on a shared
-host then hits both alike); each process times `model.train_step` on a pool
-of 11 batches (as train_mlp.py cycles its batches) in 5 rounds of ~0.1 s and
-reports its best and median round in µs per step. Prints every pair and the
-median over pairs of B's time / A's time (< 1: B is faster).
+its `_core` module), e.g. a copy of python/ made before a change. Each side
+times `model.train_step` on a pool of 11 batches (as train_mlp.py cycles its
+batches). Two ways to alternate them:
+
+- pairs (default): fresh processes alternating A, B, A, B, ...; each times 5
+  rounds of ~0.1 s and reports its best and median round in µs per step.
+  Prints every pair and the median over pairs of B's time / A's time (< 1: B
+  is faster).
+- `--bursts N`: one long-lived process per build, handed N pairs of short
+  bursts (~`--burst-ms` each, after one untimed step) in the order A B, B A,
+  A B, ... A shared host's noise comes and goes over seconds (bench/README.md
+  saw the same step swing ±50% within minutes), so 5 pairs of whole seconds
+  rarely decide a 2-5% lever; hundreds of pairs of 50 ms bursts put both
+  builds under the same noise within each pair. The idle process sleeps
+  between its bursts (a pause of `--gap-ms` lets its OpenMP workers stop
+  spinning before the other runs). Prints the median of the per-pair ratios
+  B / A with a distribution-free 95% interval (order statistics of the
+  ratios) and how many pairs B won.
 
 Run: python bench/ab_builds.py OLD_DIR NEW_DIR [--model ref|deep] [--batch 512]
-     [--threads 2] [--pairs 5]
+     [--threads 2] [--pairs 5 | --bursts 200 [--burst-ms 50] [--gap-ms 20]]
 """
 import argparse
+import math
 import os
 import statistics
 import subprocess
 import sys
+import time
 
 CHILD = r"""
 import glob, os, sys
@@ -38,6 +52,19 @@ xs = [r.standard_normal((batch, 784)).astype(np.float32) for _ in range(pool)]
 ys = [r.integers(0, 10, batch) for _ in range(pool)]
 for i in range(20):
     m.train_step(xs[i % pool], ys[i % pool])
+if len(sys.argv) > 4 and sys.argv[4] == "serve":
+    # One burst per line read: "n" -> one untimed step, then n timed ones;
+    # replies with µs per step. An empty line (end of input) ends it.
+    k = 0
+    for line in sys.stdin:
+        n = int(line)
+        m.train_step(xs[k % pool], ys[k % pool])
+        t0 = time.perf_counter()
+        for i in range(n):
+            m.train_step(xs[(k + i) % pool], ys[(k + i) % pool])
+        k += n + 1
+        print((time.perf_counter() - t0) / n * 1e6, flush=True)
+    sys.exit(0)
 t0, k = time.perf_counter(), 0
 while time.perf_counter() - t0 < 0.1:
     m.train_step(xs[k % pool], ys[k % pool])
@@ -53,11 +80,77 @@ print(min(rounds), statistics.median(rounds))
 """
 
 
-def run(build, args):
+def child_cmd(build, args, *extra):
     env = dict(os.environ, PYTHONPATH=os.path.abspath(build))
-    out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.threads)],
-                         env=env, check=True, capture_output=True, text=True).stdout.split()
+    return [sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.threads), *extra], env
+
+
+def run(build, args):
+    cmd, env = child_cmd(build, args)
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.split()
     return float(out[0]), float(out[1])
+
+
+def median_interval(values, confidence=0.95):
+    """Distribution-free interval for the median: sorted values (lo, hi) at
+    the ranks j, n + 1 - j with j the largest rank for which a Binomial(n,
+    1/2) falls below j with probability <= (1 - confidence) / 2. None for
+    too few values (n < 6 at 95%)."""
+    v, n = sorted(values), len(values)
+    tail, j, cdf = (1.0 - confidence) / 2.0, 0, 0.0
+    while True:
+        nxt = cdf + math.comb(n, j) / 2.0 ** n  # P(X <= j)
+        if nxt > tail:
+            break
+        cdf, j = nxt, j + 1
+    return None if j == 0 else (v[j - 1], v[n - j])
+
+
+class Server:
+    """One build's long-lived child, timing bursts on request."""
+
+    def __init__(self, build, args):
+        cmd, env = child_cmd(build, args, "serve")
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def burst(self, steps):
+        self.proc.stdin.write(f"{steps}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the child exited (status {self.proc.wait()})")
+        return float(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def run_bursts(args):
+    a, b = Server(args.a, args), Server(args.b, args)
+    try:
+        # Steps per burst from a first burst of each: ~burst_ms on the slower.
+        per = max(a.burst(5), b.burst(5))
+        steps = max(1, round(args.burst_ms * 1e3 / per))
+        ta, tb = [], []
+        for i in range(args.bursts):
+            order = ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta))
+            for side, out in order:
+                time.sleep(args.gap_ms / 1e3)
+                out.append(side.burst(steps))
+    finally:
+        a.close()
+        b.close()
+    ratios = [y / x for x, y in zip(ta, tb)]
+    iv = median_interval(ratios)
+    print(f"model {args.model}, batch {args.batch}, {args.threads} thread(s); {args.bursts} pairs of "
+          f"{steps}-step bursts (A B, B A, ...)")
+    print(f"A: median {statistics.median(ta):.0f} µs/step (best {min(ta):.0f}); "
+          f"B: median {statistics.median(tb):.0f} µs/step (best {min(tb):.0f})")
+    ci = f", 95% interval {iv[0]:.3f}-{iv[1]:.3f}" if iv else ""
+    print(f"median B / A: {statistics.median(ratios):.3f}{ci}; B faster in {sum(r < 1 for r in ratios)} "
+          f"of {len(ratios)} pairs")
+    return 0
 
 
 def main(argv=None):
@@ -67,8 +160,13 @@ def main(argv=None):
     p.add_argument("--model", choices=["ref", "deep"], default="ref")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--pairs", type=int, default=5, help="pairs of fresh processes (default mode)")
+    p.add_argument("--bursts", type=int, default=0, help="pairs of bursts in two long-lived processes instead")
+    p.add_argument("--burst-ms", type=float, default=50.0)
+    p.add_argument("--gap-ms", type=float, default=20.0)
     args = p.parse_args(argv)
+    if args.bursts:
+        return run_bursts(args)
     print(f"model {args.model}, batch {args.batch}, {args.threads} thread(s); µs per step, best / median of 5 rounds")
     print("| pair | A best | A median | B best | B median | B / A (best) |")
     print("|---|---|---|---|---|---|")

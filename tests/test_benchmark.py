@@ -1,5 +1,6 @@
 """nerve.benchmark: FLOP accounting and a tiny end-to-end run (no PyTorch
 needed); bench/ab_builds.py on two copies of one build."""
+import importlib.util
 import json
 import os
 import pathlib
@@ -81,3 +82,29 @@ def test_ab_builds_script_compares_two_builds():
     assert re.search(r"^\| 1 \| \d+ \| \d+ \| \d+ \| \d+ \| \d+\.\d{3} \|$", out, re.M), out
     ratio = float(re.search(r"median B / A: (\d+\.\d+)", out).group(1))
     assert 0.2 < ratio < 5.0
+
+
+def test_ab_builds_bursts_mode_reports_an_interval():
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "ab_builds.py"
+    build = os.path.dirname(os.path.dirname(nerve.__file__))
+    out = subprocess.run([sys.executable, str(script), build, build, "--batch", "8", "--threads", "1",
+                          "--bursts", "6", "--burst-ms", "5", "--gap-ms", "1"],
+                         check=True, capture_output=True, text=True).stdout
+    assert re.search(r"^A: median \d+ µs/step \(best \d+\); B: median \d+ µs/step", out, re.M), out
+    m = re.search(r"median B / A: (\d+\.\d+), 95% interval (\d+\.\d+)-(\d+\.\d+); B faster in (\d) of 6", out)
+    assert m, out
+    mid, lo, hi = (float(m.group(i)) for i in (1, 2, 3))
+    assert lo <= mid <= hi and 0.2 < mid < 5.0
+
+
+def test_median_interval_uses_the_binomial_ranks():
+    spec = importlib.util.spec_from_file_location(
+        "ab_builds", pathlib.Path(__file__).resolve().parents[1] / "bench" / "ab_builds.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    # Tables of the sign-test interval: n = 20 -> ranks 6 and 15; n = 6 -> 1 and 6
+    # (P(X = 0) = 1/64 <= 2.5%); n = 5: P(X = 0) = 1/32 > 2.5%, no interval.
+    assert ab.median_interval(list(range(20, 0, -1))) == (6, 15)
+    assert ab.median_interval([3, 1, 2, 6, 5, 4]) == (1, 6)
+    assert ab.median_interval([1, 2, 3, 4, 5]) is None
+    assert ab.median_interval(list(range(1, 101))) == (40, 61)
