@@ -22,6 +22,7 @@ batches). Two ways to alternate them:
 
 Run: python bench/ab_builds.py OLD_DIR NEW_DIR [--model ref|deep] [--batch 512]
      [--threads 2] [--pairs 5 | --bursts 200 [--burst-ms 50] [--gap-ms 20]]
+     [--env-b NAME=VALUE ...]   (a setting's A/B: the same build twice)
 """
 import argparse
 import math
@@ -80,13 +81,15 @@ print(min(rounds), statistics.median(rounds))
 """
 
 
-def child_cmd(build, args, *extra):
+def child_cmd(build, args, *extra, side="a"):
     env = dict(os.environ, PYTHONPATH=os.path.abspath(build))
+    if side == "b":
+        env.update(kv.split("=", 1) for kv in args.env_b)
     return [sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.threads), *extra], env
 
 
-def run(build, args):
-    cmd, env = child_cmd(build, args)
+def run(build, args, side):
+    cmd, env = child_cmd(build, args, side=side)
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.split()
     return float(out[0]), float(out[1])
 
@@ -109,8 +112,8 @@ def median_interval(values, confidence=0.95):
 class Server:
     """One build's long-lived child, timing bursts on request."""
 
-    def __init__(self, build, args):
-        cmd, env = child_cmd(build, args, "serve")
+    def __init__(self, build, args, side):
+        cmd, env = child_cmd(build, args, "serve", side=side)
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def burst(self, steps):
@@ -127,10 +130,12 @@ class Server:
 
 
 def run_bursts(args):
-    a, b = Server(args.a, args), Server(args.b, args)
+    a, b = Server(args.a, args, "a"), Server(args.b, args, "b")
     try:
-        # Steps per burst from a first burst of each: ~burst_ms on the slower.
-        per = max(a.burst(5), b.burst(5))
+        # Steps per burst from a second burst of each (the first grows the
+        # workspaces): ~burst_ms on the slower.
+        a.burst(2), b.burst(2)
+        per = max(a.burst(3), b.burst(3))
         steps = max(1, round(args.burst_ms * 1e3 / per))
         ta, tb = [], []
         for i in range(args.bursts):
@@ -164,7 +169,12 @@ def main(argv=None):
     p.add_argument("--bursts", type=int, default=0, help="pairs of bursts in two long-lived processes instead")
     p.add_argument("--burst-ms", type=float, default=50.0)
     p.add_argument("--gap-ms", type=float, default=20.0)
+    p.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE",
+                   help="set in B's environment only (A/B of a setting: give one build twice)")
     args = p.parse_args(argv)
+    for kv in args.env_b:
+        if "=" not in kv:
+            p.error(f"--env-b takes NAME=VALUE, got {kv!r}")
     if args.bursts:
         return run_bursts(args)
     print(f"model {args.model}, batch {args.batch}, {args.threads} thread(s); µs per step, best / median of 5 rounds")
@@ -172,7 +182,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     ratios = []
     for i in range(args.pairs):
-        a, b = run(args.a, args), run(args.b, args)
+        a, b = run(args.a, args, "a"), run(args.b, args, "b")
         ratios.append(b[0] / a[0])
         print(f"| {i + 1} | {a[0]:.0f} | {a[1]:.0f} | {b[0]:.0f} | {b[1]:.0f} | {ratios[-1]:.3f} |")
     faster = sum(r < 1 for r in ratios)
