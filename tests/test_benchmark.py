@@ -72,12 +72,15 @@ def test_roof_share_shows_the_median_and_the_best_round():
     assert benchmark.roof_share({"nerve_vs_best_sgemm": 0.9}) == "90%"  # older results: median only
 
 
+AB_BUILDS = pathlib.Path(__file__).resolve().parents[1] / "bench" / "ab_builds.py"
+INSTALLED_BUILD = os.path.dirname(os.path.dirname(nerve.__file__))
+
+
 def test_ab_builds_script_compares_two_builds():
     # Both sides the installed build: the script runs, alternates, and prints
     # a pair row and the summary line for a ratio it computed.
-    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "ab_builds.py"
-    build = os.path.dirname(os.path.dirname(nerve.__file__))
-    out = subprocess.run([sys.executable, str(script), build, build, "--batch", "8", "--threads", "1",
+    build = INSTALLED_BUILD
+    out = subprocess.run([sys.executable, str(AB_BUILDS), build, build, "--batch", "8", "--threads", "1",
                           "--pairs", "1"], check=True, capture_output=True, text=True).stdout
     assert re.search(r"^\| 1 \| \d+ \| \d+ \| \d+ \| \d+ \| \d+\.\d{3} \|$", out, re.M), out
     ratio = float(re.search(r"median B / A: (\d+\.\d+)", out).group(1))
@@ -85,10 +88,10 @@ def test_ab_builds_script_compares_two_builds():
 
 
 def test_ab_builds_bursts_mode_reports_an_interval():
-    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "ab_builds.py"
-    build = os.path.dirname(os.path.dirname(nerve.__file__))
-    out = subprocess.run([sys.executable, str(script), build, build, "--batch", "8", "--threads", "1",
-                          "--bursts", "6", "--burst-ms", "5", "--gap-ms", "1"],
+    build = INSTALLED_BUILD
+    out = subprocess.run([sys.executable, str(AB_BUILDS), build, build, "--batch", "8", "--threads", "1",
+                          "--bursts", "6", "--burst-ms", "5", "--gap-ms", "1",
+                          "--env-b", "NERVE_ADAPTIVE_THREADS=0"],
                          check=True, capture_output=True, text=True).stdout
     assert re.search(r"^A: median \d+ µs/step \(best \d+\); B: median \d+ µs/step", out, re.M), out
     m = re.search(r"median B / A: (\d+\.\d+), 95% interval (\d+\.\d+)-(\d+\.\d+); B faster in (\d) of 6", out)
@@ -97,9 +100,14 @@ def test_ab_builds_bursts_mode_reports_an_interval():
     assert lo <= mid <= hi and 0.2 < mid < 5.0
 
 
+def test_ab_builds_refuses_a_setting_without_a_value():
+    r = subprocess.run([sys.executable, str(AB_BUILDS), ".", ".", "--env-b", "OMP_PROC_BIND"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "NAME=VALUE" in r.stderr
+
+
 def test_median_interval_uses_the_binomial_ranks():
-    spec = importlib.util.spec_from_file_location(
-        "ab_builds", pathlib.Path(__file__).resolve().parents[1] / "bench" / "ab_builds.py")
+    spec = importlib.util.spec_from_file_location("ab_builds", AB_BUILDS)
     ab = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ab)
     # Tables of the sign-test interval: n = 20 -> ranks 6 and 15; n = 6 -> 1 and 6
