@@ -25,6 +25,7 @@ Run: python bench/ab_builds.py OLD_DIR NEW_DIR [--model ref|deep] [--batch 512]
      [--env-b NAME=VALUE ...]   (a setting's A/B: the same build twice)
 """
 import argparse
+import fractions
 import math
 import os
 import statistics
@@ -100,12 +101,12 @@ def median_interval(values, confidence=0.95):
     1/2) falls below j with probability <= (1 - confidence) / 2. None for
     too few values (n < 6 at 95%)."""
     v, n = sorted(values), len(values)
-    tail, j, cdf = (1.0 - confidence) / 2.0, 0, 0.0
-    while True:
-        nxt = cdf + math.comb(n, j) / 2.0 ** n  # P(X <= j)
-        if nxt > tail:
-            break
-        cdf, j = nxt, j + 1
+    # In integers: 2^n P(X <= j) against 2^n (1 - confidence) / 2, exact for any n.
+    bound = fractions.Fraction(1.0 - confidence) / 2 * 2 ** n
+    j, count = 0, 1  # count = 2^n P(X <= j)
+    while j < n // 2 and count <= bound:
+        j += 1
+        count += math.comb(n, j)
     return None if j == 0 else (v[j - 1], v[n - j])
 
 
