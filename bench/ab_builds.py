@@ -56,7 +56,7 @@ for i in range(20):
     m.train_step(xs[i % pool], ys[i % pool])
 if len(sys.argv) > 4 and sys.argv[4] == "serve":
     # One burst per line read: "n" -> one untimed step, then n timed ones;
-    # replies with µs per step. An empty line (end of input) ends it.
+    # replies with µs per step. The end of input ends it.
     k = 0
     for line in sys.stdin:
         n = int(line)
@@ -133,17 +133,17 @@ class Server:
 def run_bursts(args):
     a, b = Server(args.a, args, "a"), Server(args.b, args, "b")
     try:
-        # Steps per burst from a second burst of each (the first grows the
-        # workspaces): ~burst_ms on the slower.
+        # Steps per burst from a second burst of each (the first after
+        # start-up runs cold): ~burst_ms on the slower.
         a.burst(2), b.burst(2)
         per = max(a.burst(3), b.burst(3))
         steps = max(1, round(args.burst_ms * 1e3 / per))
         ta, tb = [], []
         for i in range(args.bursts):
             order = ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta))
-            for side, out in order:
+            for server, out in order:
                 time.sleep(args.gap_ms / 1e3)
-                out.append(side.burst(steps))
+                out.append(server.burst(steps))
     finally:
         a.close()
         b.close()
