@@ -143,7 +143,7 @@ def test_moderately_sparse_layers_keep_a_dense_copy_for_single_rows():
 
 @pytest.mark.parametrize("rows", [2, 3, 5, 7, 8, 13, 16])
 def test_skinny_product_against_numpy(rows):
-    # model.predict at batches of 2-16 reads the kernel unpacked (skinny_gemm).
+    # Dense's forward at batches of 2-16 (predict and training) reads the kernel unpacked (skinny_gemm).
     for n, k in ((512, 784), (10, 256), (37, 40), (8, 16)):
         a = rng(rows).standard_normal((rows, k)).astype(np.float32)
         b = rng(n).standard_normal((k, n)).astype(np.float32)
@@ -155,16 +155,20 @@ def test_skinny_product_against_numpy(rows):
 
 def test_small_batch_predict_matches_training_forward_and_threads():
     nv.manual_seed(3)
-    model = nv.Sequential([L.Dense(64, activation="relu"), L.Dense(20, activation="tanh"), L.Dense(5)], input_dim=30)
+    # 800 inputs: deeper than one depth block of the packed GEMM (392), whose
+    # sums then differ in rounding from skinny_gemm's single chain over k.
+    model = nv.Sequential([L.Dense(64, activation="relu"), L.Dense(20, activation="tanh"), L.Dense(5)], input_dim=800)
     before = nv.get_num_threads()
     try:
         for batch in (2, 5, 16, 17):
-            x = rng(batch).standard_normal((batch, 30)).astype(np.float32)
+            x = rng(batch).standard_normal((batch, 800)).astype(np.float32)
             nv.set_num_threads(1)
-            one = model.predict(x)
+            one, train_one = model.predict(x), model.forward(x, training=True)
             nv.set_num_threads(2)
             np.testing.assert_array_equal(model.predict(x), one)  # thread-count invariant
-            close_to_scale(one, model.forward(x, training=True), rtol=2e-6)  # the training (packed) product
+            np.testing.assert_array_equal(model.forward(x, training=True), train_one)
+            # Training takes predict's product: at 2-16 rows skinny_gemm, at 17 the packed GEMM.
+            np.testing.assert_array_equal(train_one, one)
     finally:
         nv.set_num_threads(before)
 
