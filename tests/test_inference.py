@@ -141,16 +141,29 @@ def test_moderately_sparse_layers_keep_a_dense_copy_for_single_rows():
     close_to_scale(fast.predict(x), model.predict(x), rtol=2e-6)
 
 
-@pytest.mark.parametrize("rows", [2, 3, 5, 7, 8, 13, 16])
+SKINNY_MAX = _core.skinny_max_rows  # 16; 32 at avx512
+
+
+def test_skinny_bound_follows_the_level():
+    assert SKINNY_MAX == (32 if nv.build_info()["cpu_level"] == "avx512" else 16)
+
+
+@pytest.mark.parametrize("rows", [2, 3, 5, 7, 8, 12, 13, 16, 17, 25, 32])
 def test_skinny_product_against_numpy(rows):
-    # Dense's forward at batches of 2-16 (predict and training) reads the kernel unpacked (skinny_gemm).
-    for n, k in ((512, 784), (10, 256), (37, 40), (8, 16)):
+    # Dense's forward at batches of 2-16 (2-32 at avx512; predict and training)
+    # reads the kernel unpacked (skinny_gemm): row blocks of 1-12 rows, strips
+    # of 2 and 4 vectors, the 8-column and scalar rest.
+    if rows > SKINNY_MAX:  # past this level's bound: refused, the packed GEMM takes it
+        with pytest.raises(ValueError, match=f"skinny_gemm takes 2 <= M <= {SKINNY_MAX}"):
+            _core.skinny_gemm(np.zeros((rows, 16), np.float32), np.zeros((16, 8), np.float32))
+        return
+    for n, k in ((512, 784), (10, 256), (37, 40), (8, 16), (56, 20)):
         a = rng(rows).standard_normal((rows, k)).astype(np.float32)
         b = rng(n).standard_normal((k, n)).astype(np.float32)
         want = a.astype(np.float64) @ b.astype(np.float64)
         np.testing.assert_allclose(_core.skinny_gemm(a, b), want, rtol=1e-5, atol=2e-5 * np.abs(want).max())
     with pytest.raises(ValueError, match="skinny_gemm takes"):
-        _core.skinny_gemm(np.zeros((17, 16), np.float32), np.zeros((16, 8), np.float32))
+        _core.skinny_gemm(np.zeros((SKINNY_MAX + 1, 16), np.float32), np.zeros((16, 8), np.float32))
 
 
 def test_small_batch_predict_matches_training_forward_and_threads():
@@ -160,14 +173,14 @@ def test_small_batch_predict_matches_training_forward_and_threads():
     model = nv.Sequential([L.Dense(64, activation="relu"), L.Dense(20, activation="tanh"), L.Dense(5)], input_dim=800)
     before = nv.get_num_threads()
     try:
-        for batch in (2, 5, 16, 17):
+        for batch in (2, 5, 16, 17, SKINNY_MAX, SKINNY_MAX + 1):
             x = rng(batch).standard_normal((batch, 800)).astype(np.float32)
             nv.set_num_threads(1)
             one, train_one = model.predict(x), model.forward(x, training=True)
             nv.set_num_threads(2)
             np.testing.assert_array_equal(model.predict(x), one)  # thread-count invariant
             np.testing.assert_array_equal(model.forward(x, training=True), train_one)
-            # Training takes predict's product: at 2-16 rows skinny_gemm, at 17 the packed GEMM.
+            # Training takes predict's product: skinny_gemm up to SKINNY_MAX rows, then the packed GEMM.
             np.testing.assert_array_equal(train_one, one)
     finally:
         nv.set_num_threads(before)

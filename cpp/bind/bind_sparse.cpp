@@ -63,6 +63,8 @@ void bind_sparse(py::module_& m) {
       },
       py::arg("kernel"), py::arg("x"), "x @ kernel through the CSR product (builds the CSR each call)");
 
+  // The most rows skinny_gemm takes at this level (16; 32 at avx512).
+  m.attr("skinny_max_rows") = py::int_(kSkinnyMaxRows);
   m.def(
       "skinny_gemm",
       [](py::array a, py::array b) {

@@ -150,7 +150,7 @@ void Dense::forward(const float* x, float* y, Index batch, const StepContext& ct
   // otherwise into z, which backward needs. The bias + activation tail is one
   // pass over the result either way.
   float* z = keeps_z_ ? z_.data() : y;
-  // 2-16 rows, in training as in predict: W read as it lies (skinny.hpp).
+  // 2-16 rows (avx512: 2-32), in training as in predict: W read as it lies (skinny.hpp).
   if (skinny_applies(batch, units, in_features))
     skinny_gemm(batch, units, in_features, x, in_features, kernel.value(), units, z, units);
   else if (!ctx.training && !packed_kernel_.empty())
