@@ -29,8 +29,16 @@ bin=build/dev/bench/bench_kernels
   python3 bench/busy_neighbour.py --against torch --batches 1,32,128,512,2048 --rounds 7
   # And with no neighbour: the guard must keep the 2-thread speed-up (stalls ~0).
   python3 bench/busy_neighbour.py --neighbours 0 --batches 1,32,128,512,2048
-  # The reference model again at the avx2 level (issue 15: tables at each level).
-  NERVE_CPU=avx2 python3 bench/train_mlp.py --against torch,jax --threads 1,2 --rounds 5 --seconds 0.15 \
+  # The deep model with subnormals flushed to zero in nerve and PyTorch, as
+  # XLA always computes: its narrow layers at batch 1 make Adam's g^2
+  # subnormal, whose slow path costs Intel cores ~10x (bench/README.md).
+  python3 bench/train_mlp.py --against torch,jax --threads 1,2 --model deep --flush-denormal \
+    --json "$out/train_mlp_deep_flush.json"
+  # The reference model again at the avx2 level (issue 15: tables at each
+  # level), PyTorch held to AVX2 as well (MKL and ATen's kernels), as on an
+  # AVX2 machine; XLA's matmul takes no such cap.
+  NERVE_CPU=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 \
+    python3 bench/train_mlp.py --against torch,jax --threads 1,2 --rounds 5 --seconds 0.15 \
     --json "$out/train_mlp_ref_avx2.json"
   # LSTM / GRU against torch.nn and JAX lax.scan.
   python3 bench/recurrent.py --rounds 3 --seconds 0.2 --json "$out/recurrent.json"

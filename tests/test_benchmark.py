@@ -35,6 +35,14 @@ def test_run_and_table_on_a_tiny_model(tmp_path):
                            "--seconds", "0.01", "--no-roof", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["meta"]["model"] == benchmark.MODELS["deep"] and len(data["results"]) == 1
+    assert data["meta"]["flush_denormal"] is False
+    before = nerve.get_flush_denormal()
+    try:  # --flush-denormal: nerve computes with subnormals flushed, and says so
+        assert benchmark.main(["--batches", "2", "--threads", "1", "--rounds", "1", "--seconds", "0.01",
+                               "--no-roof", "--flush-denormal", "--json", str(out)]) == 0
+        assert json.loads(out.read_text())["meta"]["flush_denormal"] is True and nerve.get_flush_denormal()
+    finally:
+        nerve.set_flush_denormal(before)
 
 
 def test_peers_and_options():

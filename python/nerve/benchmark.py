@@ -358,6 +358,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=0.25, help="target duration of one measurement")
     p.add_argument("--torch-fused", action="store_true", help="PyTorch Adam(fused=True) instead of its default")
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="flush subnormal floats to zero in nerve and PyTorch, as XLA's CPU backend always "
+                        "does (nv.set_flush_denormal, torch.set_flush_denormal)")
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--no-roof", action="store_true", help="skip the sgemm roof measurement (batches >= 512)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -368,6 +371,16 @@ def main(argv=None):
         p.error(str(e))
     import nerve as nv
 
+    if a.flush_denormal:
+        # JAX needs nothing: XLA's CPU backend computes with denormals flushed
+        # (a jitted 1e-20 * 1e-20 gives 0). nerve and PyTorch keep IEEE
+        # subnormals by default, which on some cores take a slow path
+        # 10x slower (bench/flush_denormal.py).
+        nv.set_flush_denormal(True)
+        if "torch" in peers:
+            import torch
+
+            torch.set_flush_denormal(True)
     sizes = MODELS[a.model]
     batches = [int(b) for b in a.batches.split(",")]
     threads = [int(t) for t in a.threads.split(",")]
@@ -380,7 +393,8 @@ def main(argv=None):
             nv.set_num_threads(threads[0])
         results = run(sizes, batches, threads, a.rounds, peers, a.seconds, a.torch_fused, roof=not a.no_roof)
     meta = {"model": sizes, "nerve": nv.build_info(), "machine": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "rounds": a.rounds, "torch_fused": a.torch_fused}
+            "cpu_count": os.cpu_count(), "rounds": a.rounds, "torch_fused": a.torch_fused,
+            "flush_denormal": a.flush_denormal}
     if "torch" in peers:
         import torch
 
@@ -394,7 +408,8 @@ def main(argv=None):
             json.dump({"meta": meta, "results": results}, f)
         return 0
     print()
-    print(f"model {'-'.join(map(str, sizes))}, Adam, cross-entropy; medians of {a.rounds} interleaved rounds")
+    flushed = "; subnormals flushed to zero in every framework" if a.flush_denormal else ""
+    print(f"model {'-'.join(map(str, sizes))}, Adam, cross-entropy; medians of {a.rounds} interleaved rounds{flushed}")
     print(table(results, peers))
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
