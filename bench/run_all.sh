@@ -30,8 +30,9 @@ bin=build/dev/bench/bench_kernels
   # And with no neighbour: the guard must keep the 2-thread speed-up (stalls ~0).
   python3 bench/busy_neighbour.py --neighbours 0 --batches 1,32,128,512,2048
   # The deep model with subnormals flushed to zero in nerve and PyTorch, as
-  # XLA always computes: its narrow layers at batch 1 make Adam's g^2
-  # subnormal, whose slow path costs Intel cores ~10x (bench/README.md).
+  # XLA always computes: at batch 1 Adam's first moments of its many
+  # zero-gradient weights decay through the subnormal range, whose slow path
+  # costs Intel cores ~10x (bench/README.md).
   python3 bench/train_mlp.py --against torch,jax --threads 1,2 --model deep --flush-denormal \
     --json "$out/train_mlp_deep_flush.json"
   # The reference model again at the avx2 level (issue 15: tables at each
