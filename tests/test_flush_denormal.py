@@ -5,6 +5,7 @@ import pytest
 
 import nerve as nv
 
+GENERIC = nv.build_info()["cpu_level"] == "generic"
 TINY = np.float32(1e-30)  # TINY * 1e-10 = 1e-40 is subnormal in float32
 
 
@@ -75,3 +76,75 @@ def test_fused_training_step_flushes_on_two_threads(restore):
 def test_rejects_non_bool(restore):
     with pytest.raises(TypeError, match="expects a bool"):
         nv.set_flush_denormal(1)
+
+
+def _adam_with_state(m0, v0, g, p0, iterations, **kw):
+    """nerve's Adam one step on from the given moments (exp_avg, exp_avg_sq)."""
+    p = nv.Parameter(p0.copy())
+    opt = nv.optimizers.Adam([p], **kw)
+    p.grad[...] = 0.0
+    opt.step()  # makes the slots
+    state = opt.state_dict()
+    state["iterations"] = iterations - 1
+    state["slots"]["exp_avg"] = m0.copy()  # each slot: one array over all the parameters
+    state["slots"]["exp_avg_sq"] = v0.copy()
+    opt.load_state_dict(state)
+    p.value[...] = p0
+    p.grad[...] = g
+    opt.step()
+    out = opt.state_dict()["slots"]
+    return p.value.copy(), out["exp_avg"], out["exp_avg_sq"]
+
+
+def _decaying_moments(n, seed):
+    # Lanes of five kinds, mixed within every vector: (0) no gradient and a
+    # subnormal first moment, (1) no gradient and a first moment between
+    # 2^-126 and 2^-100 (its step, lr * m, is subnormal below about 2^-116),
+    # (2) no gradient and an ordinary moment, (3) a gradient and zero
+    # moments, (4) no gradient and m = 0.
+    r = np.random.default_rng(seed)
+    kind = r.integers(0, 5, n)
+    sign = np.where(r.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
+    subnormal = r.integers(1, 1 << 23, n, dtype=np.uint32).view(np.float32)
+    small = np.exp2(r.uniform(-126, -100, n)).astype(np.float32)
+    ordinary = r.uniform(1e-4, 1e-2, n).astype(np.float32)
+    m0 = sign * np.select([kind == 0, kind == 1, kind == 2], [subnormal, small, ordinary], 0.0).astype(np.float32)
+    v0 = np.where(kind == 3, 0.0, r.uniform(1e-8, 1e-4, n)).astype(np.float32)
+    g = np.where(kind == 3, r.uniform(-1e-2, 1e-2, n), 0.0).astype(np.float32)
+    # Weights of the size of their steps in half the decaying lanes, so that
+    # p - step shows the step's last bit (next to 0.5 it would vanish).
+    p0 = np.where((kind <= 1) & (r.random(n) < 0.5), r.uniform(-1e-35, 1e-35, n), r.uniform(-0.5, 0.5, n))
+    return m0, v0, g, p0.astype(np.float32)
+
+
+@pytest.mark.levels
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("flush", [False, True])
+def test_adam_decaying_moments_against_ieee_float32(threads, flush, restore):
+    # Adam's moments of weights without gradient decay by beta1 a step
+    # through the subnormal range, where the vector kernels take another
+    # path (cpp/src/optim/adam.cpp, decaying lanes); the oracle is the same
+    # sequence of IEEE float32 operations in numpy (with eps = 0 each of
+    # Adam's fused multiply-adds is one product: exact in float32 here),
+    # subnormals kept, or flushed in this thread when nerve flushes.
+    nv.set_num_threads(threads)
+    nv.set_flush_denormal(flush)
+    n, t, lr, b1, b2 = 8192 + 5, 50, 1e-3, 0.9, 0.999
+    m0, v0, g, p0 = _decaying_moments(n, seed=threads)
+    got_p, got_m, got_v = _adam_with_state(m0, v0, g, p0, t, lr=lr, eps=0.0)
+    f = np.float32
+    step_size, inv_sqrt_bc2 = f(lr / (1.0 - b1 ** t)), f(1.0 / np.sqrt(1.0 - b2 ** t))
+    # fma(b1, m0, (1 - b1) g) with one of its terms 0 in every lane: one
+    # product rounded once, plus +0 only where the product is exactly 0
+    # (-0 + +0 = +0): a flushed result keeps its sign, a flushed input
+    # (m0 == 0 reads a subnormal as 0 when flushing) gives +0.
+    # (The generic level has no FMA: b1 m0 + 0 in two roundings, so a
+    # flushed -0 product becomes +0 there.)
+    decayed = f(b1) * m0 + f(0.0) if GENERIC else np.where(m0 == 0, f(0.0), f(b1) * m0)
+    m = np.where(g != 0, f(1.0 - b1) * g, decayed)
+    v = np.where(g == 0, f(b2) * v0, f(1.0 - b2) * g * g)
+    want_p = p0 - step_size * m / (np.sqrt(v) * inv_sqrt_bc2)
+    subnormal = (np.abs(m[m != 0]) < np.finfo(np.float32).tiny).sum()
+    assert subnormal == 0 if flush else subnormal > n // 10
+    for got, want in ((got_m, m), (got_v, v), (got_p, want_p)):
+        np.testing.assert_array_equal(got.view(np.uint32), want.astype(np.float32).view(np.uint32))

@@ -12,7 +12,7 @@ namespace nerve {
 namespace {
 
 enum Hyper : int { kLrH, kBeta1H, kBeta2H, kEpsH, kWeightDecayH, kAmsgradH };
-enum Scalar : int { kWd, kDecayMult, kB1, kOmB1, kB2, kOmB2, kEps, kInvSqrtBc2, kStepSize };
+enum Scalar : int { kWd, kDecayMult, kB1, kOmB1, kB2, kOmB2, kEps, kInvSqrtBc2, kStepSize, kTinyM };
 
 template <bool WD, bool DECOUPLED, bool AMS>
 struct AdamOp {
@@ -21,18 +21,71 @@ struct AdamOp {
     const T p = load<T>(q.p + i);
     T d = q.template grad<T>(i);
     if constexpr (WD && !DECOUPLED) d = vfma(c[kWd], p, d);
-    const T m = vfma(c[kB1], load<T>(q.s0 + i), c[kOmB1] * d);
-    T v = vfma(c[kB2], load<T>(q.s1 + i), c[kOmB2] * d * d);
+    const T m0 = load<T>(q.s0 + i);
+#if defined(NERVE_VEC_AVX2)
+    if constexpr (!WD && std::is_same_v<T, VecT>) {
+      // Decaying lanes: no gradient (d = 0: a dead ReLU unit on a small
+      // batch) and a first moment so small that m = b1 m, or the step made
+      // from it, is subnormal. Such weights can make most of an update's
+      // vectors hold one (a deep 128-wide ReLU MLP at batch 1: 14% of m),
+      // and a float multiply or divide with a subnormal result takes the
+      // FPU's slow path: ~30x per instruction on Intel (bench/README.md).
+      // Comparing and converting subnormals costs nothing, so those lanes
+      // are made in double instead, with the same bits (decaying()).
+      const T zero(0.0f);
+      const auto tiny = (vabs(m0) < c[kTinyM]) & (m0 != zero) & (d == zero);
+      if (simd::any(tiny)) return decaying(q, i, c, p, d, m0, tiny);
+    }
+#endif
+    const T m = vfma(c[kB1], m0, c[kOmB1] * d);
+    const T v = second_moment(q, i, c, d);
     store(q.s0 + i, m);
+    const T step = c[kStepSize] * m / vfma(vsqrt(v), c[kInvSqrtBc2], c[kEps]);
+    if constexpr (WD && DECOUPLED) store(q.p + i, vfms(p, c[kDecayMult], step));  // p (1 - lr wd) - step
+    else store(q.p + i, p - step);
+  }
+
+  // v = b2 v + (1 - b2) d^2 stored (and its running maximum with amsgrad,
+  // returned then).
+  template <class T, class Q>
+  static T second_moment(const Q& q, Index i, const Consts<T>& c, T d) {
+    T v = vfma(c[kB2], load<T>(q.s1 + i), c[kOmB2] * d * d);
     store(q.s1 + i, v);
     if constexpr (AMS) {
       v = vmax(load<T>(q.s2 + i), v);  // a NaN in the new v propagates, as torch.maximum
       store(q.s2 + i, v);
     }
-    const T step = c[kStepSize] * m / vfma(vsqrt(v), c[kInvSqrtBc2], c[kEps]);
-    if constexpr (WD && DECOUPLED) store(q.p + i, vfms(p, c[kDecayMult], step));  // p (1 - lr wd) - step
-    else store(q.p + i, p - step);
+    return v;
   }
+
+#if defined(NERVE_VEC_AVX2)
+  // The update of a vector with decaying lanes (plain Adam: no weight decay,
+  // so d is the gradient). Those lanes' m = fma(b1, m0, (1 - b1) 0) is the
+  // product b1 m0 rounded once: exact in double (24 + 24 bits), then one
+  // rounding to float, subnormal or not, which is the float operation's
+  // result; likewise stepsize * m. The step's quotient is rounded to double
+  // then to float, which gives the correctly rounded float quotient (53 >=
+  // 2 * 24 + 2: Figueroa, "When is double rounding innocuous?", 1995). v,
+  // the denominator and p - step stay float: in these lanes their results
+  // are normal. The other lanes take the plain update with their m as is.
+  template <class Q, class Mask>
+  static void decaying(const Q& q, Index i, const Consts<VecT>& c, VecT p, VecT d, VecT m0, Mask tiny) {
+    using simd::sel;
+    using simd::to_f32;
+    using simd::to_f64;
+    const VecT zero(0.0f);
+    // (Every float operation here reads the decaying lanes as 0: both sides
+    // of a sel are computed.)
+    const VecT m = sel(tiny, to_f32(to_f64(c[kB1]) * to_f64(m0)), vfma(c[kB1], sel(tiny, zero, m0), c[kOmB1] * d));
+    const VecT v = second_moment(q, i, c, d);
+    store(q.s0 + i, m);
+    const VecT den = vfma(vsqrt(v), c[kInvSqrtBc2], c[kEps]);
+    const VecT plain = c[kStepSize] * sel(tiny, zero, m) / den;
+    const VecT scaled = to_f32(to_f64(c[kStepSize]) * to_f64(m));
+    const VecT exact = to_f32(to_f64(scaled) / to_f64(den));
+    store(q.p + i, p - sel(tiny, exact, plain));
+  }
+#endif
 };
 
 class Adam final : public Policy {
@@ -65,6 +118,11 @@ class Adam final : public Policy {
     s[kEps] = static_cast<float>(h[kEpsH]);
     s[kInvSqrtBc2] = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(b2, t)));
     s[kStepSize] = static_cast<float>(lr / (1.0 - std::pow(b1, t)));
+    // |m0| below this: b1 m0 or stepsize b1 m0 is under the smallest normal
+    // float, 2^-126 (AdamOp's decaying lanes; b1 = 0 leaves no m to decay).
+    const double smallest = std::ldexp(1.0, -126);
+    s[kTinyM] = b1 > 0.0 ? static_cast<float>(std::min(smallest / (b1 * std::min(1.0, lr / (1.0 - std::pow(b1, t)))), 1e30))
+                         : 0.0f;
     pick_both<AdamOp>(out, decoupled_, h.flag(kAmsgradH));
   }
 
