@@ -78,8 +78,9 @@ def test_rejects_non_bool(restore):
         nv.set_flush_denormal(1)
 
 
-def _adam_with_state(m0, v0, g, p0, iterations, **kw):
-    """nerve's Adam one step on from the given moments (exp_avg, exp_avg_sq)."""
+def _adam_with_state(m0, v0, g, p0, iterations, vmax0=None, **kw):
+    """nerve's Adam one step on from the given moments (exp_avg, exp_avg_sq,
+    and max_exp_avg_sq with amsgrad)."""
     p = nv.Parameter(p0.copy())
     opt = nv.optimizers.Adam([p], **kw)
     p.grad[...] = 0.0
@@ -88,6 +89,8 @@ def _adam_with_state(m0, v0, g, p0, iterations, **kw):
     state["iterations"] = iterations - 1
     state["slots"]["exp_avg"] = m0.copy()  # each slot: one array over all the parameters
     state["slots"]["exp_avg_sq"] = v0.copy()
+    if vmax0 is not None:
+        state["slots"]["max_exp_avg_sq"] = vmax0.copy()
     opt.load_state_dict(state)
     p.value[...] = p0
     p.grad[...] = g
@@ -118,9 +121,9 @@ def _decaying_moments(n, seed):
 
 
 @pytest.mark.levels
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads,amsgrad", [(1, False), (2, False), (2, True)])
 @pytest.mark.parametrize("flush", [False, True])
-def test_adam_decaying_moments_against_ieee_float32(threads, flush, restore):
+def test_adam_decaying_moments_against_ieee_float32(threads, amsgrad, flush, restore):
     # Adam's moments of weights without gradient decay by beta1 a step
     # through the subnormal range, where the vector kernels take another
     # path (cpp/src/optim/adam.cpp, decaying lanes); the oracle is the same
@@ -131,7 +134,9 @@ def test_adam_decaying_moments_against_ieee_float32(threads, flush, restore):
     nv.set_flush_denormal(flush)
     n, t, lr, b1, b2 = 8192 + 5, 50, 1e-3, 0.9, 0.999
     m0, v0, g, p0 = _decaying_moments(n, seed=threads)
-    got_p, got_m, got_v = _adam_with_state(m0, v0, g, p0, t, lr=lr, eps=0.0)
+    # amsgrad: a running maximum above the new v wherever v0 > 0 (no gradient).
+    vmax0 = (v0 * np.float32(1.5)).astype(np.float32) if amsgrad else None
+    got_p, got_m, got_v = _adam_with_state(m0, v0, g, p0, t, vmax0=vmax0, lr=lr, eps=0.0, amsgrad=amsgrad)
     f = np.float32
     step_size, inv_sqrt_bc2 = f(lr / (1.0 - b1 ** t)), f(1.0 / np.sqrt(1.0 - b2 ** t))
     # fma(b1, m0, (1 - b1) g) with one of its terms 0 in every lane: one
@@ -143,7 +148,8 @@ def test_adam_decaying_moments_against_ieee_float32(threads, flush, restore):
     decayed = f(b1) * m0 + f(0.0) if GENERIC else np.where(m0 == 0, f(0.0), f(b1) * m0)
     m = np.where(g != 0, f(1.0 - b1) * g, decayed)
     v = np.where(g == 0, f(b2) * v0, f(1.0 - b2) * g * g)
-    want_p = p0 - step_size * m / (np.sqrt(v) * inv_sqrt_bc2)
+    v_hat = np.maximum(vmax0, v) if amsgrad else v
+    want_p = p0 - step_size * m / (np.sqrt(v_hat) * inv_sqrt_bc2)
     subnormal = (np.abs(m[m != 0]) < np.finfo(np.float32).tiny).sum()
     assert subnormal == 0 if flush else subnormal > n // 10
     for got, want in ((got_m, m), (got_v, v), (got_p, want_p)):

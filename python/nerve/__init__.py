@@ -76,12 +76,12 @@ def set_flush_denormal(mode: bool) -> bool:
 
     Why: the FPU takes a slow path on subnormals. Adam squares the gradient, so
     gradients below ~1e-18 (a model that fits its data exactly) make
-    subnormal intermediates, and a weight whose gradient stays 0 (a dead ReLU
-    unit at batch 1) has its first moment decay by beta1 a step through the
-    subnormal range: on Zen 4 Adam's update became 2.4x slower and a batch-1
-    step 2x; on an Intel Xeon the update 9.9x, and a 20-layer 128-wide MLP's
-    batch-1 step 4.7x (bench/README.md). JAX (XLA's CPU backend) always
-    computes flushed.
+    subnormal intermediates: on Zen 4 Adam's update became 2.4x slower and a
+    batch-1 step 2x; on an Intel Xeon the update 9.9x (bench/README.md).
+    A weight whose gradient is 0 (a dead ReLU unit at batch 1) has its first
+    moment decay by beta1 a step through the subnormal range; Adam's kernel
+    makes those lanes in double without the slow path and without this
+    mode (the same bits). JAX (XLA's CPU backend) always computes flushed.
     The cost: values below 2^-126 are lost (float32 keeps 23 bits only above it).
 
     The mode is a per-thread CPU setting (x86 MXCSR FTZ/DAZ, AArch64 FPCR.FZ):
