@@ -66,8 +66,9 @@ struct AdamOp {
   // result; likewise stepsize * m. The step's quotient is rounded to double
   // then to float, which gives the correctly rounded float quotient (53 >=
   // 2 * 24 + 2: Figueroa, "When is double rounding innocuous?", 1995). v,
-  // the denominator and p - step stay float: in these lanes their results
-  // are normal. The other lanes take the plain update with their m as is.
+  // the denominator and p - step stay the float operations (their results
+  // are normal here but in rare cases, which are then slow, never wrong).
+  // The other lanes take the plain update with their m as is.
   template <class Q, class Mask>
   static void decaying(const Q& q, Index i, const Consts<VecT>& c, VecT p, VecT d, VecT m0, Mask tiny) {
     using simd::sel;
@@ -120,9 +121,8 @@ class Adam final : public Policy {
     s[kStepSize] = static_cast<float>(lr / (1.0 - std::pow(b1, t)));
     // |m0| below this: b1 m0 or stepsize b1 m0 is under the smallest normal
     // float, 2^-126 (AdamOp's decaying lanes; b1 = 0 leaves no m to decay).
-    const double smallest = std::ldexp(1.0, -126);
-    s[kTinyM] = b1 > 0.0 ? static_cast<float>(std::min(smallest / (b1 * std::min(1.0, lr / (1.0 - std::pow(b1, t)))), 1e30))
-                         : 0.0f;
+    const double smallest = std::ldexp(1.0, -126), step_size = lr / (1.0 - std::pow(b1, t));
+    s[kTinyM] = b1 > 0.0 ? static_cast<float>(std::min(smallest / (b1 * std::min(1.0, step_size)), 1e30)) : 0.0f;
     pick_both<AdamOp>(out, decoupled_, h.flag(kAmsgradH));
   }
 
