@@ -31,8 +31,8 @@ bin=build/dev/bench/bench_kernels
   python3 bench/busy_neighbour.py --neighbours 0 --batches 1,32,128,512,2048
   # The deep model with subnormals flushed to zero in nerve and PyTorch, as
   # XLA always computes: at batch 1 Adam's first moments of its many
-  # zero-gradient weights decay through the subnormal range, whose slow path
-  # costs Intel cores ~10x (bench/README.md).
+  # zero-gradient weights decay through the subnormal range (nerve's Adam
+  # makes those lanes in double; this row shows what flushing still buys).
   python3 bench/train_mlp.py --against torch,jax --threads 1,2 --model deep --flush-denormal \
     --json "$out/train_mlp_deep_flush.json"
   # The reference model again at the avx2 level (issue 15: tables at each

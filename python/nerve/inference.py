@@ -29,8 +29,8 @@ What the optimized model does differently from ``model.predict``:
    micro-panel layout on every product; the predict-only model packs each
    dense kernel once (``report["packed"]``) and its products read that copy
    (the same panels, so the same bits as ``model.predict``). Batches of 2-16
-   (2-32 at the avx512 level) take the unpacked skinny kernel and single rows a matrix-vector product,
-   as in ``model.predict``.
+   (2-32 at the avx512 level) take the unpacked skinny kernel and single
+   rows a matrix-vector product, as in ``model.predict``.
 
 The result has ``predict(x, batch_size=256)`` (and ``__call__``),
 ``input_dim``, ``output_dim``, ``summary()`` and ``report`` (what was

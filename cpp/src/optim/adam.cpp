@@ -118,10 +118,11 @@ class Adam final : public Policy {
     s[kOmB2] = static_cast<float>(1.0 - b2);
     s[kEps] = static_cast<float>(h[kEpsH]);
     s[kInvSqrtBc2] = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(b2, t)));
-    s[kStepSize] = static_cast<float>(lr / (1.0 - std::pow(b1, t)));
+    const double step_size = lr / (1.0 - std::pow(b1, t));
+    s[kStepSize] = static_cast<float>(step_size);
     // |m0| below this: b1 m0 or stepsize b1 m0 is under the smallest normal
     // float, 2^-126 (AdamOp's decaying lanes; b1 = 0 leaves no m to decay).
-    const double smallest = std::ldexp(1.0, -126), step_size = lr / (1.0 - std::pow(b1, t));
+    const double smallest = std::ldexp(1.0, -126);
     s[kTinyM] = b1 > 0.0 ? static_cast<float>(std::min(smallest / (b1 * std::min(1.0, step_size)), 1e30)) : 0.0f;
     pick_both<AdamOp>(out, decoupled_, h.flag(kAmsgradH));
   }
