@@ -1,9 +1,14 @@
 """nv.set_flush_denormal: opt-in flush-to-zero on every thread nerve's loops
 run on (torch.set_flush_denormal semantics), off by default."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import nerve as nv
+from nerve import _core
 
 GENERIC = nv.build_info()["cpu_level"] == "generic"
 TINY = np.float32(1e-30)  # TINY * 1e-10 = 1e-40 is subnormal in float32
@@ -15,6 +20,7 @@ def restore():
     yield
     nv.set_flush_denormal(False)
     nv.set_num_threads(threads)
+    _core.set_adam_decaying_lanes("auto")
 
 
 def dense_output(rows):
@@ -123,13 +129,17 @@ def _decaying_moments(n, seed):
 @pytest.mark.levels
 @pytest.mark.parametrize("threads,amsgrad", [(1, False), (2, False), (2, True)])
 @pytest.mark.parametrize("flush", [False, True])
-def test_adam_decaying_moments_against_ieee_float32(threads, amsgrad, flush, restore):
+@pytest.mark.parametrize("lanes", ["on", "off"])
+def test_adam_decaying_moments_against_ieee_float32(threads, amsgrad, flush, lanes, restore):
     # Adam's moments of weights without gradient decay by beta1 a step
     # through the subnormal range, where the vector kernels take another
     # path (cpp/src/optim/adam.cpp, decaying lanes); the oracle is the same
     # sequence of IEEE float32 operations in numpy (with eps = 0 each of
     # Adam's fused multiply-adds is one product: exact in float32 here),
-    # subnormals kept, or flushed in this thread when nerve flushes.
+    # subnormals kept, or flushed in this thread when nerve flushes. Both
+    # paths, whichever this CPU's probe picks: the bits must not tell.
+    _core.set_adam_decaying_lanes(lanes)
+    assert _core.adam_decaying_lanes()["in_use"] == (lanes == "on" and not GENERIC)
     nv.set_num_threads(threads)
     nv.set_flush_denormal(flush)
     n, t, lr, b1, b2 = 8192 + 5, 50, 1e-3, 0.9, 0.999
@@ -154,3 +164,32 @@ def test_adam_decaying_moments_against_ieee_float32(threads, amsgrad, flush, res
     assert subnormal == 0 if flush else subnormal > n // 10
     for got, want in ((got_m, m), (got_v, v), (got_p, want_p)):
         np.testing.assert_array_equal(got.view(np.uint32), want.astype(np.float32).view(np.uint32))
+
+
+def test_adam_decaying_lanes_setting(restore):
+    # auto: the probe's verdict, from two timings of the same workload;
+    # a mode beyond the three is refused and changes nothing.
+    info = _core.adam_decaying_lanes()
+    assert info["mode"] == "auto"
+    if GENERIC:
+        assert info == {"mode": "auto", "in_use": False, "probe_plain_s": 0.0, "probe_lanes_s": 0.0}
+    else:
+        assert 0 < info["probe_plain_s"] < 0.1 and 0 < info["probe_lanes_s"] < 0.1
+        assert info["in_use"] == (info["probe_lanes_s"] < 0.9 * info["probe_plain_s"])
+    assert nv.build_info()["adam_decaying_lanes"] == info["in_use"]
+    _core.set_adam_decaying_lanes("off")
+    with pytest.raises(ValueError, match="'auto', 'on' or 'off', got 'fast'"):
+        _core.set_adam_decaying_lanes("fast")
+    assert _core.adam_decaying_lanes()["mode"] == "off"
+
+
+@pytest.mark.parametrize("value,mode", [("on", "on"), ("off", "off"), ("", "auto"), ("fast", None)])
+def test_adam_decaying_lanes_from_the_environment(value, mode):
+    env = dict(os.environ, NERVE_ADAM_DECAYING_LANES=value)
+    code = "import nerve; from nerve import _core; print(_core.adam_decaying_lanes()['mode'])"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if mode is None:
+        assert r.returncode != 0 and "NERVE_ADAM_DECAYING_LANES='fast' is not one of auto, on, off" in r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == mode

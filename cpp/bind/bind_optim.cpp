@@ -1,6 +1,7 @@
 // Optimizers over arena slices, and the functional clipping helpers.
 #include "common.hpp"
 #include "nerve/layer.hpp"
+#include "nerve/optim/adam.hpp"
 #include "nerve/optimizer.hpp"
 
 namespace nerve::bind {
@@ -63,6 +64,26 @@ py::dict hyper_dict(const HyperValues& h) {
 }  // namespace
 
 void bind_optim(py::module_& m) {
+  // Adam's decaying-lanes path (nerve/optim/adam.hpp): a speed choice with
+  // the same bits either way, for tests and build_info().
+  m.def("adam_decaying_lanes", [] {
+    static const char* names[] = {"auto", "off", "on"};
+    py::dict d;
+    d["mode"] = names[adam_decaying_mode() + 1];
+    d["in_use"] = decaying_lanes_in_use();
+    const DecayingProbe t = adam_decaying_probe();
+    d["probe_plain_s"] = t.plain_s;
+    d["probe_lanes_s"] = t.lanes_s;
+    return d;
+  });
+  m.def(
+      "set_adam_decaying_lanes",
+      [](const std::string& mode) {
+        require(mode == "auto" || mode == "on" || mode == "off",
+                "decaying-lanes mode must be 'auto', 'on' or 'off', got '" + mode + "'");
+        set_adam_decaying_mode(mode == "auto" ? kDecayingAuto : mode == "on" ? kDecayingOn : kDecayingOff);
+      },
+      py::arg("mode"));
   // The table Python builds its optimizer classes from (nerve/optimizers.py).
   m.def("optimizer_table", [] {
     py::list rows;

@@ -13,6 +13,12 @@ from . import _loader
 # The kernels of the best CPU level this machine runs (or NERVE_CPU's), as
 # nerve._core: see _loader.py and docs/design.md, "CPU levels".
 _cpu_level, _core = _loader.load()
+# Adam's decaying-lanes path (docs/design.md, "Adam's decaying lanes"): the
+# C++ side reads the variable at the first Adam step; a typo fails here, as
+# NERVE_CPU's does, instead of quietly meaning "auto".
+if os.environ.get("NERVE_ADAM_DECAYING_LANES", "auto") not in ("", "auto", "on", "off"):
+    raise ImportError(f"NERVE_ADAM_DECAYING_LANES={os.environ['NERVE_ADAM_DECAYING_LANES']!r} "
+                      "is not one of auto, on, off")
 from ._random import manual_seed  # noqa: E402
 from .parameter import Parameter  # noqa: E402
 from . import (  # noqa: E402
@@ -149,13 +155,18 @@ def build_info() -> dict:
 
     ``cpu_level``: the kernels in use ("generic", "avx2" or "avx512");
     ``cpu_levels``: the levels this install has that this CPU runs, best last
-    (``NERVE_CPU`` picks a lower one at import).
+    (``NERVE_CPU`` picks a lower one at import). ``adam_decaying_lanes``:
+    whether Adam's vector kernels make the moments decaying through the
+    subnormal range in double (the same bits, faster where the CPU's
+    subnormal arithmetic is slow; timed once per process, or
+    ``NERVE_ADAM_DECAYING_LANES=on|off``).
     """
     info = dict(_core.build_info())
     info["version"] = __version__
     info["cpu_level"] = _cpu_level
     info["cpu_levels"] = _loader.cpu_levels()
     info["adaptive_threads"] = bool(_core.adaptive_threads())
+    info["adam_decaying_lanes"] = bool(_core.adam_decaying_lanes()["in_use"])
     return info
 
 

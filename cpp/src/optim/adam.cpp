@@ -6,7 +6,18 @@
 // eps is added after the bias correction of sqrt(v), as PyTorch does (the
 // paper's eps-hat); 1/sqrt(1-b2^t) is a precomputed multiplier.
 // Slots: exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad).
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
 #include "kernel.hpp"
+#include "nerve/optim/adam.hpp"
+
+#if defined(NERVE_VEC_AVX2)
+#include <xmmintrin.h>
+#endif
 
 namespace nerve {
 namespace {
@@ -14,7 +25,9 @@ namespace {
 enum Hyper : int { kLrH, kBeta1H, kBeta2H, kEpsH, kWeightDecayH, kAmsgradH };
 enum Scalar : int { kWd, kDecayMult, kB1, kOmB1, kB2, kOmB2, kEps, kInvSqrtBc2, kStepSize, kTinyM };
 
-template <bool WD, bool DECOUPLED, bool AMS>
+// DL: the decaying-lanes path (below) is compiled in; chosen per CPU
+// (decaying_lanes_in_use()), as it only pays where subnormal results are slow.
+template <bool WD, bool DECOUPLED, bool AMS, bool DL>
 struct AdamOp {
   template <class T, class Q>
   static void apply(const Q& q, Index i, const Consts<T>& c) {
@@ -23,7 +36,7 @@ struct AdamOp {
     if constexpr (WD && !DECOUPLED) d = vfma(c[kWd], p, d);
     const T m0 = load<T>(q.s0 + i);
 #if defined(NERVE_VEC_AVX2)
-    if constexpr (!WD && std::is_same_v<T, VecT>) {
+    if constexpr (DL && !WD && std::is_same_v<T, VecT>) {
       // Decaying lanes: no gradient (d = 0: a dead ReLU unit on a small
       // batch) and a first moment so small that m = b1 m, or the step made
       // from it, is subnormal. Such weights can make most of an update's
@@ -31,7 +44,9 @@ struct AdamOp {
       // and a float multiply or divide with a subnormal result takes the
       // FPU's slow path: ~30x per instruction on Intel (bench/README.md).
       // Comparing and converting subnormals costs nothing, so those lanes
-      // are made in double instead, with the same bits (decaying()).
+      // are made in double instead, with the same bits (decaying()). Where
+      // the slow path is mild (Zen 4) the doubles cost more than they save:
+      // the path is timed once per process (decaying_lanes_in_use()).
       const T zero(0.0f);
       const auto tiny = (vabs(m0) < c[kTinyM]) & (m0 != zero) & (d == zero);
       if (simd::any(tiny)) return decaying(q, i, c, p, d, m0, tiny);
@@ -89,6 +104,121 @@ struct AdamOp {
 #endif
 };
 
+// Step t's scalars, computed in double and rounded once.
+void adam_scalars(double lr, double b1, double b2, double eps, double wd, std::int64_t step, float* s) {
+  const double t = static_cast<double>(step);
+  s[kWd] = static_cast<float>(wd);
+  s[kDecayMult] = static_cast<float>(1.0 - lr * wd);
+  s[kB1] = static_cast<float>(b1);
+  s[kOmB1] = static_cast<float>(1.0 - b1);
+  s[kB2] = static_cast<float>(b2);
+  s[kOmB2] = static_cast<float>(1.0 - b2);
+  s[kEps] = static_cast<float>(eps);
+  s[kInvSqrtBc2] = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(b2, t)));
+  const double step_size = lr / (1.0 - std::pow(b1, t));
+  s[kStepSize] = static_cast<float>(step_size);
+  // |m0| below this: b1 m0 or stepsize b1 m0 is under the smallest normal
+  // float, 2^-126 (AdamOp's decaying lanes; b1 = 0 leaves no m to decay).
+  const double smallest = std::ldexp(1.0, -126);
+  s[kTinyM] = b1 > 0.0 ? static_cast<float>(std::min(smallest / (b1 * std::min(1.0, step_size)), 1e30)) : 0.0f;
+}
+
+// The decaying-lanes path gives the plain path's bits, so whether it runs is
+// a matter of speed alone, settled per CPU: NERVE_ADAM_DECAYING_LANES (auto,
+// on, off; read at the first Adam step) or set_adam_decaying_mode(). Auto
+// times both kernels once per process and keeps the path where it took
+// under 0.9 of the plain kernel's time: on the Intel Xeon VM the probe read
+// ~0.1, on Zen 4 ~1.4 (bench/README.md, "Levers").
+std::atomic<int> decaying_mode{kDecayingUnread};
+
+int mode_from_env() {
+  const char* v = std::getenv("NERVE_ADAM_DECAYING_LANES");
+  if (v && std::strcmp(v, "on") == 0) return kDecayingOn;
+  if (v && std::strcmp(v, "off") == 0) return kDecayingOff;
+  return kDecayingAuto;  // unset or "auto" (nerve/__init__.py refuses any other value)
+}
+
+#if defined(NERVE_VEC_AVX2)
+// Best of 9 alternating runs of each kernel (Adam, no weight decay) over
+// 4096 weights that stay in cache, every vector half decaying lanes (no
+// gradient, |m| near 2^-126: b1 m and its step subnormal) and half ordinary
+// ones; each run from the same state, subnormals kept (the thread's mode is
+// put back after). ~0.1-1 ms in all.
+DecayingProbe time_decaying_lanes() {
+  constexpr Index n = 4096;
+  std::vector<float> m_init(n), v_init(n, 1e-6f), p_init(n, 0.1f), g(n, 0.0f);
+  for (Index i = 0; i < n; ++i) {
+    if (i % 2 == 0) {
+      m_init[i] = std::ldexp(1.0f + static_cast<float>(i % 7) / 8.0f, -126 - static_cast<int>(i % 5));
+    } else {
+      m_init[i] = 1e-3f * static_cast<float>(1 + i % 11);
+      if (i % 4 == 1) g[i] = 1e-3f;
+    }
+  }
+  float s[kMaxStepScalars] = {};
+  adam_scalars(1e-3, 0.9, 0.999, 1e-8, 0.0, 10, s);
+  std::vector<float> p(n), m(n), v(n);
+  const auto once = [&](void (*run)(const OptPtrs&, Index, const float*)) {
+    std::copy(p_init.begin(), p_init.end(), p.begin());
+    std::copy(m_init.begin(), m_init.end(), m.begin());
+    std::copy(v_init.begin(), v_init.end(), v.begin());
+    const OptPtrs q{p.data(), g.data(), m.data(), v.data(), nullptr};
+    const auto t0 = std::chrono::steady_clock::now();
+    run(q, n, s);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  const unsigned csr = _mm_getcsr();
+  _mm_setcsr(csr & ~0x8040u);  // FTZ (bit 15) and DAZ (bit 6) off
+  DecayingProbe t{1e30, 1e30};
+  for (int r = 0; r < 9; ++r) {
+    t.plain_s = std::min(t.plain_s, once(&run_kernel<AdamOp<false, false, false, false>>));
+    t.lanes_s = std::min(t.lanes_s, once(&run_kernel<AdamOp<false, false, false, true>>));
+  }
+  _mm_setcsr(csr);
+  return t;
+}
+#endif
+
+}  // namespace
+
+DecayingProbe adam_decaying_probe() {
+#if defined(NERVE_VEC_AVX2)
+  static const DecayingProbe t = time_decaying_lanes();  // once, thread-safe
+  return t;
+#else
+  return {0.0, 0.0};
+#endif
+}
+
+int adam_decaying_mode() {
+  int m = decaying_mode.load(std::memory_order_relaxed);
+  if (m == kDecayingUnread) {
+    int unread = kDecayingUnread;
+    decaying_mode.compare_exchange_strong(unread, mode_from_env());
+    m = decaying_mode.load(std::memory_order_relaxed);
+  }
+  return m;
+}
+
+void set_adam_decaying_mode(int mode) {
+  require(mode == kDecayingAuto || mode == kDecayingOff || mode == kDecayingOn,
+          "decaying-lanes mode must be auto (-1), off (0) or on (1), got " + std::to_string(mode));
+  decaying_mode.store(mode);
+}
+
+bool decaying_lanes_in_use() {
+#if defined(NERVE_VEC_AVX2)
+  const int m = adam_decaying_mode();
+  if (m != kDecayingAuto) return m == kDecayingOn;
+  const DecayingProbe t = adam_decaying_probe();
+  return t.lanes_s < 0.9 * t.plain_s;
+#else
+  return false;  // the scalar kernels have no such path
+#endif
+}
+
+namespace {
+
 class Adam final : public Policy {
  public:
   explicit Adam(bool decoupled) : decoupled_(decoupled) {}
@@ -108,23 +238,8 @@ class Adam final : public Policy {
     return {{"exp_avg", 0.0, 0}, {"exp_avg_sq", 0.0, 1}};
   }
   void plan(const HyperValues& h, std::int64_t step, double*, StepPlan& out) const override {
-    const double t = static_cast<double>(step), lr = h[kLrH], b1 = h[kBeta1H], b2 = h[kBeta2H];
-    float* s = out.scalars;
-    s[kWd] = static_cast<float>(h[kWeightDecayH]);
-    s[kDecayMult] = static_cast<float>(1.0 - lr * h[kWeightDecayH]);
-    s[kB1] = static_cast<float>(b1);
-    s[kOmB1] = static_cast<float>(1.0 - b1);
-    s[kB2] = static_cast<float>(b2);
-    s[kOmB2] = static_cast<float>(1.0 - b2);
-    s[kEps] = static_cast<float>(h[kEpsH]);
-    s[kInvSqrtBc2] = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(b2, t)));
-    const double step_size = lr / (1.0 - std::pow(b1, t));
-    s[kStepSize] = static_cast<float>(step_size);
-    // |m0| below this: b1 m0 or stepsize b1 m0 is under the smallest normal
-    // float, 2^-126 (AdamOp's decaying lanes; b1 = 0 leaves no m to decay).
-    const double smallest = std::ldexp(1.0, -126);
-    s[kTinyM] = b1 > 0.0 ? static_cast<float>(std::min(smallest / (b1 * std::min(1.0, step_size)), 1e30)) : 0.0f;
-    pick_both<AdamOp>(out, decoupled_, h.flag(kAmsgradH));
+    adam_scalars(h[kLrH], h[kBeta1H], h[kBeta2H], h[kEpsH], h[kWeightDecayH], step, out.scalars);
+    pick_both<AdamOp>(out, decoupled_, h.flag(kAmsgradH), decaying_lanes_in_use());
   }
 
  private:
